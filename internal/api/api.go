@@ -1,0 +1,365 @@
+// Package api is batchd's HTTP surface: Anthropic's Message Batches API,
+// wire-compatible so the official SDKs work by changing only their base URL,
+// plus batchd's extension endpoints beside it. It does routing,
+// authentication, decoding and encoding; the rules live in package batch.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/store"
+)
+
+// DefaultWorkspace is the workspace of every request while no API key exists.
+const DefaultWorkspace = "default"
+
+// Config configures the API handler.
+type Config struct {
+	// Service carries out the batch operations.
+	Service *batch.Service
+	// Keys answers key lookups; the store implements it.
+	Keys KeyStore
+	// PublicURL is the base of results_url, e.g. "https://batchd.example";
+	// empty means derive it from each request's Host.
+	PublicURL string
+	// Logger receives request errors (default: discard).
+	Logger *slog.Logger
+}
+
+// KeyStore is the part of the store authentication needs.
+type KeyStore interface {
+	KeyLookup(ctx context.Context, hash string) (string, error)
+	KeysActive(ctx context.Context) (bool, error)
+}
+
+// API serves HTTP.
+type API struct {
+	cfg Config
+	svc *batch.Service
+	log *slog.Logger
+	mux *http.ServeMux
+
+	// keysActive is cached briefly: it is asked on every request, and
+	// changes only when an operator creates the first key or revokes the
+	// last one.
+	keysMu      sync.Mutex
+	keysActive  bool
+	keysChecked time.Time
+}
+
+// New returns the API handler.
+func New(cfg Config) *API {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
+	a := &API{cfg: cfg, svc: cfg.Service, log: cfg.Logger.With("component", "api"), mux: http.NewServeMux()}
+	a.handle("POST /v1/messages/batches", a.create)
+	a.handle("GET /v1/messages/batches", a.list)
+	a.handle("GET /v1/messages/batches/{id}", a.get)
+	a.handle("POST /v1/messages/batches/{id}/cancel", a.cancel)
+	a.handle("DELETE /v1/messages/batches/{id}", a.delete)
+	a.handle("GET /v1/messages/batches/{id}/results", a.results)
+	a.handle("POST /v1/messages/batches/{id}/retry", a.retry)
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"status":"ok"}`))
+	})
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, http.StatusNotFound, "not_found_error", fmt.Sprintf("%s %s: no such endpoint", r.Method, r.URL.Path))
+	})
+	return a
+}
+
+// ServeHTTP gives every response a request-id header, then routes.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id := batch.NewID("req_")
+	w.Header().Set("request-id", id)
+	r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
+	a.mux.ServeHTTP(w, r)
+}
+
+type requestIDKey struct{}
+type workspaceKey struct{}
+
+// handle registers an authenticated endpoint.
+func (a *API) handle(pattern string, h func(w http.ResponseWriter, r *http.Request) error) {
+	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		ws, err := a.authenticate(r)
+		if err == nil {
+			err = h(w, r.WithContext(context.WithValue(r.Context(), workspaceKey{}, ws)))
+		}
+		if err != nil {
+			a.fail(w, r, err)
+		}
+	})
+}
+
+func workspace(r *http.Request) string { return r.Context().Value(workspaceKey{}).(string) }
+
+type authError struct{ msg string }
+
+func (e *authError) Error() string { return e.msg }
+
+func (a *API) authenticate(r *http.Request) (string, error) {
+	active, err := a.keysEnforced(r.Context())
+	if err != nil {
+		return "", err
+	}
+	if !active {
+		return DefaultWorkspace, nil
+	}
+	key := r.Header.Get("X-Api-Key")
+	if key == "" {
+		if auth := r.Header.Get("Authorization"); len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
+			key = strings.TrimSpace(auth[7:])
+		}
+	}
+	if key == "" {
+		return "", &authError{"x-api-key header is required"}
+	}
+	ws, err := a.cfg.Keys.KeyLookup(r.Context(), batch.HashKey(key))
+	if errors.Is(err, store.ErrNotFound) {
+		return "", &authError{"invalid x-api-key"}
+	}
+	return ws, err
+}
+
+func (a *API) keysEnforced(ctx context.Context) (bool, error) {
+	a.keysMu.Lock()
+	defer a.keysMu.Unlock()
+	if time.Since(a.keysChecked) < time.Second {
+		return a.keysActive, nil
+	}
+	active, err := a.cfg.Keys.KeysActive(ctx)
+	if err != nil {
+		return false, err
+	}
+	a.keysActive, a.keysChecked = active, time.Now()
+	return active, nil
+}
+
+// fail writes err as an Anthropic error envelope. Only domain errors say
+// what went wrong; anything else is logged and reported as api_error.
+func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var de *batch.Error
+	var ae *authError
+	switch {
+	case errors.As(err, &ae):
+		writeError(w, r, http.StatusUnauthorized, "authentication_error", ae.msg)
+	case errors.As(err, &de):
+		switch de.Kind {
+		case batch.KindInvalid:
+			writeError(w, r, http.StatusBadRequest, "invalid_request_error", de.Message)
+		case batch.KindNotFound:
+			writeError(w, r, http.StatusNotFound, "not_found_error", de.Message)
+		case batch.KindTooLarge:
+			writeError(w, r, http.StatusRequestEntityTooLarge, "request_too_large", de.Message)
+		case batch.KindRateLimited:
+			secs := max(1, int(de.RetryAfter.Seconds()))
+			w.Header().Set("retry-after", strconv.Itoa(secs))
+			writeError(w, r, http.StatusTooManyRequests, "rate_limit_error", de.Message)
+		default:
+			writeError(w, r, http.StatusInternalServerError, "api_error", de.Message)
+		}
+	default:
+		if r.Context().Err() != nil {
+			return // the client went away; nobody to answer
+		}
+		a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "request_id", r.Context().Value(requestIDKey{}), "err", err)
+		writeError(w, r, http.StatusInternalServerError, "api_error", "internal server error")
+	}
+}
+
+func writeError(w http.ResponseWriter, r *http.Request, status int, typ, msg string) {
+	reqID, _ := r.Context().Value(requestIDKey{}).(string)
+	body, _ := json.Marshal(map[string]any{
+		"type":       "error",
+		"error":      map[string]string{"type": typ, "message": msg},
+		"request_id": reqID,
+	})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(body)
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode response: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, err = w.Write(body)
+	return err
+}
+
+// wireTime is Anthropic's timestamp format: RFC 3339, microseconds, Z.
+func wireTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000000Z07:00") }
+
+func wireTimePtr(t *time.Time) *string {
+	if t == nil {
+		return nil
+	}
+	s := wireTime(*t)
+	return &s
+}
+
+// MessageBatch is the wire form of a batch; every key is always present.
+type MessageBatch struct {
+	ID                string       `json:"id"`
+	Type              string       `json:"type"`
+	ProcessingStatus  string       `json:"processing_status"`
+	RequestCounts     store.Counts `json:"request_counts"`
+	EndedAt           *string      `json:"ended_at"`
+	CreatedAt         string       `json:"created_at"`
+	ExpiresAt         string       `json:"expires_at"`
+	ArchivedAt        *string      `json:"archived_at"`
+	CancelInitiatedAt *string      `json:"cancel_initiated_at"`
+	ResultsURL        *string      `json:"results_url"`
+}
+
+func (a *API) wire(r *http.Request, b *store.Batch) MessageBatch {
+	m := MessageBatch{
+		ID:                b.ID,
+		Type:              "message_batch",
+		ProcessingStatus:  b.Status,
+		RequestCounts:     b.Counts,
+		EndedAt:           wireTimePtr(b.EndedAt),
+		CreatedAt:         wireTime(b.CreatedAt),
+		ExpiresAt:         wireTime(b.ExpiresAt),
+		ArchivedAt:        wireTimePtr(b.ArchivedAt),
+		CancelInitiatedAt: wireTimePtr(b.CancelInitiatedAt),
+	}
+	if b.Status == store.StatusEnded {
+		u := a.baseURL(r) + "/v1/messages/batches/" + b.ID + "/results"
+		m.ResultsURL = &u
+	}
+	return m
+}
+
+// baseURL is where clients reach batchd: --public-url, else the request's
+// own scheme and host, so results_url works behind whatever name the client
+// used (the TS and Python SDKs fetch it as given).
+func (a *API) baseURL(r *http.Request) string {
+	if a.cfg.PublicURL != "" {
+		return a.cfg.PublicURL
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if p := r.Header.Get("X-Forwarded-Proto"); p == "http" || p == "https" {
+		scheme = p
+	}
+	host := r.Host
+	if h := r.Header.Get("X-Forwarded-Host"); h != "" {
+		host = h
+	}
+	return scheme + "://" + host
+}
+
+func (a *API) create(w http.ResponseWriter, r *http.Request) error {
+	if r.ContentLength > a.svc.Config().MaxBodyBytes {
+		return &batch.Error{Kind: batch.KindTooLarge, Message: fmt.Sprintf("request body of %d bytes is over the %d-byte limit for a message batch", r.ContentLength, a.svc.Config().MaxBodyBytes)}
+	}
+	b, err := a.svc.Create(r.Context(), workspace(r), r.Body)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, a.wire(r, b))
+}
+
+func (a *API) get(w http.ResponseWriter, r *http.Request) error {
+	b, err := a.svc.Get(r.Context(), workspace(r), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, a.wire(r, b))
+}
+
+func (a *API) list(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	p := batch.ListParams{AfterID: q.Get("after_id"), BeforeID: q.Get("before_id")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return &batch.Error{Kind: batch.KindInvalid, Message: fmt.Sprintf("limit: Input should be a valid integer, got %q", v)}
+		}
+		if n == 0 {
+			n = -1 // an explicit 0 is out of range, not "default"
+		}
+		p.Limit = n
+	}
+	page, err := a.svc.List(r.Context(), workspace(r), p)
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Data    []MessageBatch `json:"data"`
+		HasMore bool           `json:"has_more"`
+		FirstID *string        `json:"first_id"`
+		LastID  *string        `json:"last_id"`
+	}{Data: make([]MessageBatch, 0, len(page.Batches)), HasMore: page.HasMore}
+	for _, b := range page.Batches {
+		out.Data = append(out.Data, a.wire(r, b))
+	}
+	if n := len(page.Batches); n > 0 {
+		out.FirstID, out.LastID = &page.Batches[0].ID, &page.Batches[n-1].ID
+	}
+	return writeJSON(w, out)
+}
+
+func (a *API) cancel(w http.ResponseWriter, r *http.Request) error {
+	ch, err := a.svc.Cancel(r.Context(), workspace(r), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, a.wire(r, ch.Batch))
+}
+
+func (a *API) delete(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := a.svc.Delete(r.Context(), workspace(r), id); err != nil {
+		return err
+	}
+	return writeJSON(w, map[string]string{"id": id, "type": "message_batch_deleted"})
+}
+
+func (a *API) retry(w http.ResponseWriter, r *http.Request) error {
+	b, err := a.svc.Retry(r.Context(), workspace(r), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, a.wire(r, b))
+}
+
+// results streams JSONL: application/x-jsonl (the Ruby and PHP SDKs decode
+// only with it), one compact object per line, "\n" only.
+func (a *API) results(w http.ResponseWriter, r *http.Request) error {
+	partial, _ := strconv.ParseBool(r.URL.Query().Get("partial"))
+	b, err := a.svc.ResultsReady(r.Context(), workspace(r), r.PathValue("id"), partial)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/x-jsonl")
+	w.Header().Set("Content-Disposition", "attachment; filename*=utf-8''"+b.ID+"_results.jsonl")
+	if err := a.svc.WriteResults(r.Context(), b, w); err != nil {
+		if r.Context().Err() == nil {
+			a.log.Error("results stream failed", "batch", b.ID, "err", err)
+		}
+		// The status is sent; abort the connection so the client sees a
+		// broken stream, never a clean but short one.
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}

@@ -1,0 +1,153 @@
+// Package backend defines how batchd runs one Messages request on a model
+// provider, and routes each request to a backend by its model.
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"time"
+)
+
+// Call is one Messages request to run.
+type Call struct {
+	// Model is params.model, already extracted so backends and the router
+	// need not parse Params again.
+	Model string
+	// Params is the Messages API request body exactly as the client sent it.
+	Params json.RawMessage
+	// Attempt is 1 for the first try and grows with every retry.
+	Attempt int
+}
+
+// Backend runs single Messages requests. Implementations must be safe for
+// concurrent use and must return promptly when ctx is done.
+type Backend interface {
+	// Name identifies the backend in logs and listings.
+	Name() string
+	// Do runs one request and returns the Anthropic Message JSON. A failure is
+	// returned as *Error when its Anthropic error type is known; any other
+	// error is treated as a transient api_error.
+	Do(ctx context.Context, call Call) (json.RawMessage, error)
+}
+
+// Anthropic error types, as they appear in error envelopes.
+const (
+	ErrInvalidRequest  = "invalid_request_error"
+	ErrAuthentication  = "authentication_error"
+	ErrBilling         = "billing_error"
+	ErrPermission      = "permission_error"
+	ErrNotFound        = "not_found_error"
+	ErrRequestTooLarge = "request_too_large"
+	ErrRateLimit       = "rate_limit_error"
+	ErrAPI             = "api_error"
+	ErrTimeout         = "timeout_error"
+	ErrOverloaded      = "overloaded_error"
+)
+
+// StatusForType is the HTTP status Anthropic answers with for an error type.
+func StatusForType(typ string) int {
+	switch typ {
+	case ErrInvalidRequest:
+		return 400
+	case ErrAuthentication:
+		return 401
+	case ErrBilling:
+		return 402
+	case ErrPermission:
+		return 403
+	case ErrNotFound:
+		return 404
+	case ErrRequestTooLarge:
+		return 413
+	case ErrRateLimit:
+		return 429
+	case ErrTimeout:
+		return 504
+	case ErrOverloaded:
+		return 529
+	default:
+		return 500
+	}
+}
+
+// Error is a failed call with an Anthropic error type.
+type Error struct {
+	// Type is the Anthropic error type, e.g. "overloaded_error".
+	Type string
+	// Message is the human-readable reason, as the upstream gave it.
+	Message string
+	// Status is the HTTP status the upstream answered with, 0 if none.
+	Status int
+	// RetryAfter is how long the upstream asked us to wait, 0 if it did not.
+	RetryAfter time.Duration
+}
+
+// Error implements error.
+func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Type, e.Message) }
+
+// Transient reports whether trying again later may succeed.
+func (e *Error) Transient() bool { return IsTransientType(e.Type) }
+
+// IsTransientType reports whether an Anthropic error type is worth retrying.
+func IsTransientType(typ string) bool {
+	switch typ {
+	case ErrRateLimit, ErrOverloaded, ErrAPI, ErrTimeout:
+		return true
+	}
+	return false
+}
+
+// AsError turns any error from Do into an *Error, classifying unknown errors
+// (connection resets, context deadlines) as transient.
+func AsError(err error) *Error {
+	var be *Error
+	if errors.As(err, &be) {
+		return be
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &Error{Type: ErrTimeout, Message: "request timed out", Status: 504}
+	}
+	return &Error{Type: ErrAPI, Message: err.Error(), Status: 500}
+}
+
+// Route sends models matching Pattern (a path.Match glob such as "claude-*")
+// to Backend.
+type Route struct {
+	Pattern string
+	Backend Backend
+}
+
+// Router picks a backend by model, first matching route wins.
+type Router struct {
+	routes []Route
+}
+
+// NewRouter returns a router over routes, tried in order.
+func NewRouter(routes ...Route) *Router { return &Router{routes: routes} }
+
+// Backends lists each distinct backend once, in route order.
+func (r *Router) Backends() []Backend {
+	var out []Backend
+	seen := map[Backend]bool{}
+	for _, rt := range r.routes {
+		if !seen[rt.Backend] {
+			seen[rt.Backend] = true
+			out = append(out, rt.Backend)
+		}
+	}
+	return out
+}
+
+// Lookup returns the backend serving model, or an invalid_request_error
+// naming the model when none does.
+func (r *Router) Lookup(model string) (Backend, error) {
+	for _, rt := range r.routes {
+		if ok, _ := path.Match(rt.Pattern, model); ok {
+			return rt.Backend, nil
+		}
+	}
+	return nil, &Error{Type: ErrInvalidRequest, Status: 400, Message: fmt.Sprintf("model: no backend serves %q", model)}
+}

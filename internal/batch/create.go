@@ -1,0 +1,277 @@
+package batch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/batchd/batchd/internal/store"
+)
+
+// Groups are flushed to the store at whichever limit comes first, which
+// bounds the memory of a create whatever the body's size.
+const (
+	groupRequests = 1000
+	groupBytes    = 4 << 20
+)
+
+// ErrBodyTooLarge is returned by the reader that enforces MaxBodyBytes.
+var errBodyTooLarge = errors.New("body too large")
+
+type limitedReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		// Tell a body that ends exactly at the limit from one that goes on.
+		var one [1]byte
+		n, err := l.r.Read(one[:])
+		if n > 0 {
+			return 0, errBodyTooLarge
+		}
+		return 0, err
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+// Create reads a create body ({"requests":[{custom_id, params}, …]}) as a
+// stream, validates the envelope, and stores the requests in groups, so a
+// 256 MiB body never sits in memory. Any envelope error rejects the whole
+// batch with a message naming the field, like Anthropic's
+// "requests.0.custom_id: String should have at most 64 characters".
+// Validation inside params is left to the dispatcher (errored results), as
+// on Anthropic's API.
+func (s *Service) Create(ctx context.Context, workspace string, body io.Reader) (*store.Batch, error) {
+	now := s.cfg.Now()
+	b, err := s.store.BatchInsert(ctx, store.BatchInsertParams{
+		ID:            NewID("msgbatch_"),
+		Workspace:     workspace,
+		CreatedAt:     now,
+		ExpiresAt:     now.Add(s.cfg.ExpireAfter),
+		MaxInProgress: s.cfg.MaxInProgress,
+	})
+	if err != nil {
+		return nil, mapStore(err, "")
+	}
+	total, err := s.ingest(ctx, b.Seq, &limitedReader{r: body, left: s.cfg.MaxBodyBytes})
+	if err == nil {
+		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: b.Seq, Total: total})
+	}
+	if err != nil {
+		// Use a fresh context: the request's may be what failed.
+		if derr := s.store.BatchDiscard(context.WithoutCancel(ctx), b.Seq); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return nil, err
+	}
+	s.cfg.OnCreated()
+	return b, nil
+}
+
+func (s *Service) ingest(ctx context.Context, seq int64, r io.Reader) (int64, error) {
+	dec := jsontext.NewDecoder(r)
+	seen := make(map[string]int)
+	group := make([]store.NewRequest, 0, groupRequests)
+	groupSize := 0
+	flush := func() error {
+		if len(group) == 0 {
+			return nil
+		}
+		if err := s.store.RequestsInsert(ctx, store.RequestsInsertParams{BatchSeq: seq, Requests: group}); err != nil {
+			return err
+		}
+		group, groupSize = group[:0], 0
+		return nil
+	}
+
+	if err := expectDelim(dec, '{', "body", "Input should be a valid dictionary"); err != nil {
+		return 0, err
+	}
+	sawRequests := false
+	count := 0
+	for dec.PeekKind() != '}' {
+		key, err := dec.ReadToken()
+		if err != nil {
+			return 0, syntaxError(err)
+		}
+		if key.String() != "requests" {
+			if err := dec.SkipValue(); err != nil {
+				return 0, syntaxError(err)
+			}
+			continue
+		}
+		if sawRequests {
+			return 0, invalid("requests: duplicate key")
+		}
+		sawRequests = true
+		if err := expectDelim(dec, '[', "requests", "Input should be a valid list"); err != nil {
+			return 0, err
+		}
+		for dec.PeekKind() != ']' {
+			if count >= s.cfg.MaxRequests {
+				return 0, invalid("requests: List should have at most %d items after validation", s.cfg.MaxRequests)
+			}
+			req, err := readRequest(dec, count)
+			if err != nil {
+				return 0, err
+			}
+			if prev, dup := seen[req.CustomID]; dup {
+				return 0, invalid("requests.%d.custom_id: custom_id %q is not unique (also used by requests.%d)", count, req.CustomID, prev)
+			}
+			seen[req.CustomID] = count
+			group = append(group, req)
+			groupSize += len(req.Params)
+			count++
+			if len(group) >= groupRequests || groupSize >= groupBytes {
+				if err := flush(); err != nil {
+					return 0, err
+				}
+			}
+		}
+		if _, err := dec.ReadToken(); err != nil { // ']'
+			return 0, syntaxError(err)
+		}
+	}
+	if _, err := dec.ReadToken(); err != nil { // '}'
+		return 0, syntaxError(err)
+	}
+	// Nothing but white space may follow the object.
+	if _, err := dec.ReadToken(); err != io.EOF {
+		if err == nil {
+			return 0, invalid("body: unexpected data after the JSON object")
+		}
+		return 0, syntaxError(err)
+	}
+	if !sawRequests {
+		return 0, invalid("requests: Field required")
+	}
+	if count == 0 {
+		return 0, invalid("requests: List should have at least 1 item after validation, not 0")
+	}
+	if err := flush(); err != nil {
+		return 0, err
+	}
+	return int64(count), nil
+}
+
+func expectDelim(dec *jsontext.Decoder, want jsontext.Kind, field, msg string) error {
+	kind := dec.PeekKind()
+	if kind == 0 {
+		// Peek failed: let ReadToken report why.
+		_, err := dec.ReadToken()
+		return syntaxError(err)
+	}
+	if kind != want {
+		return invalid("%s: %s", field, msg)
+	}
+	_, err := dec.ReadToken()
+	return syntaxError(err)
+}
+
+// readRequest reads one {custom_id, params} element in a single pass.
+func readRequest(dec *jsontext.Decoder, i int) (store.NewRequest, error) {
+	var req store.NewRequest
+	if err := expectDelim(dec, '{', fmt.Sprintf("requests.%d", i), "Input should be a valid dictionary"); err != nil {
+		return req, err
+	}
+	var haveID, haveParams bool
+	for dec.PeekKind() != '}' {
+		key, err := dec.ReadToken()
+		if err != nil {
+			return req, syntaxError(err)
+		}
+		switch key.String() {
+		case "custom_id":
+			if dec.PeekKind() != '"' {
+				if err := dec.SkipValue(); err != nil {
+					return req, syntaxError(err)
+				}
+				return req, invalid("requests.%d.custom_id: Input should be a valid string", i)
+			}
+			tok, err := dec.ReadToken()
+			if err != nil {
+				return req, syntaxError(err)
+			}
+			req.CustomID = tok.String()
+			haveID = true
+		case "params":
+			if dec.PeekKind() != '{' {
+				if err := dec.SkipValue(); err != nil {
+					return req, syntaxError(err)
+				}
+				return req, invalid("requests.%d.params: Input should be a valid dictionary", i)
+			}
+			v, err := dec.ReadValue()
+			if err != nil {
+				return req, syntaxError(err)
+			}
+			req.Params = append([]byte(nil), v...)
+			haveParams = true
+		default:
+			if err := dec.SkipValue(); err != nil {
+				return req, syntaxError(err)
+			}
+		}
+	}
+	if _, err := dec.ReadToken(); err != nil { // '}'
+		return req, syntaxError(err)
+	}
+	if !haveID {
+		return req, invalid("requests.%d.custom_id: Field required", i)
+	}
+	if err := checkCustomID(req.CustomID); err != "" {
+		return req, invalid("requests.%d.custom_id: %s", i, err)
+	}
+	if !haveParams {
+		return req, invalid("requests.%d.params: Field required", i)
+	}
+	return req, nil
+}
+
+// checkCustomID enforces ^[a-zA-Z0-9_-]{1,64}$ with Anthropic's messages.
+func checkCustomID(id string) string {
+	switch {
+	case len(id) == 0:
+		return "String should have at least 1 character"
+	case len(id) > 64:
+		return "String should have at most 64 characters"
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return "String should match pattern '^[a-zA-Z0-9_-]{1,64}$'"
+		}
+	}
+	return ""
+}
+
+// syntaxError turns a decoder failure into the client's error; a body over
+// the size limit becomes a 413.
+func syntaxError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errBodyTooLarge):
+		return &Error{Kind: KindTooLarge, Message: "request body is too large for a message batch"}
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return invalid("body: unexpected end of JSON input")
+	}
+	var se *jsontext.SyntacticError
+	if errors.As(err, &se) {
+		msg := strings.TrimPrefix(se.Error(), "jsontext: ")
+		return invalid("body: invalid JSON: %s", msg)
+	}
+	// A read error from the connection: not the client's JSON.
+	return fmt.Errorf("read body: %w", err)
+}

@@ -1,0 +1,76 @@
+package batch
+
+import (
+	"context"
+	"errors"
+
+	"github.com/batchd/batchd/internal/store"
+)
+
+// Retry creates a new batch of exactly the requests of an ended batch that
+// did not succeed (errored, canceled or expired), with their custom_ids and
+// params, so a user can re-run failures with one call. It is a batchd
+// extension; Anthropic's API has no equivalent.
+func (s *Service) Retry(ctx context.Context, workspace, id string) (*store.Batch, error) {
+	src, err := s.Get(ctx, workspace, id)
+	if err != nil {
+		return nil, err
+	}
+	if src.Status != store.StatusEnded {
+		return nil, invalid("message batch %s has not ended; only an ended batch can be retried", id)
+	}
+	if src.ArchivedAt != nil {
+		return nil, invalid("message batch %s was archived; its requests are no longer stored", id)
+	}
+	if src.Counts.Errored+src.Counts.Canceled+src.Counts.Expired == 0 {
+		return nil, invalid("message batch %s has no failed, canceled or expired requests to retry", id)
+	}
+	now := s.cfg.Now()
+	b, err := s.store.BatchInsert(ctx, store.BatchInsertParams{
+		ID:            NewID("msgbatch_"),
+		Workspace:     workspace,
+		CreatedAt:     now,
+		ExpiresAt:     now.Add(s.cfg.ExpireAfter),
+		MaxInProgress: s.cfg.MaxInProgress,
+	})
+	if err != nil {
+		return nil, mapStore(err, id)
+	}
+	total, err := s.copyFailed(ctx, src.Seq, b.Seq)
+	if err == nil && total == 0 {
+		err = invalid("message batch %s has no failed, canceled or expired requests to retry", id)
+	}
+	if err == nil {
+		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: b.Seq, Total: total})
+	}
+	if err != nil {
+		if derr := s.store.BatchDiscard(context.WithoutCancel(ctx), b.Seq); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return nil, err
+	}
+	s.cfg.OnCreated()
+	return b, nil
+}
+
+func (s *Service) copyFailed(ctx context.Context, from, to int64) (int64, error) {
+	var after, total int64
+	for {
+		rows, err := s.store.ResultsList(ctx, store.ResultsListParams{BatchSeq: from, AfterID: after, Limit: resultsPage, WithParams: true, SkipSucceeded: true})
+		if err != nil {
+			return 0, err
+		}
+		if len(rows) == 0 {
+			return total, nil
+		}
+		reqs := make([]store.NewRequest, len(rows))
+		for i, r := range rows {
+			reqs[i] = store.NewRequest{CustomID: r.CustomID, Params: r.Params}
+		}
+		if err := s.store.RequestsInsert(ctx, store.RequestsInsertParams{BatchSeq: to, Requests: reqs}); err != nil {
+			return 0, err
+		}
+		total += int64(len(rows))
+		after = rows[len(rows)-1].ID
+	}
+}

@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/store"
+	"github.com/batchd/batchd/internal/store/sqlite"
+)
+
+func newKeysCommand() *cobra.Command {
+	var dataDir string
+	cmd := &cobra.Command{
+		Use:   "keys",
+		Short: "Create, list and revoke API keys (on the server's data dir)",
+	}
+	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", "./batchd-data", "directory of the SQLite database")
+	open := func(cmd *cobra.Command) (*sqlite.Store, error) {
+		if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create data dir: %w", err)
+		}
+		return sqlite.Open(cmd.Context(), filepath.Join(dataDir, "batchd.db"))
+	}
+
+	var workspace string
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a key for a workspace; prints the key, the only time it is shown",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if workspace == "" {
+				return fmt.Errorf("--workspace is required")
+			}
+			st, err := open(cmd)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			key, hash, prefix := batch.NewAPIKey()
+			if _, err := st.KeyCreate(cmd.Context(), store.KeyCreateParams{
+				ID: batch.NewID("key_"), Workspace: workspace, Hash: hash, Prefix: prefix, CreatedAt: time.Now(),
+			}); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), key)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&workspace, "workspace", "", "workspace the key's batches belong to")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List keys (id, prefix, workspace, created, revoked)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := open(cmd)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			keys, err := st.KeyList(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tPREFIX\tWORKSPACE\tCREATED\tREVOKED")
+			for _, k := range keys {
+				revoked := "-"
+				if k.RevokedAt != nil {
+					revoked = k.RevokedAt.Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Prefix, k.Workspace, k.CreatedAt.Format(time.RFC3339), revoked)
+			}
+			return tw.Flush()
+		},
+	}
+
+	revoke := &cobra.Command{
+		Use:   "revoke ID|PREFIX",
+		Short: "Revoke a key; requests with it get 401 at once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := open(cmd)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			k, err := st.KeyRevoke(cmd.Context(), args[0], time.Now())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s (%s, workspace %s)\n", k.ID, k.Prefix, k.Workspace)
+			return nil
+		},
+	}
+	cmd.AddCommand(create, list, revoke)
+	return cmd
+}

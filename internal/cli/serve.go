@@ -1,0 +1,199 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/batchd/batchd/internal/api"
+	"github.com/batchd/batchd/internal/backend"
+	"github.com/batchd/batchd/internal/backend/sim"
+	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/dispatch"
+	"github.com/batchd/batchd/internal/store/sqlite"
+)
+
+// serveConfig is everything `batchd serve` takes, each with its default.
+type serveConfig struct {
+	addr            string
+	dataDir         string
+	publicURL       string
+	concurrency     int
+	expireAfter     time.Duration
+	retention       time.Duration
+	simLatency      time.Duration
+	maxAttempts     int
+	maxRequests     int
+	maxBodyBytes    int64
+	maxInProgress   int
+	retryBackoff    time.Duration
+	retryBackoffMax time.Duration
+	requestTimeout  time.Duration
+	logLevel        string
+	logFormat       string
+}
+
+func newServeCommand() *cobra.Command {
+	var c serveConfig
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the batchd server (embedded SQLite, simulator backend by default)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return serve(ctx, c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address to listen on")
+	f.StringVar(&c.dataDir, "data-dir", "./batchd-data", "directory of the SQLite database")
+	f.StringVar(&c.publicURL, "public-url", "", "base URL clients reach batchd at, for results_url (default: from each request's Host)")
+	f.IntVar(&c.concurrency, "concurrency", 64, "requests in flight per backend")
+	f.DurationVar(&c.expireAfter, "expire-after", batch.DefaultExpireAfter, "a batch expires this long after creation")
+	f.DurationVar(&c.retention, "retention", batch.DefaultRetention, "results are kept this long after creation, then archived")
+	f.DurationVar(&c.simLatency, "sim-latency", 0, "latency of simulator requests without a latency directive")
+	f.IntVar(&c.maxAttempts, "max-attempts", 8, "attempts per request before a transient error becomes its result")
+	f.IntVar(&c.maxRequests, "max-requests", batch.DefaultMaxRequests, "requests per batch")
+	f.Int64Var(&c.maxBodyBytes, "max-body-bytes", batch.DefaultMaxBodyBytes, "bytes per create body (413 over it)")
+	f.IntVar(&c.maxInProgress, "max-in-progress", batch.DefaultMaxInProgress, "unended batches per workspace (429 over it)")
+	f.DurationVar(&c.retryBackoff, "retry-backoff", time.Second, "first retry delay after a transient error, doubled per attempt")
+	f.DurationVar(&c.retryBackoffMax, "retry-backoff-max", 5*time.Minute, "cap on the retry delay")
+	f.DurationVar(&c.requestTimeout, "request-timeout", 10*time.Minute, "timeout of one attempt at a request")
+	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	return cmd
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is neither text nor json", format)
+}
+
+// isLoopback reports whether addr listens on loopback only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func serve(ctx context.Context, c serveConfig) error {
+	log, err := newLogger(c.logLevel, c.logFormat)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	unlock, err := lockDataDir(c.dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := sqlite.Open(ctx, filepath.Join(c.dataDir, "batchd.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	keysActive, err := st.KeysActive(ctx)
+	if err != nil {
+		return err
+	}
+	if !keysActive {
+		if !isLoopback(c.addr) {
+			return fmt.Errorf("refusing to listen on %s without API keys: anyone could use this server; create one with `batchd keys create --workspace NAME --data-dir %s`, or listen on 127.0.0.1", c.addr, c.dataDir)
+		}
+		log.Warn("no API keys exist: running open, any key is accepted (loopback only); create one with `batchd keys create`")
+	}
+
+	router := backend.NewRouter(backend.Route{Pattern: "*", Backend: sim.New(sim.Config{Latency: c.simLatency})})
+	disp := dispatch.New(st, router, dispatch.Config{
+		Concurrency:      c.concurrency,
+		MaxAttempts:      c.maxAttempts,
+		BackoffBase:      c.retryBackoff,
+		BackoffMax:       c.retryBackoffMax,
+		RequestTimeout:   c.requestTimeout,
+		Retention:        c.retention,
+		RescueAllAtStart: true,
+		Logger:           log,
+	})
+	svc := batch.NewService(st, batch.Config{
+		MaxRequests:   c.maxRequests,
+		MaxBodyBytes:  c.maxBodyBytes,
+		MaxInProgress: c.maxInProgress,
+		ExpireAfter:   c.expireAfter,
+		Retention:     c.retention,
+		OnCreated:     disp.Wake,
+	})
+	handler := api.New(api.Config{Service: svc, Keys: st, PublicURL: c.publicURL, Logger: log})
+
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if err := disp.Start(ctx); err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 30 * time.Second}
+	log.Info("batchd listening", "url", "http://"+ln.Addr().String(), "data_dir", c.dataDir)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	select {
+	case err := <-errc:
+		disp.Stop(context.Background())
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: finishing requests in flight")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		log.Error("http shutdown", "err", err)
+	}
+	disp.Stop(shutdownCtx)
+	log.Info("stopped")
+	return nil
+}
+
+// lockDataDir takes an exclusive lock on the data dir: an SQLite data dir
+// belongs to one server, which rescues every running request at start.
+func lockDataDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "batchd.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock data dir: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock data dir %s: another batchd serve is using it (%w)", dir, err)
+	}
+	return func() { f.Close() }, nil
+}

@@ -1,0 +1,499 @@
+// Package dispatch runs the requests of batches on their backends: it
+// claims pending requests under a lease, runs them under each backend's
+// concurrency limit, retries transient failures with capped exponential
+// backoff, and writes outcomes back in groups. It also runs the chores that
+// keep batches moving: lease heartbeats, rescue of lost requests, expiry,
+// retention and purging.
+package dispatch
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/batchd/batchd/internal/backend"
+	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/store"
+)
+
+// Config configures a Dispatcher. Zero values take the defaults noted.
+type Config struct {
+	// Owner names this process in leases (default: a random id).
+	Owner string
+	// Concurrency is each backend's limit on requests in flight (default 64).
+	Concurrency int
+	// MaxAttempts caps attempts per request (default 8).
+	MaxAttempts int
+	// BackoffBase is the first retry delay, doubled on every attempt
+	// (default 1s), capped at BackoffMax (default 5m); ±20% jitter.
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	// RequestTimeout bounds one attempt (default 10m, like the SDKs).
+	RequestTimeout time.Duration
+	// Lease is how long a claim holds without a heartbeat (default 60s).
+	Lease time.Duration
+	// PollInterval is the longest the claimer and the sweeper sleep when
+	// nothing wakes them (default 1s).
+	PollInterval time.Duration
+	// Retention is how long after creation results are kept (default 29
+	// days); older ended batches are archived.
+	Retention time.Duration
+	// RescueAllAtStart returns every running request to pending at start,
+	// for a store only one process can open (SQLite): whatever was running
+	// belonged to a process that is gone.
+	RescueAllAtStart bool
+	// Logger receives the dispatcher's logs (default: discard).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// OnChange, if set, sees every batch change the dispatcher makes (ends
+	// in particular), after it is committed.
+	OnChange func(*store.BatchChange)
+}
+
+func (c Config) withDefaults() Config {
+	if c.Owner == "" {
+		c.Owner = batch.NewID("worker_")
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 64
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 8
+	}
+	if c.BackoffBase <= 0 {
+		c.BackoffBase = time.Second
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = 5 * time.Minute
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 10 * time.Minute
+	}
+	if c.Lease <= 0 {
+		c.Lease = time.Minute
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.Retention <= 0 {
+		c.Retention = batch.DefaultRetention
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.OnChange == nil {
+		c.OnChange = func(*store.BatchChange) {}
+	}
+	return c
+}
+
+// Dispatcher claims and runs requests. Start it once; Stop waits for it.
+type Dispatcher struct {
+	store  store.Store
+	router *backend.Router
+	cfg    Config
+	log    *slog.Logger
+
+	wake     chan struct{} // new work may be claimable
+	freed    chan struct{} // a slot was freed
+	outcomes chan store.Outcome
+	queues   map[backend.Backend]chan job
+	slots    int // total local capacity, running and queued
+
+	mu       sync.Mutex
+	held     int // requests claimed and not yet completed in the store
+	cancel   context.CancelFunc
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+// New returns a dispatcher over st, running requests on the backends of
+// router.
+func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
+	cfg = cfg.withDefaults()
+	d := &Dispatcher{
+		store:    st,
+		router:   router,
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "dispatch"),
+		wake:     make(chan struct{}, 1),
+		freed:    make(chan struct{}, 1),
+		outcomes: make(chan store.Outcome, 1024),
+		queues:   map[backend.Backend]chan job{},
+	}
+	for _, b := range router.Backends() {
+		// Each backend holds up to twice its concurrency locally: the
+		// second half is claimed ahead so that a finishing request is
+		// replaced at once instead of after a store round trip.
+		d.queues[b] = make(chan job, cfg.Concurrency)
+		d.slots += 2 * cfg.Concurrency
+	}
+	return d
+}
+
+// Wake tells the dispatcher that new requests may be claimable.
+func (d *Dispatcher) Wake() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Start runs the dispatcher in the background until Stop or ctx ends.
+func (d *Dispatcher) Start(ctx context.Context) error {
+	if d.cfg.RescueAllAtStart {
+		changes, err := d.store.RequestsRescue(ctx, store.RequestsRescueParams{Now: d.cfg.Now(), All: true})
+		if err != nil {
+			return fmt.Errorf("start dispatcher: %w", err)
+		}
+		d.emit(changes...)
+		if _, err := d.store.BatchesDiscardStale(ctx, d.cfg.Now()); err != nil {
+			return fmt.Errorf("start dispatcher: %w", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	d.cancel = cancel
+	d.done = make(chan struct{})
+	var runCtx, stopRun = context.WithCancel(context.WithoutCancel(ctx))
+	var wg, workers sync.WaitGroup
+	for b, q := range d.queues {
+		for range d.cfg.Concurrency {
+			workers.Add(1)
+			go func() {
+				defer workers.Done()
+				d.work(runCtx, ctx, b, q)
+			}()
+		}
+	}
+	completed := make(chan struct{})
+	go func() {
+		defer close(completed)
+		d.complete(context.WithoutCancel(ctx))
+	}()
+	wg.Add(3)
+	go func() { defer wg.Done(); d.claimLoop(ctx) }()
+	go func() { defer wg.Done(); d.heartbeatLoop(ctx) }()
+	go func() { defer wg.Done(); d.sweepLoop(ctx) }()
+	go func() {
+		wg.Wait()
+		// Claiming has stopped: drain the queues so workers finish what
+		// is running and exit; queued requests stay leased and are rescued.
+		for _, q := range d.queues {
+			close(q)
+		}
+		workers.Wait()
+		stopRun()
+		close(d.outcomes)
+		<-completed
+		close(d.done)
+	}()
+	return nil
+}
+
+// Stop stops claiming, lets running requests finish (until ctx ends, when
+// they are abandoned to be rescued), writes their outcomes and returns.
+func (d *Dispatcher) Stop(ctx context.Context) {
+	d.stopOnce.Do(func() {
+		if d.cancel == nil {
+			return
+		}
+		d.cancel()
+		select {
+		case <-d.done:
+		case <-ctx.Done():
+		}
+	})
+}
+
+func (d *Dispatcher) emit(changes ...*store.BatchChange) {
+	for _, ch := range changes {
+		if ch.Ended {
+			b := ch.Batch
+			d.log.Info("batch ended", "batch", b.ID, "succeeded", b.Counts.Succeeded, "errored", b.Counts.Errored,
+				"canceled", b.Counts.Canceled, "expired", b.Counts.Expired)
+		}
+		d.cfg.OnChange(ch)
+	}
+}
+
+func (d *Dispatcher) claimLoop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	backoff := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wake:
+		case <-d.freed:
+		case <-timer.C:
+		}
+		for ctx.Err() == nil {
+			d.mu.Lock()
+			free := d.slots - d.held
+			d.mu.Unlock()
+			if free <= 0 {
+				break
+			}
+			claimed, err := d.store.RequestsClaim(ctx, store.RequestsClaimParams{
+				Owner: d.cfg.Owner, Limit: min(free, 1000), Now: d.cfg.Now(), LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
+			})
+			if err != nil {
+				if ctx.Err() == nil {
+					backoff = min(max(2*backoff, 10*time.Millisecond), d.cfg.PollInterval)
+					d.log.Error("claim failed", "err", err, "retry_in", backoff)
+				}
+				break
+			}
+			backoff = 0
+			if len(claimed) == 0 {
+				break
+			}
+			d.mu.Lock()
+			d.held += len(claimed)
+			d.mu.Unlock()
+			for _, c := range claimed {
+				d.dispatch(ctx, c)
+			}
+		}
+		timer.Reset(d.nextPoll(ctx, backoff))
+	}
+}
+
+// nextPoll is how long the claimer may sleep when nothing wakes it: until
+// the next retry is due, at most PollInterval.
+func (d *Dispatcher) nextPoll(ctx context.Context, backoff time.Duration) time.Duration {
+	if backoff > 0 {
+		return backoff
+	}
+	wait := d.cfg.PollInterval
+	due, err := d.store.RequestNextDue(ctx)
+	if err == nil && !due.IsZero() {
+		wait = min(wait, max(due.Sub(d.cfg.Now()), time.Millisecond))
+	}
+	return wait
+}
+
+// dispatch routes one claimed request to its backend's queue, or settles it
+// at once when its params are invalid or no backend serves its model.
+func (d *Dispatcher) dispatch(ctx context.Context, c store.ClaimedRequest) {
+	model, perr := checkParams(c.Params)
+	if perr != nil {
+		d.outcomes <- d.outcome(c, nil, perr)
+		return
+	}
+	b, err := d.router.Lookup(model)
+	if err != nil {
+		d.outcomes <- d.outcome(c, nil, err)
+		return
+	}
+	d.queues[b] <- job{ClaimedRequest: c, model: model}
+}
+
+// job is a claimed request on its way to a backend.
+type job struct {
+	store.ClaimedRequest
+	model string
+}
+
+// work runs requests from q on b until q closes. runCtx outlives stopCtx so
+// that a graceful stop lets running requests finish.
+func (d *Dispatcher) work(runCtx, stopCtx context.Context, b backend.Backend, q chan job) {
+	for c := range q {
+		if stopCtx.Err() != nil {
+			// Stopping: leave queued requests leased; they are rescued.
+			d.release(1)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
+		msg, err := b.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt})
+		cancel()
+		d.outcomes <- d.outcome(c.ClaimedRequest, msg, err)
+	}
+}
+
+func (d *Dispatcher) release(n int) {
+	d.mu.Lock()
+	d.held -= n
+	d.mu.Unlock()
+	select {
+	case d.freed <- struct{}{}:
+	default:
+	}
+}
+
+// outcome turns an attempt's result into what the store records.
+func (d *Dispatcher) outcome(c store.ClaimedRequest, msg json.RawMessage, err error) store.Outcome {
+	o := store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, Attempt: c.Attempt}
+	if err == nil {
+		if bytes.IndexByte(msg, '\n') >= 0 {
+			// A JSONL line must not contain a newline.
+			var buf bytes.Buffer
+			if cerr := json.Compact(&buf, msg); cerr == nil {
+				msg = buf.Bytes()
+			}
+		}
+		o.ResultType = store.ResultSucceeded
+		o.Result = append(append([]byte(`{"type":"succeeded","message":`), msg...), '}')
+		return o
+	}
+	be := backend.AsError(err)
+	o.ResultType = store.ResultErrored
+	o.Result = erroredResult(be)
+	if be.Transient() && c.Attempt < d.cfg.MaxAttempts {
+		o.Retry = true
+		o.RetryAt = d.cfg.Now().Add(d.backoff(c.Attempt, be.RetryAfter))
+	}
+	return o
+}
+
+// backoff is the delay after the given failed attempt: exponential from
+// BackoffBase, capped, with ±20% jitter so that a burst of failures does not
+// retry in lockstep; never shorter than what the upstream asked for.
+func (d *Dispatcher) backoff(attempt int, retryAfter time.Duration) time.Duration {
+	delay := d.cfg.BackoffBase
+	for i := 1; i < attempt && delay < d.cfg.BackoffMax; i++ {
+		delay *= 2
+	}
+	delay = min(delay, d.cfg.BackoffMax)
+	delay = time.Duration(float64(delay) * (0.8 + 0.4*rand.Float64()))
+	return max(delay, min(retryAfter, time.Hour))
+}
+
+func erroredResult(be *backend.Error) json.RawMessage {
+	inner, _ := json.Marshal(struct {
+		Type    string `json:"type"`
+		Message string `json:"message"`
+	}{be.Type, be.Message})
+	out := make([]byte, 0, len(inner)+96)
+	out = append(out, `{"type":"errored","error":{"type":"error","error":`...)
+	out = append(out, inner...)
+	out = append(out, `,"request_id":null}}`...)
+	return out
+}
+
+// complete writes outcomes in groups: whatever has arrived while the last
+// write ran goes into the next one, so under load each transaction carries
+// many outcomes and when idle an outcome is written at once.
+func (d *Dispatcher) complete(ctx context.Context) {
+	const maxGroup = 512
+	group := make([]store.Outcome, 0, maxGroup)
+	for o := range d.outcomes {
+		group = append(group[:0], o)
+	fill:
+		for len(group) < maxGroup {
+			select {
+			case o, ok := <-d.outcomes:
+				if !ok {
+					break fill
+				}
+				group = append(group, o)
+			default:
+				break fill
+			}
+		}
+		d.write(ctx, group)
+		d.release(len(group))
+	}
+}
+
+func (d *Dispatcher) write(ctx context.Context, group []store.Outcome) {
+	delay := 10 * time.Millisecond
+	for {
+		changes, err := d.store.RequestsComplete(ctx, store.RequestsCompleteParams{Owner: d.cfg.Owner, Now: d.cfg.Now(), Outcomes: group})
+		if err == nil {
+			d.emit(changes...)
+			return
+		}
+		if errors.Is(err, context.Canceled) {
+			return
+		}
+		// Outcomes are only in memory: keep trying rather than lose them.
+		// If the process dies meanwhile, the leases lapse and the requests
+		// run again.
+		d.log.Error("complete failed", "err", err, "outcomes", len(group), "retry_in", delay)
+		time.Sleep(delay)
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+func (d *Dispatcher) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := d.store.RequestsHeartbeat(ctx, store.RequestsHeartbeatParams{Owner: d.cfg.Owner, LeaseUntil: d.cfg.Now().Add(d.cfg.Lease)}); err != nil && ctx.Err() == nil {
+				d.log.Error("heartbeat failed", "err", err)
+			}
+		}
+	}
+}
+
+// sweepLoop expires batches, rescues requests whose lease lapsed, archives
+// old batches and purges deleted requests.
+func (d *Dispatcher) sweepLoop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		wait := d.cfg.PollInterval
+		if err := d.sweep(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.log.Error("sweep failed", "err", err)
+		}
+		if next, err := d.store.BatchNextExpiry(ctx); err == nil && !next.IsZero() {
+			wait = min(wait, max(next.Sub(d.cfg.Now()), time.Millisecond))
+		}
+		timer.Reset(wait)
+	}
+}
+
+func (d *Dispatcher) sweep(ctx context.Context) error {
+	now := d.cfg.Now()
+	rescued, err := d.store.RequestsRescue(ctx, store.RequestsRescueParams{Now: now})
+	if err != nil {
+		return err
+	}
+	d.emit(rescued...)
+	expired, err := d.store.BatchesExpire(ctx, store.BatchesExpireParams{Now: now})
+	if err != nil {
+		return err
+	}
+	d.emit(expired...)
+	if _, err := d.store.BatchesArchive(ctx, store.BatchesArchiveParams{Now: now, CreatedBefore: now.Add(-d.cfg.Retention)}); err != nil {
+		return err
+	}
+	// Purge a bounded amount per sweep so that deletes never hog the writer.
+	for range 10 {
+		n, err := d.store.RequestsPurge(ctx, 2000)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if len(rescued) > 0 {
+		d.Wake()
+	}
+	return nil
+}

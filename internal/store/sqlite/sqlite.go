@@ -1,0 +1,927 @@
+// Package sqlite is batchd's embedded store: one SQLite file in WAL mode,
+// opened through a pure-Go driver so that CGO_ENABLED=0 builds work.
+//
+// SQLite has one writer at a time, so the driver keeps two pools: a single
+// writer connection, whose transactions begin IMMEDIATE and so never fail
+// with SQLITE_BUSY half way, and a few reader connections that WAL lets run
+// beside it. Every hot path writes in groups, one transaction per group.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/batchd/batchd/internal/store"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Store implements store.Store on SQLite.
+type Store struct {
+	w *sql.DB // the single writer
+	r *sql.DB // readers
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database file at path and migrates it.
+func Open(ctx context.Context, path string) (*Store, error) {
+	dsn := func(txlock string) string {
+		q := url.Values{}
+		for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "foreign_keys(OFF)", "cache_size(-32000)"} {
+			q.Add("_pragma", p)
+		}
+		q.Set("_txlock", txlock)
+		q.Set("_time_format", "sqlite")
+		return "file:" + path + "?" + q.Encode()
+	}
+	w, err := sql.Open("sqlite", dsn("immediate"))
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite: %w", err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	r, err := sql.Open("sqlite", dsn("deferred"))
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open sqlite: %w", err)
+	}
+	r.SetMaxOpenConns(4)
+	r.SetMaxIdleConns(4)
+	r.SetConnMaxIdleTime(0)
+	s := &Store{w: w, r: r}
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes both pools.
+func (s *Store) Close() error {
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.w.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY)`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		version := strings.TrimSuffix(strings.TrimPrefix(name, "migrations/"), ".sql")
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations WHERE version = ?`, version).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				return nil
+			}
+			body, err := migrations.ReadFile(name)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+				return err
+			}
+			_, err = tx.ExecContext(ctx, `INSERT INTO schema_migrations (version) VALUES (?)`, version)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migrate %s: %w", version, err)
+		}
+	}
+	return nil
+}
+
+// tx runs fn in a write transaction.
+func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func micros(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
+}
+
+func fromMicros(v int64) time.Time { return time.UnixMicro(v).UTC() }
+
+func fromNullMicros(v sql.NullInt64) *time.Time {
+	if !v.Valid {
+		return nil
+	}
+	t := fromMicros(v.Int64)
+	return &t
+}
+
+const batchCols = `seq, id, workspace, status, total, n_succeeded, n_errored, n_canceled, n_expired,
+	created_at, expires_at, ended_at, cancel_initiated_at, archived_at`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanBatch(row scanner) (*store.Batch, error) {
+	var (
+		b                         store.Batch
+		created, expires          int64
+		ended, cancelInit, archiv sql.NullInt64
+	)
+	err := row.Scan(&b.Seq, &b.ID, &b.Workspace, &b.Status, &b.Total, &b.Counts.Succeeded, &b.Counts.Errored,
+		&b.Counts.Canceled, &b.Counts.Expired, &created, &expires, &ended, &cancelInit, &archiv)
+	if err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, store.ErrNotFound
+		}
+		return nil, err
+	}
+	b.CreatedAt = fromMicros(created)
+	b.ExpiresAt = fromMicros(expires)
+	b.EndedAt = fromNullMicros(ended)
+	b.CancelInitiatedAt = fromNullMicros(cancelInit)
+	b.ArchivedAt = fromNullMicros(archiv)
+	b.Counts.Processing = b.Total - b.Counts.Succeeded - b.Counts.Errored - b.Counts.Canceled - b.Counts.Expired
+	return &b, nil
+}
+
+// BatchInsert implements store.Store.
+func (s *Store) BatchInsert(ctx context.Context, p store.BatchInsertParams) (*store.Batch, error) {
+	var b *store.Batch
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if p.MaxInProgress > 0 {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM batches WHERE workspace = ? AND status != 'ended'`, p.Workspace).Scan(&n); err != nil {
+				return err
+			}
+			if n >= p.MaxInProgress {
+				return store.ErrTooManyBatches
+			}
+		}
+		var err error
+		b, err = scanBatch(tx.QueryRowContext(ctx, `INSERT INTO batches (id, workspace, status, created_at, expires_at)
+			VALUES (?, ?, 'creating', ?, ?) RETURNING `+batchCols, p.ID, p.Workspace, micros(p.CreatedAt), micros(p.ExpiresAt)))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("insert batch: %w", err)
+	}
+	return b, nil
+}
+
+// RequestsInsert implements store.Store.
+func (s *Store) RequestsInsert(ctx context.Context, p store.RequestsInsertParams) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		// One multi-row INSERT per chunk: far fewer trips through the driver
+		// than a statement per row.
+		const perStmt = 200
+		for start := 0; start < len(p.Requests); start += perStmt {
+			chunk := p.Requests[start:min(start+perStmt, len(p.Requests))]
+			var sb strings.Builder
+			sb.WriteString(`INSERT INTO requests (batch_seq, custom_id, params) VALUES `)
+			args := make([]any, 0, len(chunk)*3)
+			for i, r := range chunk {
+				if i > 0 {
+					sb.WriteString(",")
+				}
+				sb.WriteString("(?,?,?)")
+				args = append(args, p.BatchSeq, r.CustomID, []byte(r.Params))
+			}
+			if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("insert requests: %w", err)
+	}
+	return nil
+}
+
+// BatchPublish implements store.Store.
+func (s *Store) BatchPublish(ctx context.Context, p store.BatchPublishParams) (*store.Batch, error) {
+	var b *store.Batch
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		b, err = scanBatch(tx.QueryRowContext(ctx, `UPDATE batches SET status = 'in_progress', total = ?
+			WHERE seq = ? AND status = 'creating' RETURNING `+batchCols, p.Total, p.BatchSeq))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("publish batch: %w", err)
+	}
+	return b, nil
+}
+
+// BatchDiscard implements store.Store.
+func (s *Store) BatchDiscard(ctx context.Context, batchSeq int64) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		return deleteBatch(ctx, tx, batchSeq)
+	})
+	if err != nil {
+		return fmt.Errorf("discard batch: %w", err)
+	}
+	return nil
+}
+
+func deleteBatch(ctx context.Context, tx *sql.Tx, seq int64) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM batches WHERE seq = ?`, seq); err != nil {
+		return err
+	}
+	_, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO purges (batch_seq) VALUES (?)`, seq)
+	return err
+}
+
+// BatchesDiscardStale implements store.Store.
+func (s *Store) BatchesDiscardStale(ctx context.Context, before time.Time) (int, error) {
+	n := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		seqs, err := querySeqs(ctx, tx, `SELECT seq FROM batches WHERE status = 'creating' AND created_at < ?`, micros(before))
+		if err != nil {
+			return err
+		}
+		for _, seq := range seqs {
+			if err := deleteBatch(ctx, tx, seq); err != nil {
+				return err
+			}
+		}
+		n = len(seqs)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("discard stale batches: %w", err)
+	}
+	return n, nil
+}
+
+func querySeqs(ctx context.Context, tx *sql.Tx, q string, args ...any) ([]int64, error) {
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var v int64
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// BatchGet implements store.Store.
+func (s *Store) BatchGet(ctx context.Context, p store.BatchGetParams) (*store.Batch, error) {
+	b, err := scanBatch(s.r.QueryRowContext(ctx, `SELECT `+batchCols+` FROM batches
+		WHERE id = ? AND workspace = ? AND status != 'creating'`, p.ID, p.Workspace))
+	if err != nil {
+		return nil, fmt.Errorf("get batch: %w", err)
+	}
+	return b, nil
+}
+
+// BatchList implements store.Store.
+func (s *Store) BatchList(ctx context.Context, p store.BatchListParams) (*store.BatchPage, error) {
+	cursor, backwards := p.AfterID, false
+	if p.BeforeID != "" {
+		cursor, backwards = p.BeforeID, true
+	}
+	q := `SELECT ` + batchCols + ` FROM batches WHERE workspace = ? AND status != 'creating'`
+	args := []any{p.Workspace}
+	if cursor != "" {
+		var seq int64
+		err := s.r.QueryRowContext(ctx, `SELECT seq FROM batches WHERE id = ? AND workspace = ? AND status != 'creating'`,
+			cursor, p.Workspace).Scan(&seq)
+		if err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil, fmt.Errorf("list batches: cursor: %w", store.ErrNotFound)
+			}
+			return nil, fmt.Errorf("list batches: %w", err)
+		}
+		if backwards {
+			q += ` AND seq > ?`
+		} else {
+			q += ` AND seq < ?`
+		}
+		args = append(args, seq)
+	}
+	if backwards {
+		q += ` ORDER BY seq ASC LIMIT ?`
+	} else {
+		q += ` ORDER BY seq DESC LIMIT ?`
+	}
+	args = append(args, p.Limit+1)
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list batches: %w", err)
+	}
+	defer rows.Close()
+	page := &store.BatchPage{}
+	for rows.Next() {
+		b, err := scanBatch(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list batches: %w", err)
+		}
+		page.Batches = append(page.Batches, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list batches: %w", err)
+	}
+	if len(page.Batches) > p.Limit {
+		page.HasMore = true
+		page.Batches = page.Batches[:p.Limit]
+	}
+	if backwards {
+		// Fetched oldest-first to take the ones nearest the cursor; the page
+		// itself is still newest-first.
+		for i, j := 0, len(page.Batches)-1; i < j; i, j = i+1, j-1 {
+			page.Batches[i], page.Batches[j] = page.Batches[j], page.Batches[i]
+		}
+	}
+	return page, nil
+}
+
+// counts is a delta to a batch's settled counts.
+type counts struct{ succeeded, errored, canceled, expired int64 }
+
+func (c *counts) add(resultType string, n int64) {
+	switch resultType {
+	case store.ResultSucceeded:
+		c.succeeded += n
+	case store.ResultErrored:
+		c.errored += n
+	case store.ResultCanceled:
+		c.canceled += n
+	case store.ResultExpired:
+		c.expired += n
+	}
+}
+
+// settle applies a count delta and ends the batch if every request is now
+// settled. The end is guarded by status, so it happens exactly once.
+func settle(ctx context.Context, tx *sql.Tx, seq int64, d counts, now time.Time) (*store.BatchChange, error) {
+	if d != (counts{}) {
+		_, err := tx.ExecContext(ctx, `UPDATE batches SET n_succeeded = n_succeeded + ?, n_errored = n_errored + ?,
+			n_canceled = n_canceled + ?, n_expired = n_expired + ? WHERE seq = ?`,
+			d.succeeded, d.errored, d.canceled, d.expired, seq)
+		if err != nil {
+			return nil, err
+		}
+	}
+	b, err := scanBatch(tx.QueryRowContext(ctx, `UPDATE batches SET status = 'ended', ended_at = ?
+		WHERE seq = ? AND status IN ('in_progress', 'canceling')
+		AND n_succeeded + n_errored + n_canceled + n_expired >= total RETURNING `+batchCols, micros(now), seq))
+	if err == nil {
+		return &store.BatchChange{Batch: b, Ended: true}, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	b, err = scanBatch(tx.QueryRowContext(ctx, `SELECT `+batchCols+` FROM batches WHERE seq = ?`, seq))
+	if err != nil {
+		return nil, err
+	}
+	return &store.BatchChange{Batch: b}, nil
+}
+
+// BatchCancel implements store.Store.
+func (s *Store) BatchCancel(ctx context.Context, p store.BatchCancelParams) (*store.BatchChange, error) {
+	var ch *store.BatchChange
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		b, err := scanBatch(tx.QueryRowContext(ctx, `SELECT `+batchCols+` FROM batches
+			WHERE id = ? AND workspace = ? AND status != 'creating'`, p.ID, p.Workspace))
+		if err != nil {
+			return err
+		}
+		switch b.Status {
+		case store.StatusEnded:
+			return store.ErrConflict
+		case store.StatusCanceling:
+			ch = &store.BatchChange{Batch: b}
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET status = 'canceling', cancel_initiated_at = ? WHERE seq = ?`,
+			micros(p.Now), b.Seq); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE requests SET state = 2, result_type = 'canceled', result = NULL
+			WHERE batch_seq = ? AND state = 0`, b.Seq)
+		if err != nil {
+			return err
+		}
+		n, _ := res.RowsAffected()
+		ch, err = settle(ctx, tx, b.Seq, counts{canceled: n}, p.Now)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cancel batch: %w", err)
+	}
+	return ch, nil
+}
+
+// BatchDelete implements store.Store.
+func (s *Store) BatchDelete(ctx context.Context, p store.BatchGetParams) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var seq int64
+		var status string
+		err := tx.QueryRowContext(ctx, `SELECT seq, status FROM batches WHERE id = ? AND workspace = ? AND status != 'creating'`,
+			p.ID, p.Workspace).Scan(&seq, &status)
+		if errors.Is(err, sql.ErrNoRows) {
+			return store.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if status != store.StatusEnded {
+			return store.ErrConflict
+		}
+		return deleteBatch(ctx, tx, seq)
+	})
+	if err != nil {
+		return fmt.Errorf("delete batch: %w", err)
+	}
+	return nil
+}
+
+// BatchesExpire implements store.Store.
+func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) ([]*store.BatchChange, error) {
+	var out []*store.BatchChange
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		out = nil
+		seqs, err := querySeqs(ctx, tx, `SELECT seq FROM batches WHERE status IN ('in_progress', 'canceling') AND expires_at <= ?`, micros(p.Now))
+		if err != nil {
+			return err
+		}
+		for _, seq := range seqs {
+			// Never sent: expired. Sent and waiting to retry: errored with
+			// the last error, which the pending row keeps in result.
+			res, err := tx.ExecContext(ctx, `UPDATE requests SET state = 2, result_type = 'expired', result = NULL
+				WHERE batch_seq = ? AND state = 0 AND attempts = 0`, seq)
+			if err != nil {
+				return err
+			}
+			expired, _ := res.RowsAffected()
+			res, err = tx.ExecContext(ctx, `UPDATE requests SET state = 2, result_type = 'errored'
+				WHERE batch_seq = ? AND state = 0 AND attempts > 0`, seq)
+			if err != nil {
+				return err
+			}
+			errored, _ := res.RowsAffected()
+			ch, err := settle(ctx, tx, seq, counts{expired: expired, errored: errored}, p.Now)
+			if err != nil {
+				return err
+			}
+			if expired+errored > 0 || ch.Ended {
+				out = append(out, ch)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("expire batches: %w", err)
+	}
+	return out, nil
+}
+
+// BatchesArchive implements store.Store.
+func (s *Store) BatchesArchive(ctx context.Context, p store.BatchesArchiveParams) (int, error) {
+	n := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		seqs, err := querySeqs(ctx, tx, `UPDATE batches SET archived_at = ?
+			WHERE status = 'ended' AND archived_at IS NULL AND created_at <= ? RETURNING seq`,
+			micros(p.Now), micros(p.CreatedBefore))
+		if err != nil {
+			return err
+		}
+		for _, seq := range seqs {
+			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO purges (batch_seq) VALUES (?)`, seq); err != nil {
+				return err
+			}
+		}
+		n = len(seqs)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("archive batches: %w", err)
+	}
+	return n, nil
+}
+
+// BatchNextExpiry implements store.Store.
+func (s *Store) BatchNextExpiry(ctx context.Context) (time.Time, error) {
+	var v sql.NullInt64
+	if err := s.r.QueryRowContext(ctx, `SELECT min(expires_at) FROM batches WHERE status IN ('in_progress', 'canceling')`).Scan(&v); err != nil {
+		return time.Time{}, fmt.Errorf("next expiry: %w", err)
+	}
+	if !v.Valid {
+		return time.Time{}, nil
+	}
+	return fromMicros(v.Int64), nil
+}
+
+// RequestsClaim implements store.Store. Claims go batch by batch, least
+// recently served first, each batch getting an equal share of the limit and
+// leftovers going round again: a small batch behind a huge one is served in
+// the very next claim instead of after the huge one drains.
+func (s *Store) RequestsClaim(ctx context.Context, p store.RequestsClaimParams) ([]store.ClaimedRequest, error) {
+	var out []store.ClaimedRequest
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		out = out[:0]
+		type open struct {
+			seq     int64
+			id      string
+			expires int64
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT seq, id, expires_at FROM batches
+			WHERE status != 'ended' AND status = 'in_progress' AND expires_at > ?
+			ORDER BY last_claimed_at, seq`, micros(p.Now))
+		if err != nil {
+			return err
+		}
+		var batches []open
+		for rows.Next() {
+			var b open
+			if err := rows.Scan(&b.seq, &b.id, &b.expires); err != nil {
+				rows.Close()
+				return err
+			}
+			batches = append(batches, b)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		claim, err := tx.PrepareContext(ctx, `UPDATE requests SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
+			WHERE id IN (SELECT id FROM requests WHERE batch_seq = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?)
+			RETURNING id, custom_id, params, attempts`)
+		if err != nil {
+			return err
+		}
+		defer claim.Close()
+		remaining := p.Limit
+		served := map[int64]bool{}
+		for remaining > 0 && len(batches) > 0 {
+			share := max(1, remaining/len(batches))
+			next := batches[:0]
+			for _, b := range batches {
+				if remaining == 0 {
+					break
+				}
+				want := min(share, remaining)
+				rows, err := claim.QueryContext(ctx, p.Owner, micros(p.LeaseUntil), b.seq, micros(p.Now), want)
+				if err != nil {
+					return err
+				}
+				got := 0
+				for rows.Next() {
+					c := store.ClaimedRequest{BatchID: b.id, BatchSeq: b.seq, ExpiresAt: fromMicros(b.expires)}
+					var params []byte
+					if err := rows.Scan(&c.ID, &c.CustomID, &params, &c.Attempt); err != nil {
+						rows.Close()
+						return err
+					}
+					c.Params = params
+					out = append(out, c)
+					got++
+				}
+				rows.Close()
+				if err := rows.Err(); err != nil {
+					return err
+				}
+				remaining -= got
+				if got > 0 {
+					served[b.seq] = true
+				}
+				if got == want {
+					next = append(next, b)
+				}
+			}
+			batches = next
+		}
+		for seq := range served {
+			if _, err := tx.ExecContext(ctx, `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`, micros(p.Now), seq); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim requests: %w", err)
+	}
+	return out, nil
+}
+
+// RequestsComplete implements store.Store.
+func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompleteParams) ([]*store.BatchChange, error) {
+	var out []*store.BatchChange
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		out = nil
+		// Whether each touched batch can still retry: only in_progress and
+		// unexpired ones can; read inside the write transaction, so no
+		// cancel can slip between the check and the write.
+		type batchState struct {
+			retryable bool
+			expires   int64
+		}
+		states := map[int64]batchState{}
+		for _, o := range p.Outcomes {
+			if _, ok := states[o.BatchSeq]; ok {
+				continue
+			}
+			var status string
+			var expires int64
+			err := tx.QueryRowContext(ctx, `SELECT status, expires_at FROM batches WHERE seq = ?`, o.BatchSeq).Scan(&status, &expires)
+			if errors.Is(err, sql.ErrNoRows) {
+				states[o.BatchSeq] = batchState{}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			states[o.BatchSeq] = batchState{retryable: status == store.StatusInProgress, expires: expires}
+		}
+		settleStmt, err := tx.PrepareContext(ctx, `UPDATE requests SET state = 2, result_type = ?, result = ?, lease_owner = NULL, lease_expires = NULL
+			WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`)
+		if err != nil {
+			return err
+		}
+		defer settleStmt.Close()
+		retryStmt, err := tx.PrepareContext(ctx, `UPDATE requests SET state = 0, next_at = ?, result_type = ?, result = ?, lease_owner = NULL, lease_expires = NULL
+			WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`)
+		if err != nil {
+			return err
+		}
+		defer retryStmt.Close()
+		deltas := map[int64]*counts{}
+		var order []int64
+		for _, o := range p.Outcomes {
+			st := states[o.BatchSeq]
+			retry := o.Retry && st.retryable && micros(o.RetryAt) < st.expires
+			var res sql.Result
+			if retry {
+				res, err = retryStmt.ExecContext(ctx, micros(o.RetryAt), o.ResultType, []byte(o.Result), o.RequestID, p.Owner, o.Attempt)
+			} else {
+				res, err = settleStmt.ExecContext(ctx, o.ResultType, []byte(o.Result), o.RequestID, p.Owner, o.Attempt)
+			}
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 || retry {
+				continue
+			}
+			d := deltas[o.BatchSeq]
+			if d == nil {
+				d = &counts{}
+				deltas[o.BatchSeq] = d
+				order = append(order, o.BatchSeq)
+			}
+			d.add(o.ResultType, 1)
+		}
+		for _, seq := range order {
+			ch, err := settle(ctx, tx, seq, *deltas[seq], p.Now)
+			if err != nil {
+				return err
+			}
+			out = append(out, ch)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("complete requests: %w", err)
+	}
+	return out, nil
+}
+
+// RequestsHeartbeat implements store.Store.
+func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeatParams) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE requests SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
+			micros(p.LeaseUntil), p.Owner)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	return nil
+}
+
+// RequestsRescue implements store.Store.
+func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams) ([]*store.BatchChange, error) {
+	var out []*store.BatchChange
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		out = nil
+		cond := `state = 1 AND lease_expires < ?`
+		args := []any{micros(p.Now)}
+		if p.All {
+			cond, args = `state = 1`, nil
+		}
+		// A lost request of a canceling batch will never be sent again, so
+		// it settles as canceled; every other one goes back to pending.
+		seqs, err := querySeqs(ctx, tx, `UPDATE requests SET state = 2, result_type = 'canceled', result = NULL, lease_owner = NULL, lease_expires = NULL
+			WHERE `+cond+` AND batch_seq IN (SELECT seq FROM batches WHERE status = 'canceling') RETURNING batch_seq`, args...)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE requests SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE `+cond, args...); err != nil {
+			return err
+		}
+		deltas := map[int64]int64{}
+		for _, seq := range seqs {
+			deltas[seq]++
+		}
+		for seq, n := range deltas {
+			ch, err := settle(ctx, tx, seq, counts{canceled: n}, p.Now)
+			if err != nil {
+				return err
+			}
+			out = append(out, ch)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rescue requests: %w", err)
+	}
+	return out, nil
+}
+
+// RequestNextDue implements store.Store.
+func (s *Store) RequestNextDue(ctx context.Context) (time.Time, error) {
+	var v sql.NullInt64
+	err := s.r.QueryRowContext(ctx, `SELECT min(r.next_at) FROM batches b, requests r
+		WHERE b.status != 'ended' AND b.status = 'in_progress' AND r.batch_seq = b.seq AND r.state = 0`).Scan(&v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("next due: %w", err)
+	}
+	if !v.Valid {
+		return time.Time{}, nil
+	}
+	return fromMicros(v.Int64), nil
+}
+
+// RequestsPurge implements store.Store.
+func (s *Store) RequestsPurge(ctx context.Context, limit int) (int, error) {
+	n := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var seq int64
+		err := tx.QueryRowContext(ctx, `SELECT batch_seq FROM purges LIMIT 1`).Scan(&seq)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE batch_seq = ? LIMIT ?)`, seq, limit)
+		if err != nil {
+			return err
+		}
+		deleted, _ := res.RowsAffected()
+		n = int(deleted)
+		if n < limit {
+			_, err = tx.ExecContext(ctx, `DELETE FROM purges WHERE batch_seq = ?`, seq)
+		}
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("purge requests: %w", err)
+	}
+	return n, nil
+}
+
+// ResultsList implements store.Store.
+func (s *Store) ResultsList(ctx context.Context, p store.ResultsListParams) ([]store.Result, error) {
+	cols := `id, custom_id, result_type, result`
+	if p.WithParams {
+		cols += `, params`
+	}
+	q := `SELECT ` + cols + ` FROM requests WHERE batch_seq = ? AND id > ? AND state = 2`
+	if p.SkipSucceeded {
+		q += ` AND result_type != 'succeeded'`
+	}
+	q += ` ORDER BY id LIMIT ?`
+	rows, err := s.r.QueryContext(ctx, q, p.BatchSeq, p.AfterID, p.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("list results: %w", err)
+	}
+	defer rows.Close()
+	out := make([]store.Result, 0, p.Limit)
+	for rows.Next() {
+		var r store.Result
+		var result, params []byte
+		dest := []any{&r.ID, &r.CustomID, &r.ResultType, &result}
+		if p.WithParams {
+			dest = append(dest, &params)
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("list results: %w", err)
+		}
+		r.Result, r.Params = result, params
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list results: %w", err)
+	}
+	return out, nil
+}
+
+// KeyCreate implements store.Store.
+func (s *Store) KeyCreate(ctx context.Context, p store.KeyCreateParams) (*store.Key, error) {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO api_keys (id, workspace, hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)`,
+			p.ID, p.Workspace, p.Hash, p.Prefix, micros(p.CreatedAt))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create key: %w", err)
+	}
+	return &store.Key{ID: p.ID, Workspace: p.Workspace, Prefix: p.Prefix, CreatedAt: p.CreatedAt.UTC()}, nil
+}
+
+// KeyList implements store.Store.
+func (s *Store) KeyList(ctx context.Context) ([]*store.Key, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT id, workspace, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Key
+	for rows.Next() {
+		var k store.Key
+		var created int64
+		var revoked sql.NullInt64
+		if err := rows.Scan(&k.ID, &k.Workspace, &k.Prefix, &created, &revoked); err != nil {
+			return nil, fmt.Errorf("list keys: %w", err)
+		}
+		k.CreatedAt, k.RevokedAt = fromMicros(created), fromNullMicros(revoked)
+		out = append(out, &k)
+	}
+	return out, rows.Err()
+}
+
+// KeyRevoke implements store.Store.
+func (s *Store) KeyRevoke(ctx context.Context, idOrPrefix string, now time.Time) (*store.Key, error) {
+	var k store.Key
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var created int64
+		var revoked sql.NullInt64
+		err := tx.QueryRowContext(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? OR prefix = ?
+			RETURNING id, workspace, prefix, created_at, revoked_at`, micros(now), idOrPrefix, idOrPrefix).
+			Scan(&k.ID, &k.Workspace, &k.Prefix, &created, &revoked)
+		if errors.Is(err, sql.ErrNoRows) {
+			return store.ErrNotFound
+		}
+		k.CreatedAt, k.RevokedAt = fromMicros(created), fromNullMicros(revoked)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("revoke key: %w", err)
+	}
+	return &k, nil
+}
+
+// KeyLookup implements store.Store.
+func (s *Store) KeyLookup(ctx context.Context, hash string) (string, error) {
+	var ws string
+	err := s.r.QueryRowContext(ctx, `SELECT workspace FROM api_keys WHERE hash = ? AND revoked_at IS NULL`, hash).Scan(&ws)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", store.ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up key: %w", err)
+	}
+	return ws, nil
+}
+
+// KeysActive implements store.Store.
+func (s *Store) KeysActive(ctx context.Context) (bool, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)`).Scan(&n); err != nil {
+		return false, fmt.Errorf("check keys: %w", err)
+	}
+	return n > 0, nil
+}

@@ -1,0 +1,291 @@
+// Package store is batchd's storage seam: one interface of domain verbs, each
+// with a params struct, implemented by an embedded SQLite driver and (later)
+// a PostgreSQL driver. Both run the same conformance suite in storetest.
+//
+// State transitions are guarded in SQL, never in Go memory: a request result
+// is written only while the request is still running and still leased by the
+// writer, and a batch ends exactly once, in the transaction that settles its
+// last request.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Sentinel errors every driver maps its failures onto.
+var (
+	// ErrNotFound means no row matched in the caller's workspace.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means the row is in a state that forbids the operation.
+	ErrConflict = errors.New("state conflict")
+	// ErrTooManyBatches means the workspace is at its in-progress limit.
+	ErrTooManyBatches = errors.New("too many batches in progress")
+)
+
+// Batch statuses. StatusCreating is internal: the batch is still being
+// written and is invisible to every read.
+const (
+	StatusCreating   = "creating"
+	StatusInProgress = "in_progress"
+	StatusCanceling  = "canceling"
+	StatusEnded      = "ended"
+)
+
+// Result types of a settled request.
+const (
+	ResultSucceeded = "succeeded"
+	ResultErrored   = "errored"
+	ResultCanceled  = "canceled"
+	ResultExpired   = "expired"
+)
+
+// Counts are a batch's request_counts.
+type Counts struct {
+	Processing int64 `json:"processing"`
+	Succeeded  int64 `json:"succeeded"`
+	Errored    int64 `json:"errored"`
+	Canceled   int64 `json:"canceled"`
+	Expired    int64 `json:"expired"`
+}
+
+// Batch is one message batch as stored.
+type Batch struct {
+	ID                string
+	Seq               int64 // internal, monotonic: orders listings and keys requests
+	Workspace         string
+	Status            string
+	Total             int64
+	Counts            Counts
+	CreatedAt         time.Time
+	ExpiresAt         time.Time
+	EndedAt           *time.Time
+	CancelInitiatedAt *time.Time
+	ArchivedAt        *time.Time
+}
+
+// BatchInsertParams starts a batch in StatusCreating.
+type BatchInsertParams struct {
+	ID        string
+	Workspace string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	// MaxInProgress caps batches not yet ended in the workspace, creating ones
+	// included; 0 means no cap. Over it the insert fails with ErrTooManyBatches.
+	MaxInProgress int
+}
+
+// NewRequest is one request of a batch being created.
+type NewRequest struct {
+	CustomID string
+	Params   json.RawMessage
+}
+
+// RequestsInsertParams appends a group of requests to a creating batch.
+type RequestsInsertParams struct {
+	BatchSeq int64
+	// Requests are appended in order; results list in the same order.
+	Requests []NewRequest
+}
+
+// BatchPublishParams turns a creating batch in_progress, visible and
+// claimable, with its final request count.
+type BatchPublishParams struct {
+	BatchSeq int64
+	Total    int64
+}
+
+// BatchGetParams names one batch within a workspace.
+type BatchGetParams struct {
+	Workspace string
+	ID        string
+}
+
+// BatchListParams pages a workspace's batches, newest first.
+type BatchListParams struct {
+	Workspace string
+	// AfterID returns the batches older than it, BeforeID the newer ones;
+	// at most one is set.
+	AfterID  string
+	BeforeID string
+	Limit    int
+}
+
+// BatchPage is one page of a listing, newest first.
+type BatchPage struct {
+	Batches []*Batch
+	HasMore bool
+}
+
+// BatchCancelParams starts cancellation.
+type BatchCancelParams struct {
+	Workspace string
+	ID        string
+	Now       time.Time
+}
+
+// BatchChange is a batch after a verb changed it, and whether that verb ended
+// it, so callers can emit events exactly once.
+type BatchChange struct {
+	Batch *Batch
+	Ended bool
+}
+
+// ClaimedRequest is a request leased to a dispatcher.
+type ClaimedRequest struct {
+	ID        int64
+	BatchID   string
+	BatchSeq  int64
+	CustomID  string
+	Params    json.RawMessage
+	Attempt   int
+	ExpiresAt time.Time
+}
+
+// RequestsClaimParams leases up to Limit pending requests, shared fairly
+// across the batches that have work.
+type RequestsClaimParams struct {
+	Owner      string
+	Limit      int
+	Now        time.Time
+	LeaseUntil time.Time
+}
+
+// Outcome is how one attempt at a claimed request ended.
+type Outcome struct {
+	RequestID int64
+	BatchSeq  int64
+	Attempt   int
+	// ResultType and Result settle the request: Result is the JSON of the
+	// result object ({"type":"succeeded","message":...}).
+	ResultType string
+	Result     json.RawMessage
+	// Retry asks for another attempt at RetryAt instead. ResultType and
+	// Result then hold the errored result to settle with if the batch can no
+	// longer retry (canceling, or expired before RetryAt) or, later, when the
+	// batch expires while the request waits.
+	Retry   bool
+	RetryAt time.Time
+}
+
+// RequestsCompleteParams records outcomes held under Owner's lease.
+type RequestsCompleteParams struct {
+	Owner    string
+	Now      time.Time
+	Outcomes []Outcome
+}
+
+// RequestsHeartbeatParams extends every lease Owner holds.
+type RequestsHeartbeatParams struct {
+	Owner      string
+	LeaseUntil time.Time
+}
+
+// RequestsRescueParams returns requests whose lease ran out to pending (or
+// settles them when their batch is canceling).
+type RequestsRescueParams struct {
+	Now time.Time
+	// All rescues every running request regardless of lease, for a driver
+	// whose data only one process may open (SQLite) at startup.
+	All bool
+}
+
+// BatchesExpireParams settles unsent requests of batches past expiry.
+type BatchesExpireParams struct {
+	Now time.Time
+}
+
+// BatchesArchiveParams archives ended batches created before CreatedBefore
+// and drops their requests and results.
+type BatchesArchiveParams struct {
+	Now           time.Time
+	CreatedBefore time.Time
+}
+
+// Result is one settled request, as listed for results and retry.
+type Result struct {
+	ID         int64
+	CustomID   string
+	ResultType string
+	Result     json.RawMessage // nil for canceled and expired
+	Params     json.RawMessage // only when asked for
+}
+
+// ResultsListParams pages through a batch's settled requests in request
+// order, by keyset on ID, so a stream never holds a long transaction.
+type ResultsListParams struct {
+	BatchSeq      int64
+	AfterID       int64
+	Limit         int
+	WithParams    bool
+	SkipSucceeded bool
+}
+
+// Key is an API key record; the key itself is never stored, only its hash.
+type Key struct {
+	ID        string
+	Workspace string
+	Prefix    string
+	CreatedAt time.Time
+	RevokedAt *time.Time
+}
+
+// KeyCreateParams stores a new key's hash.
+type KeyCreateParams struct {
+	ID        string
+	Workspace string
+	Hash      string
+	Prefix    string
+	CreatedAt time.Time
+}
+
+// Store is every storage verb batchd needs.
+type Store interface {
+	BatchInsert(ctx context.Context, p BatchInsertParams) (*Batch, error)
+	RequestsInsert(ctx context.Context, p RequestsInsertParams) error
+	BatchPublish(ctx context.Context, p BatchPublishParams) (*Batch, error)
+	// BatchDiscard removes a batch that never finished creating.
+	BatchDiscard(ctx context.Context, batchSeq int64) error
+	// BatchesDiscardStale removes creating batches older than before.
+	BatchesDiscardStale(ctx context.Context, before time.Time) (int, error)
+	BatchGet(ctx context.Context, p BatchGetParams) (*Batch, error)
+	BatchList(ctx context.Context, p BatchListParams) (*BatchPage, error)
+	// BatchCancel moves an in_progress batch to canceling and settles its
+	// pending requests as canceled; canceling is idempotent; ended is
+	// ErrConflict.
+	BatchCancel(ctx context.Context, p BatchCancelParams) (*BatchChange, error)
+	// BatchDelete deletes an ended batch and its requests; otherwise
+	// ErrConflict.
+	BatchDelete(ctx context.Context, p BatchGetParams) error
+	BatchesExpire(ctx context.Context, p BatchesExpireParams) ([]*BatchChange, error)
+	BatchesArchive(ctx context.Context, p BatchesArchiveParams) (int, error)
+	// BatchNextExpiry is the earliest expires_at of an unended batch, or
+	// zero when there is none, so the sweeper can sleep until then.
+	BatchNextExpiry(ctx context.Context) (time.Time, error)
+
+	RequestsClaim(ctx context.Context, p RequestsClaimParams) ([]ClaimedRequest, error)
+	RequestsComplete(ctx context.Context, p RequestsCompleteParams) ([]*BatchChange, error)
+	RequestsHeartbeat(ctx context.Context, p RequestsHeartbeatParams) error
+	RequestsRescue(ctx context.Context, p RequestsRescueParams) ([]*BatchChange, error)
+	// RequestNextDue is the earliest next_at among pending requests of
+	// in_progress batches, or zero when there is none.
+	RequestNextDue(ctx context.Context) (time.Time, error)
+	// RequestsPurge deletes up to limit requests of deleted, archived or
+	// discarded batches, returning how many it deleted; deletion happens in
+	// the background so that a DELETE of a 100,000-request batch is instant.
+	RequestsPurge(ctx context.Context, limit int) (int, error)
+	ResultsList(ctx context.Context, p ResultsListParams) ([]Result, error)
+
+	KeyCreate(ctx context.Context, p KeyCreateParams) (*Key, error)
+	KeyList(ctx context.Context) ([]*Key, error)
+	// KeyRevoke revokes by id or prefix.
+	KeyRevoke(ctx context.Context, idOrPrefix string, now time.Time) (*Key, error)
+	// KeyLookup returns the workspace of an active key hash, ErrNotFound if none.
+	KeyLookup(ctx context.Context, hash string) (string, error)
+	// KeysActive reports whether any key is active, i.e. auth is enforced.
+	KeysActive(ctx context.Context) (bool, error)
+
+	Close() error
+}
