@@ -15,12 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/batchd/batchd/internal/api"
-	"github.com/batchd/batchd/internal/backend"
-	"github.com/batchd/batchd/internal/backend/sim"
 	"github.com/batchd/batchd/internal/batch"
 	"github.com/batchd/batchd/internal/dispatch"
-	"github.com/batchd/batchd/internal/store/sqlite"
+	"github.com/batchd/batchd/internal/server"
 )
 
 // serveConfig is everything `batchd serve` takes, each with its default.
@@ -116,60 +113,59 @@ func serve(ctx context.Context, c serveConfig) error {
 		return err
 	}
 	defer unlock()
-	st, err := sqlite.Open(ctx, filepath.Join(c.dataDir, "batchd.db"))
+	srvParts, err := server.Open(ctx, server.Config{
+		DataDir:   c.dataDir,
+		PublicURL: c.publicURL,
+		Batch: batch.Config{
+			MaxRequests:   c.maxRequests,
+			MaxBodyBytes:  c.maxBodyBytes,
+			MaxInProgress: c.maxInProgress,
+			ExpireAfter:   c.expireAfter,
+			Retention:     c.retention,
+		},
+		Dispatch: dispatch.Config{
+			Concurrency:    c.concurrency,
+			MaxAttempts:    c.maxAttempts,
+			BackoffBase:    c.retryBackoff,
+			BackoffMax:     c.retryBackoffMax,
+			RequestTimeout: c.requestTimeout,
+		},
+		SimLatency: c.simLatency,
+		Logger:     log,
+	})
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-
-	keysActive, err := st.KeysActive(ctx)
+	keysActive, err := srvParts.Store.KeysActive(ctx)
 	if err != nil {
+		srvParts.Close(ctx)
 		return err
 	}
 	if !keysActive {
 		if !isLoopback(c.addr) {
+			srvParts.Close(ctx)
 			return fmt.Errorf("refusing to listen on %s without API keys: anyone could use this server; create one with `batchd keys create --workspace NAME --data-dir %s`, or listen on 127.0.0.1", c.addr, c.dataDir)
 		}
 		log.Warn("no API keys exist: running open, any key is accepted (loopback only); create one with `batchd keys create`")
 	}
 
-	router := backend.NewRouter(backend.Route{Pattern: "*", Backend: sim.New(sim.Config{Latency: c.simLatency})})
-	disp := dispatch.New(st, router, dispatch.Config{
-		Concurrency:      c.concurrency,
-		MaxAttempts:      c.maxAttempts,
-		BackoffBase:      c.retryBackoff,
-		BackoffMax:       c.retryBackoffMax,
-		RequestTimeout:   c.requestTimeout,
-		Retention:        c.retention,
-		RescueAllAtStart: true,
-		Logger:           log,
-	})
-	svc := batch.NewService(st, batch.Config{
-		MaxRequests:   c.maxRequests,
-		MaxBodyBytes:  c.maxBodyBytes,
-		MaxInProgress: c.maxInProgress,
-		ExpireAfter:   c.expireAfter,
-		Retention:     c.retention,
-		OnCreated:     disp.Wake,
-	})
-	handler := api.New(api.Config{Service: svc, Keys: st, PublicURL: c.publicURL, Logger: log})
-
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	if err := disp.Start(ctx); err != nil {
+	if err := srvParts.Start(ctx); err != nil {
 		ln.Close()
+		srvParts.Close(ctx)
 		return err
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: srvParts.Handler(), ReadHeaderTimeout: 30 * time.Second}
 	log.Info("batchd listening", "url", "http://"+ln.Addr().String(), "data_dir", c.dataDir)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 
 	select {
 	case err := <-errc:
-		disp.Stop(context.Background())
+		srvParts.Close(context.Background())
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
@@ -179,7 +175,9 @@ func serve(ctx context.Context, c serveConfig) error {
 	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		log.Error("http shutdown", "err", err)
 	}
-	disp.Stop(shutdownCtx)
+	if err := srvParts.Close(shutdownCtx); err != nil {
+		log.Error("close", "err", err)
+	}
 	log.Info("stopped")
 	return nil
 }

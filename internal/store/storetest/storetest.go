@@ -1,0 +1,662 @@
+// Package storetest is the conformance suite every store driver must pass.
+// It tests the guarantees the rest of batchd relies on — guarded
+// transitions, exactly-once ends, fair claims, workspace isolation — through
+// the store.Store interface only, so SQLite and PostgreSQL are held to the
+// same behaviour.
+package storetest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batchd/batchd/internal/store"
+)
+
+// NewStore returns an empty, migrated store that the test owns; the
+// factory registers its cleanup with t.
+type NewStore func(t *testing.T) store.Store
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 123456000, time.UTC)
+
+type bundle struct {
+	ctx context.Context
+	st  store.Store
+}
+
+func setup(t *testing.T, newStore NewStore) *bundle {
+	t.Helper()
+	return &bundle{ctx: context.Background(), st: newStore(t)}
+}
+
+var seq atomic.Int64
+
+// batch creates and publishes a batch of n requests in workspace ws.
+func (b *bundle) batch(t *testing.T, ws string, n int, created time.Time) *store.Batch {
+	t.Helper()
+	bt, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{
+		ID: fmt.Sprintf("msgbatch_%s_%d", ws, seq.Add(1)), Workspace: ws,
+		CreatedAt: created, ExpiresAt: created.Add(24 * time.Hour),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqs := make([]store.NewRequest, n)
+	for i := range reqs {
+		reqs[i] = store.NewRequest{CustomID: fmt.Sprintf("r%d", i), Params: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}
+	}
+	if n > 0 {
+		if err := b.st.RequestsInsert(b.ctx, store.RequestsInsertParams{BatchSeq: bt.Seq, Requests: reqs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bt, err = b.st.BatchPublish(b.ctx, store.BatchPublishParams{BatchSeq: bt.Seq, Total: int64(n)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bt
+}
+
+func (b *bundle) claim(t *testing.T, owner string, limit int, now time.Time) []store.ClaimedRequest {
+	t.Helper()
+	c, err := b.st.RequestsClaim(b.ctx, store.RequestsClaimParams{Owner: owner, Limit: limit, Now: now, LeaseUntil: now.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func succeed(c store.ClaimedRequest) store.Outcome {
+	return store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, Attempt: c.Attempt, ResultType: store.ResultSucceeded,
+		Result: json.RawMessage(`{"type":"succeeded","message":{"id":"m"}}`)}
+}
+
+func (b *bundle) complete(t *testing.T, owner string, now time.Time, os ...store.Outcome) []*store.BatchChange {
+	t.Helper()
+	ch, err := b.st.RequestsComplete(b.ctx, store.RequestsCompleteParams{Owner: owner, Now: now, Outcomes: os})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+func (b *bundle) get(t *testing.T, bt *store.Batch) *store.Batch {
+	t.Helper()
+	got, err := b.st.BatchGet(b.ctx, store.BatchGetParams{Workspace: bt.Workspace, ID: bt.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func (b *bundle) results(t *testing.T, bt *store.Batch) []store.Result {
+	t.Helper()
+	r, err := b.st.ResultsList(b.ctx, store.ResultsListParams{BatchSeq: bt.Seq, Limit: 1_000_000, WithParams: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func endedCount(changes []*store.BatchChange) int {
+	n := 0
+	for _, c := range changes {
+		if c.Ended {
+			n++
+		}
+	}
+	return n
+}
+
+// Run runs the whole suite against the driver newStore builds.
+func Run(t *testing.T, newStore NewStore) {
+	tests := map[string]func(t *testing.T, b *bundle){
+		"CreatingBatchIsInvisible":          testCreatingInvisible,
+		"PublishShowsCounts":                testPublish,
+		"ListNewestFirstBothDirections":     testList,
+		"WorkspaceIsolation":                testIsolation,
+		"MaxInProgress":                     testMaxInProgress,
+		"ClaimLeasesAndCompleteEndsOnce":    testClaimComplete,
+		"CompleteGuardedByLeaseAndAttempt":  testCompleteGuard,
+		"ClaimIsFairAcrossBatches":          testClaimFair,
+		"RetryWaitsUntilDue":                testRetry,
+		"CancelSettlesPendingOnce":          testCancel,
+		"CancelEndedConflicts":              testCancelEnded,
+		"RetryAfterCancelSettlesErrored":    testRetryAfterCancel,
+		"ExpireSettlesUnsent":               testExpire,
+		"RescueReturnsLostRequests":         testRescue,
+		"RescueAllAtStart":                  testRescueAll,
+		"HeartbeatKeepsLease":               testHeartbeat,
+		"DeleteOnlyEndedAndPurges":          testDelete,
+		"ArchiveDropsResults":               testArchive,
+		"DiscardStaleCreating":              testDiscardStale,
+		"ResultsPageInOrderAndSkipSucceeded": testResultsPaging,
+		"Keys":                              testKeys,
+	}
+	for name, fn := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			fn(t, setup(t, newStore))
+		})
+	}
+}
+
+func testCreatingInvisible(t *testing.T, b *bundle) {
+	bt, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: "msgbatch_creating", Workspace: "w", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.st.RequestsInsert(b.ctx, store.RequestsInsertParams{BatchSeq: bt.Seq, Requests: []store.NewRequest{{CustomID: "a", Params: json.RawMessage(`{}`)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.st.BatchGet(b.ctx, store.BatchGetParams{Workspace: "w", ID: bt.ID}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get of a creating batch: want ErrNotFound, got %v", err)
+	}
+	page, err := b.st.BatchList(b.ctx, store.BatchListParams{Workspace: "w", Limit: 10})
+	if err != nil || len(page.Batches) != 0 {
+		t.Fatalf("list shows a creating batch: %v %v", page, err)
+	}
+	if c := b.claim(t, "o", 10, t0); len(c) != 0 {
+		t.Fatalf("claimed %d requests of a creating batch", len(c))
+	}
+}
+
+func testPublish(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 3, t0)
+	if bt.Status != store.StatusInProgress || bt.Total != 3 || bt.Counts.Processing != 3 {
+		t.Fatalf("published batch: %+v", bt)
+	}
+	got := b.get(t, bt)
+	if !got.CreatedAt.Equal(t0) || !got.ExpiresAt.Equal(t0.Add(24*time.Hour)) || got.EndedAt != nil || got.ArchivedAt != nil || got.CancelInitiatedAt != nil {
+		t.Fatalf("times not kept to the microsecond: %+v", got)
+	}
+}
+
+func testList(t *testing.T, b *bundle) {
+	var ids []string
+	for i := range 7 {
+		ids = append(ids, b.batch(t, "w", 0, t0.Add(time.Duration(i)*time.Second)).ID)
+	}
+	// newest first
+	want := make([]string, len(ids))
+	for i := range ids {
+		want[i] = ids[len(ids)-1-i]
+	}
+	list := func(p store.BatchListParams) ([]string, bool) {
+		p.Workspace = "w"
+		page, err := b.st.BatchList(b.ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, bt := range page.Batches {
+			out = append(out, bt.ID)
+		}
+		return out, page.HasMore
+	}
+	eq := func(a, b []string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
+	if got, more := list(store.BatchListParams{Limit: 3}); !eq(got, want[:3]) || !more {
+		t.Fatalf("first page %v %v", got, more)
+	}
+	if got, more := list(store.BatchListParams{Limit: 3, AfterID: want[2]}); !eq(got, want[3:6]) || !more {
+		t.Fatalf("after page %v %v", got, more)
+	}
+	if got, more := list(store.BatchListParams{Limit: 3, AfterID: want[5]}); !eq(got, want[6:]) || more {
+		t.Fatalf("last page %v %v", got, more)
+	}
+	if got, more := list(store.BatchListParams{Limit: 2, BeforeID: want[5]}); !eq(got, want[3:5]) || !more {
+		t.Fatalf("before page %v %v", got, more)
+	}
+	if got, more := list(store.BatchListParams{Limit: 5, BeforeID: want[2]}); !eq(got, want[0:2]) || more {
+		t.Fatalf("first before page %v %v", got, more)
+	}
+	if _, err := b.st.BatchList(b.ctx, store.BatchListParams{Workspace: "w", Limit: 3, AfterID: "msgbatch_nope"}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown cursor: %v", err)
+	}
+}
+
+func testIsolation(t *testing.T, b *bundle) {
+	bt := b.batch(t, "a", 1, t0)
+	other := store.BatchGetParams{Workspace: "b", ID: bt.ID}
+	if _, err := b.st.BatchGet(b.ctx, other); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get: %v", err)
+	}
+	if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "b", ID: bt.ID, Now: t0}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("cancel: %v", err)
+	}
+	if err := b.st.BatchDelete(b.ctx, other); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("delete: %v", err)
+	}
+	page, err := b.st.BatchList(b.ctx, store.BatchListParams{Workspace: "b", Limit: 10})
+	if err != nil || len(page.Batches) != 0 {
+		t.Fatalf("list: %+v %v", page, err)
+	}
+	if _, err := b.st.BatchList(b.ctx, store.BatchListParams{Workspace: "b", Limit: 10, AfterID: bt.ID}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("foreign cursor: %v", err)
+	}
+}
+
+func testMaxInProgress(t *testing.T, b *bundle) {
+	ins := func(id string) error {
+		_, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: id, Workspace: "w", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour), MaxInProgress: 2})
+		return err
+	}
+	if err := ins("msgbatch_1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ins("msgbatch_2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ins("msgbatch_3"); !errors.Is(err, store.ErrTooManyBatches) {
+		t.Fatalf("third: want ErrTooManyBatches, got %v", err)
+	}
+	// another workspace is not affected
+	if _, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: "msgbatch_4", Workspace: "x", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour), MaxInProgress: 2}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testClaimComplete(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 3, t0)
+	c := b.claim(t, "o", 10, t0)
+	if len(c) != 3 {
+		t.Fatalf("claimed %d", len(c))
+	}
+	for _, r := range c {
+		if r.Attempt != 1 || r.BatchID != bt.ID || len(r.Params) == 0 || !r.ExpiresAt.Equal(bt.ExpiresAt) {
+			t.Fatalf("claimed request %+v", r)
+		}
+	}
+	if again := b.claim(t, "o2", 10, t0); len(again) != 0 {
+		t.Fatalf("claimed leased requests again: %d", len(again))
+	}
+	ch := b.complete(t, "o", t0, succeed(c[0]), succeed(c[1]))
+	if endedCount(ch) != 0 || ch[0].Batch.Counts.Succeeded != 2 || ch[0].Batch.Counts.Processing != 1 {
+		t.Fatalf("after two: %+v", ch[0].Batch)
+	}
+	errored := store.Outcome{RequestID: c[2].ID, BatchSeq: c[2].BatchSeq, Attempt: 1, ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored"}`)}
+	ch = b.complete(t, "o", t0.Add(time.Second), errored)
+	if endedCount(ch) != 1 || ch[0].Batch.Status != store.StatusEnded || ch[0].Batch.EndedAt == nil || ch[0].Batch.Counts.Errored != 1 {
+		t.Fatalf("last completion must end the batch once: %+v", ch[0].Batch)
+	}
+	// Replaying the same outcomes changes nothing and ends nothing.
+	ch = b.complete(t, "o", t0.Add(2*time.Second), succeed(c[0]), errored)
+	if endedCount(ch) != 0 {
+		t.Fatal("a replayed completion ended the batch again")
+	}
+	got := b.get(t, bt)
+	if got.Counts.Succeeded != 2 || got.Counts.Errored != 1 || !got.EndedAt.Equal(t0.Add(time.Second)) {
+		t.Fatalf("counts or ended_at moved on replay: %+v", got)
+	}
+	if r := b.results(t, bt); len(r) != 3 {
+		t.Fatalf("want 3 results, got %d", len(r))
+	}
+}
+
+func testCompleteGuard(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 1, t0)
+	c := b.claim(t, "o", 1, t0)
+	// Not the lease holder.
+	b.complete(t, "intruder", t0, succeed(c[0]))
+	if got := b.get(t, bt); got.Counts.Succeeded != 0 {
+		t.Fatal("a result was written by a process that does not hold the lease")
+	}
+	// Lease lapses, the request is rescued and claimed again (attempt 2):
+	// the first attempt's late outcome must not count.
+	if _, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(2 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	c2 := b.claim(t, "o", 1, t0.Add(2*time.Minute))
+	if len(c2) != 1 || c2[0].Attempt != 2 {
+		t.Fatalf("reclaim: %+v", c2)
+	}
+	b.complete(t, "o", t0, succeed(c[0]))
+	if got := b.get(t, bt); got.Counts.Succeeded != 0 {
+		t.Fatal("a stale attempt's outcome was recorded")
+	}
+	b.complete(t, "o", t0, succeed(c2[0]))
+	if got := b.get(t, bt); got.Counts.Succeeded != 1 || got.Status != store.StatusEnded {
+		t.Fatalf("current attempt not recorded: %+v", got)
+	}
+}
+
+func testClaimFair(t *testing.T, b *bundle) {
+	big := b.batch(t, "w", 500, t0)
+	first := b.claim(t, "o", 50, t0)
+	if len(first) != 50 {
+		t.Fatalf("claimed %d", len(first))
+	}
+	small := b.batch(t, "w", 10, t0.Add(time.Second))
+	c := b.claim(t, "o", 20, t0.Add(time.Second))
+	perBatch := map[int64]int{}
+	for _, r := range c {
+		perBatch[r.BatchSeq]++
+	}
+	if perBatch[small.Seq] != 10 || perBatch[big.Seq] != 10 {
+		t.Fatalf("want the small batch's 10 and 10 of the big one, got %v", perBatch)
+	}
+}
+
+func testRetry(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 1, t0)
+	c := b.claim(t, "o", 1, t0)
+	o := store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, Attempt: 1, Retry: true, RetryAt: t0.Add(10 * time.Second),
+		ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored","error":{"type":"error","error":{"type":"overloaded_error","message":"x"},"request_id":null}}`)}
+	ch := b.complete(t, "o", t0, o)
+	if endedCount(ch) != 0 || b.get(t, bt).Counts.Processing != 1 {
+		t.Fatal("a retry settled the request")
+	}
+	if got := b.claim(t, "o", 1, t0.Add(5*time.Second)); len(got) != 0 {
+		t.Fatal("claimed before the retry was due")
+	}
+	due, err := b.st.RequestNextDue(b.ctx)
+	if err != nil || !due.Equal(t0.Add(10*time.Second)) {
+		t.Fatalf("next due %v %v", due, err)
+	}
+	got := b.claim(t, "o", 1, t0.Add(10*time.Second))
+	if len(got) != 1 || got[0].Attempt != 2 {
+		t.Fatalf("retry claim %+v", got)
+	}
+}
+
+func testCancel(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 5, t0)
+	running := b.claim(t, "o", 2, t0)
+	ch, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: t0.Add(time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Ended || ch.Batch.Status != store.StatusCanceling || ch.Batch.Counts.Canceled != 3 || ch.Batch.CancelInitiatedAt == nil {
+		t.Fatalf("cancel: %+v", ch.Batch)
+	}
+	// idempotent while canceling
+	ch, err = b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: t0.Add(2 * time.Second)})
+	if err != nil || ch.Batch.Counts.Canceled != 3 || !ch.Batch.CancelInitiatedAt.Equal(t0.Add(time.Second)) {
+		t.Fatalf("second cancel: %+v %v", ch, err)
+	}
+	if c := b.claim(t, "o", 10, t0); len(c) != 0 {
+		t.Fatal("claimed from a canceling batch")
+	}
+	b.complete(t, "o", t0, succeed(running[0]))
+	chs := b.complete(t, "o", t0, succeed(running[1]))
+	if endedCount(chs) != 1 || chs[0].Batch.Counts.Succeeded != 2 {
+		t.Fatalf("in-flight requests finish, then the batch ends: %+v", chs[0].Batch)
+	}
+}
+
+func testCancelEnded(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 1, t0)
+	c := b.claim(t, "o", 1, t0)
+	b.complete(t, "o", t0, succeed(c[0]))
+	if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: t0}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("cancel ended: %v", err)
+	}
+	// A batch whose every request was pending ends at cancel.
+	bt2 := b.batch(t, "w", 2, t0)
+	ch, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt2.ID, Now: t0})
+	if err != nil || !ch.Ended || ch.Batch.Counts.Canceled != 2 {
+		t.Fatalf("cancel of all-pending batch: %+v %v", ch, err)
+	}
+}
+
+func testRetryAfterCancel(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 1, t0)
+	c := b.claim(t, "o", 1, t0)
+	if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	o := store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, Attempt: 1, Retry: true, RetryAt: t0.Add(time.Second),
+		ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored"}`)}
+	ch := b.complete(t, "o", t0, o)
+	if endedCount(ch) != 1 || ch[0].Batch.Counts.Errored != 1 {
+		t.Fatalf("a retry in a canceling batch must settle as errored: %+v", ch)
+	}
+}
+
+func testExpire(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 4, t0)
+	c := b.claim(t, "o", 2, t0)
+	// c[0] failed transiently and waits; c[1] is still running.
+	o := store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, Attempt: 1, Retry: true, RetryAt: t0.Add(time.Minute),
+		ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored","error":"last"}`)}
+	b.complete(t, "o", t0, o)
+	exp := bt.ExpiresAt
+	if got := b.claim(t, "o", 10, exp); len(got) != 0 {
+		t.Fatal("claimed from an expired batch")
+	}
+	chs, err := b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(chs) != 1 || chs[0].Ended || chs[0].Batch.Counts.Expired != 2 || chs[0].Batch.Counts.Errored != 1 {
+		t.Fatalf("expire: %+v", chs)
+	}
+	res := b.results(t, bt)
+	for _, r := range res {
+		if r.ID == c[0].ID && (r.ResultType != store.ResultErrored || string(r.Result) != `{"type":"errored","error":"last"}`) {
+			t.Fatalf("a request waiting to retry must end errored with its last error: %+v", r)
+		}
+	}
+	chs = b.complete(t, "o", exp, succeed(c[1]))
+	if endedCount(chs) != 1 {
+		t.Fatal("the in-flight request's completion must end the expired batch")
+	}
+	chs, _ = b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: exp.Add(time.Hour)})
+	if len(chs) != 0 {
+		t.Fatal("an ended batch expired again")
+	}
+}
+
+func testRescue(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 2, t0)
+	c := b.claim(t, "o", 2, t0) // lease until t0+1m
+	if chs, _ := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(30 * time.Second)}); len(chs) != 0 {
+		t.Fatal("rescued a live lease")
+	}
+	if got := b.claim(t, "o2", 2, t0.Add(30*time.Second)); len(got) != 0 {
+		t.Fatal("claimed under a live lease")
+	}
+	// cancel, then the lease lapses: the request of a canceling batch
+	// settles canceled, since it will not be sent again.
+	bt2 := b.batch(t, "w", 1, t0)
+	c2 := b.claim(t, "o", 1, t0)
+	if c2[0].BatchSeq != bt2.Seq {
+		t.Fatalf("claimed from the wrong batch")
+	}
+	if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt2.ID, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	chs, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(2 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if endedCount(chs) != 1 {
+		t.Fatalf("rescue must end the canceling batch: %+v", chs)
+	}
+	got := b.claim(t, "o2", 10, t0.Add(2*time.Minute))
+	if len(got) != 2 || got[0].Attempt != 2 {
+		t.Fatalf("rescued requests not claimable again: %+v", got)
+	}
+	_ = c
+	_ = bt
+}
+
+func testRescueAll(t *testing.T, b *bundle) {
+	b.batch(t, "w", 3, t0)
+	b.claim(t, "o", 3, t0)
+	if _, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0, All: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.claim(t, "o2", 10, t0); len(got) != 3 {
+		t.Fatalf("rescue all: claimed %d", len(got))
+	}
+}
+
+func testHeartbeat(t *testing.T, b *bundle) {
+	b.batch(t, "w", 1, t0)
+	b.claim(t, "o", 1, t0) // lease until t0+1m
+	if err := b.st.RequestsHeartbeat(b.ctx, store.RequestsHeartbeatParams{Owner: "o", LeaseUntil: t0.Add(10 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(5 * time.Minute)})
+	if got := b.claim(t, "o2", 1, t0.Add(5*time.Minute)); len(got) != 0 {
+		t.Fatal("a heartbeated lease was rescued")
+	}
+}
+
+func testDelete(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 3, t0)
+	if err := b.st.BatchDelete(b.ctx, store.BatchGetParams{Workspace: "w", ID: bt.ID}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("delete in progress: %v", err)
+	}
+	if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.st.BatchDelete(b.ctx, store.BatchGetParams{Workspace: "w", ID: bt.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.st.BatchGet(b.ctx, store.BatchGetParams{Workspace: "w", ID: bt.ID}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get deleted: %v", err)
+	}
+	total := 0
+	for {
+		n, err := b.st.RequestsPurge(b.ctx, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		total += n
+	}
+	if total != 3 {
+		t.Fatalf("purged %d requests, want 3", total)
+	}
+	if r := b.results(t, bt); len(r) != 0 {
+		t.Fatalf("results survive delete: %d", len(r))
+	}
+}
+
+func testArchive(t *testing.T, b *bundle) {
+	old := b.batch(t, "w", 2, t0)
+	if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: old.ID, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	running := b.batch(t, "w", 1, t0) // not ended: never archived
+	n, err := b.st.BatchesArchive(b.ctx, store.BatchesArchiveParams{Now: t0.Add(30 * 24 * time.Hour), CreatedBefore: t0.Add(time.Hour)})
+	if err != nil || n != 1 {
+		t.Fatalf("archive: %d %v", n, err)
+	}
+	if got := b.get(t, old); got.ArchivedAt == nil || got.Counts.Canceled != 2 {
+		t.Fatalf("archived batch: %+v", got)
+	}
+	if got := b.get(t, running); got.ArchivedAt != nil {
+		t.Fatal("archived a running batch")
+	}
+	for {
+		n, err := b.st.RequestsPurge(b.ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if r := b.results(t, old); len(r) != 0 {
+		t.Fatalf("archived results remain: %d", len(r))
+	}
+	if r := b.claim(t, "o", 10, t0); len(r) != 1 {
+		t.Fatalf("purge touched another batch: claimed %d", len(r))
+	}
+}
+
+func testDiscardStale(t *testing.T, b *bundle) {
+	bt, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: "msgbatch_stale", Workspace: "w", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.st.RequestsInsert(b.ctx, store.RequestsInsertParams{BatchSeq: bt.Seq, Requests: []store.NewRequest{{CustomID: "a", Params: json.RawMessage(`{}`)}}})
+	n, err := b.st.BatchesDiscardStale(b.ctx, t0.Add(time.Second))
+	if err != nil || n != 1 {
+		t.Fatalf("discard: %d %v", n, err)
+	}
+	if _, err := b.st.BatchPublish(b.ctx, store.BatchPublishParams{BatchSeq: bt.Seq, Total: 1}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("publish after discard: %v", err)
+	}
+}
+
+func testResultsPaging(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 5, t0)
+	c := b.claim(t, "o", 5, t0)
+	var os []store.Outcome
+	for i, r := range c {
+		o := succeed(r)
+		if i%2 == 1 {
+			o.ResultType, o.Result = store.ResultErrored, json.RawMessage(`{"type":"errored"}`)
+		}
+		os = append(os, o)
+	}
+	b.complete(t, "o", t0, os...)
+	var all []store.Result
+	var after int64
+	for {
+		page, err := b.st.ResultsList(b.ctx, store.ResultsListParams{BatchSeq: bt.Seq, AfterID: after, Limit: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		all = append(all, page...)
+		after = page[len(page)-1].ID
+	}
+	if len(all) != 5 {
+		t.Fatalf("paged %d results", len(all))
+	}
+	for i, r := range all {
+		if r.CustomID != fmt.Sprintf("r%d", i) {
+			t.Fatalf("results out of request order: %d is %s", i, r.CustomID)
+		}
+	}
+	failed, err := b.st.ResultsList(b.ctx, store.ResultsListParams{BatchSeq: bt.Seq, Limit: 10, SkipSucceeded: true, WithParams: true})
+	if err != nil || len(failed) != 2 || string(failed[0].Params) != `{"i":1}` {
+		t.Fatalf("skip succeeded: %+v %v", failed, err)
+	}
+}
+
+func testKeys(t *testing.T, b *bundle) {
+	active, err := b.st.KeysActive(b.ctx)
+	if err != nil || active {
+		t.Fatalf("fresh store has active keys: %v %v", active, err)
+	}
+	if _, err := b.st.KeyCreate(b.ctx, store.KeyCreateParams{ID: "key_1", Workspace: "a", Hash: "h1", Prefix: "sk-1", CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if ws, err := b.st.KeyLookup(b.ctx, "h1"); err != nil || ws != "a" {
+		t.Fatalf("lookup: %q %v", ws, err)
+	}
+	if _, err := b.st.KeyLookup(b.ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("lookup unknown: %v", err)
+	}
+	k, err := b.st.KeyRevoke(b.ctx, "sk-1", t0)
+	if err != nil || k.RevokedAt == nil || k.ID != "key_1" {
+		t.Fatalf("revoke: %+v %v", k, err)
+	}
+	if _, err := b.st.KeyLookup(b.ctx, "h1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("revoked key still works: %v", err)
+	}
+	if active, _ := b.st.KeysActive(b.ctx); active {
+		t.Fatal("only a revoked key, yet keys are active")
+	}
+	keys, err := b.st.KeyList(b.ctx)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("list: %v %v", keys, err)
+	}
+	if _, err := b.st.KeyRevoke(b.ctx, "nope", t0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("revoke unknown: %v", err)
+	}
+}
