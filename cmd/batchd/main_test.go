@@ -29,7 +29,6 @@ func TestMain(m *testing.M) {
 	}
 	binPath = filepath.Join(dir, "batchd")
 	build := exec.Command("go", "build", "-o", binPath, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build batchd:", err)

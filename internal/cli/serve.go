@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
+	"runtime/trace"
 	"syscall"
 	"time"
 
@@ -38,6 +40,7 @@ type serveConfig struct {
 	requestTimeout  time.Duration
 	logLevel        string
 	logFormat       string
+	cpuProfile      string
 }
 
 func newServeCommand() *cobra.Command {
@@ -69,6 +72,8 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&c.requestTimeout, "request-timeout", 10*time.Minute, "timeout of one attempt at a request")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until shutdown (for benchmarks)")
+	f.MarkHidden("cpu-profile")
 	return cmd
 }
 
@@ -104,6 +109,22 @@ func serve(ctx context.Context, c serveConfig) error {
 	log, err := newLogger(c.logLevel, c.logFormat)
 	if err != nil {
 		return err
+	}
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if tf := os.Getenv("BATCHD_TRACE"); tf != "" {
+		f, err := os.Create(tf)
+		if err == nil && trace.Start(f) == nil {
+			defer trace.Stop()
+		}
 	}
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)

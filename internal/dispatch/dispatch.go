@@ -229,6 +229,10 @@ func (d *Dispatcher) emit(changes ...*store.BatchChange) {
 func (d *Dispatcher) claimLoop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	// Claim in groups of at least a quarter of the local capacity while
+	// requests are held: one transaction per request would spend the store's
+	// single writer on overhead.
+	minClaim := max(1, d.slots/4)
 	backoff := time.Duration(0)
 	for {
 		select {
@@ -238,15 +242,16 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 		case <-d.freed:
 		case <-timer.C:
 		}
+		exhausted := false
 		for ctx.Err() == nil {
 			d.mu.Lock()
-			free := d.slots - d.held
+			free, held := d.slots-d.held, d.held
 			d.mu.Unlock()
-			if free <= 0 {
+			if free <= 0 || (free < minClaim && held > 0) {
 				break
 			}
 			claimed, err := d.store.RequestsClaim(ctx, store.RequestsClaimParams{
-				Owner: d.cfg.Owner, Limit: min(free, 1000), Now: d.cfg.Now(), LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
+				Owner: d.cfg.Owner, Limit: free, Now: d.cfg.Now(), LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
 			})
 			if err != nil {
 				if ctx.Err() == nil {
@@ -256,26 +261,32 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 				break
 			}
 			backoff = 0
-			if len(claimed) == 0 {
-				break
-			}
 			d.mu.Lock()
 			d.held += len(claimed)
 			d.mu.Unlock()
 			for _, c := range claimed {
 				d.dispatch(ctx, c)
 			}
+			if len(claimed) < free {
+				exhausted = true
+				break
+			}
 		}
-		timer.Reset(d.nextPoll(ctx, backoff))
+		switch {
+		case backoff > 0:
+			timer.Reset(backoff)
+		case exhausted:
+			// Nothing more is due: sleep until the next retry is.
+			timer.Reset(d.nextDue(ctx))
+		default:
+			// Full: a freed slot wakes the loop; the timer is a safety net.
+			timer.Reset(d.cfg.PollInterval)
+		}
 	}
 }
 
-// nextPoll is how long the claimer may sleep when nothing wakes it: until
-// the next retry is due, at most PollInterval.
-func (d *Dispatcher) nextPoll(ctx context.Context, backoff time.Duration) time.Duration {
-	if backoff > 0 {
-		return backoff
-	}
+// nextDue is how long until the next retry is due, at most PollInterval.
+func (d *Dispatcher) nextDue(ctx context.Context) time.Duration {
 	wait := d.cfg.PollInterval
 	due, err := d.store.RequestNextDue(ctx)
 	if err == nil && !due.IsZero() {

@@ -29,8 +29,51 @@ var migrations embed.FS
 
 // Store implements store.Store on SQLite.
 type Store struct {
-	w *sql.DB // the single writer
-	r *sql.DB // readers
+	w     *sql.DB // the single writer
+	r     *sql.DB // readers
+	stmts map[string]*sql.Stmt
+}
+
+// Hot statements, prepared once at Open so that the claim and complete paths
+// never pay for parsing SQL.
+const (
+	qOpenBatches = `SELECT seq, id, expires_at FROM batches
+		WHERE status != 'ended' AND status = 'in_progress' AND expires_at > ?
+		ORDER BY last_claimed_at, seq`
+	qClaim = `UPDATE requests SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
+		WHERE id IN (SELECT id FROM requests WHERE batch_seq = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?)
+		RETURNING id, custom_id, params, attempts`
+	qTouchBatch = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
+	qBatchState = `SELECT status, expires_at FROM batches WHERE seq = ?`
+	qSettle     = `UPDATE requests SET state = 2, result_type = ?, result = ?, lease_owner = NULL, lease_expires = NULL
+		WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
+	qRetry = `UPDATE requests SET state = 0, next_at = ?, result_type = ?, result = ?, lease_owner = NULL, lease_expires = NULL
+		WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
+	qAddCounts = `UPDATE batches SET n_succeeded = n_succeeded + ?, n_errored = n_errored + ?,
+		n_canceled = n_canceled + ?, n_expired = n_expired + ? WHERE seq = ?`
+	qEndIfDone = `UPDATE batches SET status = 'ended', ended_at = ?
+		WHERE seq = ? AND status IN ('in_progress', 'canceling')
+		AND n_succeeded + n_errored + n_canceled + n_expired >= total RETURNING ` + batchCols
+	qBatchBySeq = `SELECT ` + batchCols + ` FROM batches WHERE seq = ?`
+)
+
+var hotStatements = []string{qOpenBatches, qClaim, qTouchBatch, qBatchState, qSettle, qRetry, qAddCounts, qEndIfDone, qBatchBySeq}
+
+func (s *Store) prepare(ctx context.Context) error {
+	s.stmts = make(map[string]*sql.Stmt, len(hotStatements))
+	for _, q := range hotStatements {
+		st, err := s.w.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
+// stmt returns hot statement q bound to tx.
+func (s *Store) stmt(ctx context.Context, tx *sql.Tx, q string) *sql.Stmt {
+	return tx.StmtContext(ctx, s.stmts[q])
 }
 
 var _ store.Store = (*Store)(nil)
@@ -67,11 +110,18 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
 // Close closes both pools.
 func (s *Store) Close() error {
+	for _, st := range s.stmts {
+		st.Close()
+	}
 	return errors.Join(s.r.Close(), s.w.Close())
 }
 
@@ -385,25 +435,21 @@ func (c *counts) add(resultType string, n int64) {
 
 // settle applies a count delta and ends the batch if every request is now
 // settled. The end is guarded by status, so it happens exactly once.
-func settle(ctx context.Context, tx *sql.Tx, seq int64, d counts, now time.Time) (*store.BatchChange, error) {
+func (s *Store) settle(ctx context.Context, tx *sql.Tx, seq int64, d counts, now time.Time) (*store.BatchChange, error) {
 	if d != (counts{}) {
-		_, err := tx.ExecContext(ctx, `UPDATE batches SET n_succeeded = n_succeeded + ?, n_errored = n_errored + ?,
-			n_canceled = n_canceled + ?, n_expired = n_expired + ? WHERE seq = ?`,
-			d.succeeded, d.errored, d.canceled, d.expired, seq)
+		_, err := s.stmt(ctx, tx, qAddCounts).ExecContext(ctx, d.succeeded, d.errored, d.canceled, d.expired, seq)
 		if err != nil {
 			return nil, err
 		}
 	}
-	b, err := scanBatch(tx.QueryRowContext(ctx, `UPDATE batches SET status = 'ended', ended_at = ?
-		WHERE seq = ? AND status IN ('in_progress', 'canceling')
-		AND n_succeeded + n_errored + n_canceled + n_expired >= total RETURNING `+batchCols, micros(now), seq))
+	b, err := scanBatch(s.stmt(ctx, tx, qEndIfDone).QueryRowContext(ctx, micros(now), seq))
 	if err == nil {
 		return &store.BatchChange{Batch: b, Ended: true}, nil
 	}
 	if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
-	b, err = scanBatch(tx.QueryRowContext(ctx, `SELECT `+batchCols+` FROM batches WHERE seq = ?`, seq))
+	b, err = scanBatch(s.stmt(ctx, tx, qBatchBySeq).QueryRowContext(ctx, seq))
 	if err != nil {
 		return nil, err
 	}
@@ -436,7 +482,7 @@ func (s *Store) BatchCancel(ctx context.Context, p store.BatchCancelParams) (*st
 			return err
 		}
 		n, _ := res.RowsAffected()
-		ch, err = settle(ctx, tx, b.Seq, counts{canceled: n}, p.Now)
+		ch, err = s.settle(ctx, tx, b.Seq, counts{canceled: n}, p.Now)
 		return err
 	})
 	if err != nil {
@@ -493,7 +539,7 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 				return err
 			}
 			errored, _ := res.RowsAffected()
-			ch, err := settle(ctx, tx, seq, counts{expired: expired, errored: errored}, p.Now)
+			ch, err := s.settle(ctx, tx, seq, counts{expired: expired, errored: errored}, p.Now)
 			if err != nil {
 				return err
 			}
@@ -558,9 +604,7 @@ func (s *Store) RequestsClaim(ctx context.Context, p store.RequestsClaimParams) 
 			id      string
 			expires int64
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT seq, id, expires_at FROM batches
-			WHERE status != 'ended' AND status = 'in_progress' AND expires_at > ?
-			ORDER BY last_claimed_at, seq`, micros(p.Now))
+		rows, err := s.stmt(ctx, tx, qOpenBatches).QueryContext(ctx, micros(p.Now))
 		if err != nil {
 			return err
 		}
@@ -577,13 +621,7 @@ func (s *Store) RequestsClaim(ctx context.Context, p store.RequestsClaimParams) 
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		claim, err := tx.PrepareContext(ctx, `UPDATE requests SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
-			WHERE id IN (SELECT id FROM requests WHERE batch_seq = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?)
-			RETURNING id, custom_id, params, attempts`)
-		if err != nil {
-			return err
-		}
-		defer claim.Close()
+		claim := s.stmt(ctx, tx, qClaim)
 		remaining := p.Limit
 		served := map[int64]bool{}
 		for remaining > 0 && len(batches) > 0 {
@@ -625,7 +663,7 @@ func (s *Store) RequestsClaim(ctx context.Context, p store.RequestsClaimParams) 
 			batches = next
 		}
 		for seq := range served {
-			if _, err := tx.ExecContext(ctx, `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`, micros(p.Now), seq); err != nil {
+			if _, err := s.stmt(ctx, tx, qTouchBatch).ExecContext(ctx, micros(p.Now), seq); err != nil {
 				return err
 			}
 		}
@@ -656,7 +694,7 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 			}
 			var status string
 			var expires int64
-			err := tx.QueryRowContext(ctx, `SELECT status, expires_at FROM batches WHERE seq = ?`, o.BatchSeq).Scan(&status, &expires)
+			err := s.stmt(ctx, tx, qBatchState).QueryRowContext(ctx, o.BatchSeq).Scan(&status, &expires)
 			if errors.Is(err, sql.ErrNoRows) {
 				states[o.BatchSeq] = batchState{}
 				continue
@@ -666,24 +704,14 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 			}
 			states[o.BatchSeq] = batchState{retryable: status == store.StatusInProgress, expires: expires}
 		}
-		settleStmt, err := tx.PrepareContext(ctx, `UPDATE requests SET state = 2, result_type = ?, result = ?, lease_owner = NULL, lease_expires = NULL
-			WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`)
-		if err != nil {
-			return err
-		}
-		defer settleStmt.Close()
-		retryStmt, err := tx.PrepareContext(ctx, `UPDATE requests SET state = 0, next_at = ?, result_type = ?, result = ?, lease_owner = NULL, lease_expires = NULL
-			WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`)
-		if err != nil {
-			return err
-		}
-		defer retryStmt.Close()
+		settleStmt, retryStmt := s.stmt(ctx, tx, qSettle), s.stmt(ctx, tx, qRetry)
 		deltas := map[int64]*counts{}
 		var order []int64
 		for _, o := range p.Outcomes {
 			st := states[o.BatchSeq]
 			retry := o.Retry && st.retryable && micros(o.RetryAt) < st.expires
 			var res sql.Result
+			var err error
 			if retry {
 				res, err = retryStmt.ExecContext(ctx, micros(o.RetryAt), o.ResultType, []byte(o.Result), o.RequestID, p.Owner, o.Attempt)
 			} else {
@@ -704,7 +732,7 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 			d.add(o.ResultType, 1)
 		}
 		for _, seq := range order {
-			ch, err := settle(ctx, tx, seq, *deltas[seq], p.Now)
+			ch, err := s.settle(ctx, tx, seq, *deltas[seq], p.Now)
 			if err != nil {
 				return err
 			}
@@ -756,7 +784,7 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 			deltas[seq]++
 		}
 		for seq, n := range deltas {
-			ch, err := settle(ctx, tx, seq, counts{canceled: n}, p.Now)
+			ch, err := s.settle(ctx, tx, seq, counts{canceled: n}, p.Now)
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,68 @@
+package sqlite_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/batchd/batchd/internal/store"
+	"github.com/batchd/batchd/internal/store/sqlite"
+)
+
+// BenchmarkClaimComplete measures the store's bookkeeping per request:
+// insert, claim and complete in groups, as the dispatcher does.
+func BenchmarkClaimComplete(b *testing.B) {
+	for _, group := range []int{64, 128, 512} {
+		b.Run(fmt.Sprintf("group=%d", group), func(b *testing.B) {
+			ctx := context.Background()
+			st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "batchd.db"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			now := time.Now()
+			bt, _ := st.BatchInsert(ctx, store.BatchInsertParams{ID: "msgbatch_b", Workspace: "w", CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
+			n := b.N
+			reqs := make([]store.NewRequest, 0, 1000)
+			params := json.RawMessage(`{"model":"claude-sim","max_tokens":32,"messages":[{"role":"user","content":"Summarize document 12345"}]}`)
+			for i := 0; i < n; i++ {
+				reqs = append(reqs, store.NewRequest{CustomID: fmt.Sprint("r", i), Params: params})
+				if len(reqs) == cap(reqs) || i == n-1 {
+					if err := st.RequestsInsert(ctx, store.RequestsInsertParams{BatchSeq: bt.Seq, Requests: reqs}); err != nil {
+						b.Fatal(err)
+					}
+					reqs = reqs[:0]
+				}
+			}
+			st.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: bt.Seq, Total: int64(n)})
+			result := json.RawMessage(`{"type":"succeeded","message":` + strings.Repeat("x", 0) + `{"id":"msg_01","type":"message","role":"assistant","model":"claude-sim","content":[{"type":"text","text":"` + strings.Repeat("word ", 60) + `"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":60}}}`)
+			b.ResetTimer()
+			var claimT, completeT time.Duration
+			done := 0
+			for done < n {
+				t := time.Now()
+				c, err := st.RequestsClaim(ctx, store.RequestsClaimParams{Owner: "o", Limit: group, Now: time.Now(), LeaseUntil: time.Now().Add(time.Minute)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				claimT += time.Since(t)
+				os := make([]store.Outcome, len(c))
+				for i, r := range c {
+					os[i] = store.Outcome{RequestID: r.ID, BatchSeq: r.BatchSeq, Attempt: r.Attempt, ResultType: "succeeded", Result: result}
+				}
+				t = time.Now()
+				if _, err := st.RequestsComplete(ctx, store.RequestsCompleteParams{Owner: "o", Now: time.Now(), Outcomes: os}); err != nil {
+					b.Fatal(err)
+				}
+				completeT += time.Since(t)
+				done += len(c)
+			}
+			b.ReportMetric(float64(claimT.Microseconds())/float64(n), "claim_us/req")
+			b.ReportMetric(float64(completeT.Microseconds())/float64(n), "complete_us/req")
+		})
+	}
+}
