@@ -82,16 +82,16 @@ var vocab = [...]string{
 
 // request is the part of a Messages request body the simulator needs.
 type request struct {
-	Model         string          `json:"model"`
-	MaxTokens     int64           `json:"max_tokens"`
-	Messages      []message       `json:"messages"`
-	System        json.RawMessage `json:"system"`
-	StopSequences []string        `json:"stop_sequences"`
+	Model         string    `json:"model"`
+	MaxTokens     int64     `json:"max_tokens"`
+	Messages      []message `json:"messages"`
+	System        content   `json:"system"`
+	StopSequences []string  `json:"stop_sequences"`
 }
 
 type message struct {
-	Role    string          `json:"role"`
-	Content json.RawMessage `json:"content"`
+	Role    string  `json:"role"`
+	Content content `json:"content"`
 }
 
 // block keeps only what text extraction needs; other block types (images,
@@ -106,6 +106,47 @@ type block struct {
 type content struct {
 	str    string
 	blocks []block
+	// set records that the field was present and not null.
+	set bool
+	// bad records an unusable value instead of failing the whole decode, so
+	// Do can still name the message index in its error.
+	bad bool
+}
+
+// UnmarshalJSON decodes content in the same pass as the request, sparing a
+// copy of every message into a json.RawMessage and a second decode.
+func (c *content) UnmarshalJSON(data []byte) error {
+	*c = content{}
+	if len(data) == 0 {
+		c.bad = true
+		return nil
+	}
+	switch data[0] {
+	case 'n':
+		return nil
+	case '"':
+		c.set = true
+		if len(data) < 2 {
+			c.bad = true
+			return nil
+		}
+		// json.Unmarshal has validated the whole body already, so a string
+		// without escapes is its bytes between the quotes, if valid UTF-8.
+		if inner := data[1 : len(data)-1]; bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
+			c.str = string(inner)
+			return nil
+		}
+		c.bad = json.Unmarshal(data, &c.str) != nil
+	case '[':
+		c.set = true
+		c.bad = json.Unmarshal(data, &c.blocks) != nil
+		if c.blocks == nil {
+			c.blocks = []block{} // keep "blocks, none of them text" distinct from a string
+		}
+	default:
+		c.set, c.bad = true, true
+	}
+	return nil
 }
 
 // chars counts characters rather than bytes so non-Latin prompts are not
@@ -167,24 +208,25 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 		return nil, invalid("messages: at least one message is required")
 	}
 
-	sys, err := decodeContent(req.System, "system", true)
-	if err != nil {
-		return nil, err
+	if req.System.bad {
+		return nil, invalid("system: must be a string or an array of text blocks")
 	}
-	chars := sys.chars()
-	var last content
-	hasUser := false
+	chars := req.System.chars()
+	var last *content
 	for i := range req.Messages {
-		c, err := decodeContent(req.Messages[i].Content, "messages."+strconv.Itoa(i)+".content", false)
-		if err != nil {
-			return nil, err
+		c := &req.Messages[i].Content
+		if !c.set {
+			return nil, invalidf("messages.%d.content: field required", i)
+		}
+		if c.bad {
+			return nil, invalidf("messages.%d.content: must be a string or an array of content blocks", i)
 		}
 		chars += c.chars()
 		if req.Messages[i].Role == "user" {
-			last, hasUser = c, true
+			last = c
 		}
 	}
-	if !hasUser {
+	if last == nil {
 		return nil, invalid("messages: no user message to reply to")
 	}
 
@@ -226,10 +268,10 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 	}
 
 	sum := sha256.Sum256(call.Params)
-	text := generate(&last, splitmix(binary.LittleEndian.Uint64(sum[24:])))
-	text, reason, stopSeq := truncate(text, req.MaxTokens, req.StopSequences)
+	text, words := generate(last, splitmix(binary.LittleEndian.Uint64(sum[24:])))
+	text, words, reason, stopSeq := truncate(text, words, req.MaxTokens, req.StopSequences)
 	inTokens := max((chars+3)/4, 1)
-	outTokens := max(countWords(text), 1)
+	outTokens := max(words, 1)
 
 	out := make([]byte, 0, len(text)+len(model)+320)
 	out = append(out, `{"id":"msg_`...)
@@ -257,8 +299,9 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 }
 
 // generate writes the full, uncut reply: the quoted prompt echo, then
-// pseudo-random words, minWords..maxWords words in all.
-func generate(last *content, rng splitmix) string {
+// pseudo-random words, minWords..maxWords words in all. It returns the word
+// count too, which saves rescanning the text when nothing cuts it.
+func generate(last *content, rng splitmix) (string, int) {
 	total := minWords + int(rng.next()%(maxWords-minWords+1))
 	var sb strings.Builder
 	sb.Grow(len(replyPrefix) + 8*(maxWords+echoWords))
@@ -291,7 +334,7 @@ func generate(last *content, rng splitmix) string {
 			sb.WriteByte('.')
 		}
 	}
-	return sb.String()
+	return sb.String(), total
 }
 
 // echo appends s's words, single-space separated, until echoWords words have
@@ -323,8 +366,11 @@ func echo(sb *strings.Builder, s string, echoed int) int {
 // sequence therefore only counts if it is complete within the first
 // maxTokens words, and among stop sequences the one that completes earliest
 // wins (the longer one on a tie, since it started first).
-func truncate(text string, maxTokens int64, stops []string) (cut, reason, stopSeq string) {
-	limit, over := wordsEnd(text, maxTokens)
+func truncate(text string, words int, maxTokens int64, stops []string) (cut string, cutWords int, reason, stopSeq string) {
+	limit, over := len(text), false
+	if maxTokens < int64(words) {
+		limit, over = wordsEnd(text, maxTokens), true
+	}
 	best, bestEnd := -1, 0
 	for _, s := range stops {
 		if s == "" {
@@ -340,27 +386,26 @@ func truncate(text string, maxTokens int64, stops []string) (cut, reason, stopSe
 	}
 	switch {
 	case best >= 0:
-		return text[:best], "stop_sequence", stopSeq
+		return text[:best], countWords(text[:best]), "stop_sequence", stopSeq
 	case over:
-		return text[:limit], "max_tokens", ""
+		return text[:limit], int(maxTokens), "max_tokens", ""
 	default:
-		return text, "end_turn", ""
+		return text, words, "end_turn", ""
 	}
 }
 
-// wordsEnd returns the byte offset just past the n-th word of s and whether
-// any word follows it.
-func wordsEnd(s string, n int64) (int, bool) {
+// wordsEnd returns the byte offset just past the n-th word of s.
+func wordsEnd(s string, n int64) int {
 	var words int64
 	for i := 0; i < len(s); i++ {
 		if s[i] != ' ' && (i+1 == len(s) || s[i+1] == ' ') {
 			words++
 			if words == n {
-				return i + 1, strings.TrimLeft(s[i+1:], " ") != ""
+				return i + 1
 			}
 		}
 	}
-	return len(s), false
+	return len(s)
 }
 
 // countWords counts one token per space-separated word.
@@ -461,35 +506,6 @@ func knownErrorType(t string) bool {
 		return true
 	}
 	return false
-}
-
-// decodeContent reads a string-or-blocks value. The system prompt is
-// optional; message content is not.
-func decodeContent(raw json.RawMessage, field string, optional bool) (content, error) {
-	var c content
-	raw = bytes.TrimLeft(raw, " \t\r\n")
-	if len(raw) == 0 || string(raw) == "null" {
-		if optional {
-			return c, nil
-		}
-		return c, invalid(field + ": field required")
-	}
-	switch raw[0] {
-	case '"':
-		if err := json.Unmarshal(raw, &c.str); err != nil {
-			return c, invalid(field + ": invalid string")
-		}
-		return c, nil
-	case '[':
-		if err := json.Unmarshal(raw, &c.blocks); err != nil {
-			return c, invalid(field + ": must be a string or an array of content blocks")
-		}
-		if c.blocks == nil {
-			c.blocks = []block{} // mark as blocks even when empty
-		}
-		return c, nil
-	}
-	return c, invalid(field + ": must be a string or an array of content blocks")
 }
 
 // decodeError names the offending field when encoding/json can tell which.
