@@ -394,13 +394,19 @@ func erroredResult(be *backend.Error) json.RawMessage {
 }
 
 // complete writes outcomes in groups: whatever has arrived while the last
-// write ran goes into the next one, so under load each transaction carries
-// many outcomes and when idle an outcome is written at once.
+// write ran goes into the next one. A small group waits up to a millisecond
+// for more while other requests are still running: under load that turns
+// many tiny transactions into a few large ones, and it costs a result at
+// most a millisecond.
 func (d *Dispatcher) complete(ctx context.Context) {
 	const maxGroup = 512
+	const linger = time.Millisecond
 	group := make([]store.Outcome, 0, maxGroup)
+	timer := time.NewTimer(linger)
+	timer.Stop()
 	for o := range d.outcomes {
 		group = append(group[:0], o)
+		lingering := false
 	fill:
 		for len(group) < maxGroup {
 			select {
@@ -409,13 +415,35 @@ func (d *Dispatcher) complete(ctx context.Context) {
 					break fill
 				}
 				group = append(group, o)
+				continue
 			default:
-				break fill
+			}
+			if lingering || len(group) >= maxGroup/8 || !d.busy(len(group)) {
+				break
+			}
+			lingering = true
+			timer.Reset(linger)
+			select {
+			case o, ok := <-d.outcomes:
+				if !ok {
+					break fill
+				}
+				group = append(group, o)
+			case <-timer.C:
 			}
 		}
+		timer.Stop()
 		d.write(ctx, group)
 		d.release(len(group))
 	}
+}
+
+// busy reports whether more requests are held than the n outcomes at hand,
+// i.e. whether more outcomes are on their way.
+func (d *Dispatcher) busy(n int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.held > n
 }
 
 func (d *Dispatcher) write(ctx context.Context, group []store.Outcome) {

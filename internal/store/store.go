@@ -272,8 +272,9 @@ type Store interface {
 	// RequestNextDue is the earliest next_at among pending requests of
 	// in_progress batches, or zero when there is none.
 	RequestNextDue(ctx context.Context) (time.Time, error)
-	// RequestsPurge deletes up to limit requests of deleted, archived or
-	// discarded batches, returning how many it deleted; deletion happens in
+	// RequestsPurge deletes up to limit rows (requests and their results) of
+	// deleted, archived or discarded batches, returning how many it deleted,
+	// 0 when nothing is left to purge; deletion happens in
 	// the background so that a DELETE of a 100,000-request batch is instant.
 	RequestsPurge(ctx context.Context, limit int) (int, error)
 	ResultsList(ctx context.Context, p ResultsListParams) ([]Result, error)

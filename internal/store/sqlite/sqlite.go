@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,14 +41,16 @@ const (
 	qOpenBatches = `SELECT seq, id, expires_at FROM batches
 		WHERE status != 'ended' AND status = 'in_progress' AND expires_at > ?
 		ORDER BY last_claimed_at, seq`
-	qClaim = `UPDATE requests SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
-		WHERE id IN (SELECT id FROM requests WHERE batch_seq = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?)
-		RETURNING id, custom_id, params, attempts`
-	qTouchBatch = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
-	qBatchState = `SELECT status, expires_at FROM batches WHERE seq = ?`
-	qSettle     = `UPDATE requests SET state = 2, result_type = ?, result = ?, lease_owner = NULL, lease_expires = NULL
-		WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
-	qRetry = `UPDATE requests SET state = 0, next_at = ?, result_type = ?, result = ?, lease_owner = NULL, lease_expires = NULL
+	qClaim = `UPDATE tasks SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
+		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?)
+		RETURNING id, attempts`
+	qClaimParams = `SELECT id, custom_id, params FROM requests WHERE id IN (SELECT value FROM json_each(?))`
+	qTouchBatch  = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
+	qBatchState  = `SELECT status, expires_at FROM batches WHERE seq = ?`
+	qSettle      = `DELETE FROM tasks WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
+	qAddResult   = `INSERT INTO results (id, batch_seq, custom_id, result_type, result)
+		SELECT id, batch_seq, custom_id, ?, ? FROM requests WHERE id = ?`
+	qRetry = `UPDATE tasks SET state = 0, next_at = ?, last_error = ?, lease_owner = NULL, lease_expires = NULL
 		WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
 	qAddCounts = `UPDATE batches SET n_succeeded = n_succeeded + ?, n_errored = n_errored + ?,
 		n_canceled = n_canceled + ?, n_expired = n_expired + ? WHERE seq = ?`
@@ -57,7 +60,7 @@ const (
 	qBatchBySeq = `SELECT ` + batchCols + ` FROM batches WHERE seq = ?`
 )
 
-var hotStatements = []string{qOpenBatches, qClaim, qTouchBatch, qBatchState, qSettle, qRetry, qAddCounts, qEndIfDone, qBatchBySeq}
+var hotStatements = []string{qOpenBatches, qClaim, qClaimParams, qTouchBatch, qBatchState, qSettle, qAddResult, qRetry, qAddCounts, qEndIfDone, qBatchBySeq}
 
 func (s *Store) prepare(ctx context.Context) error {
 	s.stmts = make(map[string]*sql.Stmt, len(hotStatements))
@@ -246,6 +249,10 @@ func (s *Store) BatchInsert(ctx context.Context, p store.BatchInsertParams) (*st
 // RequestsInsert implements store.Store.
 func (s *Store) RequestsInsert(ctx context.Context, p store.RequestsInsertParams) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var before int64
+		if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM requests`).Scan(&before); err != nil {
+			return err
+		}
 		// One multi-row INSERT per chunk: far fewer trips through the driver
 		// than a statement per row.
 		const perStmt = 200
@@ -265,7 +272,10 @@ func (s *Store) RequestsInsert(ctx context.Context, p store.RequestsInsertParams
 				return err
 			}
 		}
-		return nil
+		// This transaction is the only writer, so every request above the
+		// old maximum id is one of this group.
+		_, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, batch_seq) SELECT id, batch_seq FROM requests WHERE id > ?`, before)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("insert requests: %w", err)
@@ -476,12 +486,10 @@ func (s *Store) BatchCancel(ctx context.Context, p store.BatchCancelParams) (*st
 			micros(p.Now), b.Seq); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE requests SET state = 2, result_type = 'canceled', result = NULL
-			WHERE batch_seq = ? AND state = 0`, b.Seq)
+		n, err := settlePending(ctx, tx, b.Seq, `'canceled'`, `NULL`, "")
 		if err != nil {
 			return err
 		}
-		n, _ := res.RowsAffected()
 		ch, err = s.settle(ctx, tx, b.Seq, counts{canceled: n}, p.Now)
 		return err
 	})
@@ -489,6 +497,22 @@ func (s *Store) BatchCancel(ctx context.Context, p store.BatchCancelParams) (*st
 		return nil, fmt.Errorf("cancel batch: %w", err)
 	}
 	return ch, nil
+}
+
+// settlePending moves a batch's pending tasks matching cond to results of
+// the given type and result expressions, returning how many it moved.
+func settlePending(ctx context.Context, tx *sql.Tx, seq int64, typeExpr, resultExpr, cond string) (int64, error) {
+	res, err := tx.ExecContext(ctx, `INSERT INTO results (id, batch_seq, custom_id, result_type, result)
+		SELECT t.id, t.batch_seq, r.custom_id, `+typeExpr+`, `+resultExpr+` FROM tasks t JOIN requests r ON r.id = t.id
+		WHERE t.batch_seq = ? AND t.state = 0`+cond, seq)
+	if err != nil {
+		return 0, err
+	}
+	n, _ := res.RowsAffected()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM tasks WHERE batch_seq = ? AND state = 0`+strings.ReplaceAll(cond, "t.", ""), seq); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 // BatchDelete implements store.Store.
@@ -526,19 +550,15 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 		}
 		for _, seq := range seqs {
 			// Never sent: expired. Sent and waiting to retry: errored with
-			// the last error, which the pending row keeps in result.
-			res, err := tx.ExecContext(ctx, `UPDATE requests SET state = 2, result_type = 'expired', result = NULL
-				WHERE batch_seq = ? AND state = 0 AND attempts = 0`, seq)
+			// the last error.
+			expired, err := settlePending(ctx, tx, seq, `'expired'`, `NULL`, ` AND t.attempts = 0`)
 			if err != nil {
 				return err
 			}
-			expired, _ := res.RowsAffected()
-			res, err = tx.ExecContext(ctx, `UPDATE requests SET state = 2, result_type = 'errored'
-				WHERE batch_seq = ? AND state = 0 AND attempts > 0`, seq)
+			errored, err := settlePending(ctx, tx, seq, `'errored'`, `t.last_error`, ` AND t.attempts > 0`)
 			if err != nil {
 				return err
 			}
-			errored, _ := res.RowsAffected()
 			ch, err := s.settle(ctx, tx, seq, counts{expired: expired, errored: errored}, p.Now)
 			if err != nil {
 				return err
@@ -639,12 +659,10 @@ func (s *Store) RequestsClaim(ctx context.Context, p store.RequestsClaimParams) 
 				got := 0
 				for rows.Next() {
 					c := store.ClaimedRequest{BatchID: b.id, BatchSeq: b.seq, ExpiresAt: fromMicros(b.expires)}
-					var params []byte
-					if err := rows.Scan(&c.ID, &c.CustomID, &params, &c.Attempt); err != nil {
+					if err := rows.Scan(&c.ID, &c.Attempt); err != nil {
 						rows.Close()
 						return err
 					}
-					c.Params = params
 					out = append(out, c)
 					got++
 				}
@@ -667,12 +685,47 @@ func (s *Store) RequestsClaim(ctx context.Context, p store.RequestsClaimParams) 
 				return err
 			}
 		}
-		return nil
+		return s.fillParams(ctx, tx, out)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim requests: %w", err)
 	}
 	return out, nil
+}
+
+// fillParams reads the custom_id and params of claimed requests in one
+// statement.
+func (s *Store) fillParams(ctx context.Context, tx *sql.Tx, claimed []store.ClaimedRequest) error {
+	if len(claimed) == 0 {
+		return nil
+	}
+	idx := make(map[int64]int, len(claimed))
+	ids := make([]byte, 0, len(claimed)*8)
+	ids = append(ids, '[')
+	for i, c := range claimed {
+		if i > 0 {
+			ids = append(ids, ',')
+		}
+		ids = strconv.AppendInt(ids, c.ID, 10)
+		idx[c.ID] = i
+	}
+	ids = append(ids, ']')
+	rows, err := s.stmt(ctx, tx, qClaimParams).QueryContext(ctx, string(ids))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var customID string
+		var params []byte
+		if err := rows.Scan(&id, &customID, &params); err != nil {
+			return err
+		}
+		c := &claimed[idx[id]]
+		c.CustomID, c.Params = customID, params
+	}
+	return rows.Err()
 }
 
 // RequestsComplete implements store.Store.
@@ -704,24 +757,28 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 			}
 			states[o.BatchSeq] = batchState{retryable: status == store.StatusInProgress, expires: expires}
 		}
-		settleStmt, retryStmt := s.stmt(ctx, tx, qSettle), s.stmt(ctx, tx, qRetry)
+		settleStmt, addResult, retryStmt := s.stmt(ctx, tx, qSettle), s.stmt(ctx, tx, qAddResult), s.stmt(ctx, tx, qRetry)
 		deltas := map[int64]*counts{}
 		var order []int64
 		for _, o := range p.Outcomes {
 			st := states[o.BatchSeq]
-			retry := o.Retry && st.retryable && micros(o.RetryAt) < st.expires
-			var res sql.Result
-			var err error
-			if retry {
-				res, err = retryStmt.ExecContext(ctx, micros(o.RetryAt), o.ResultType, []byte(o.Result), o.RequestID, p.Owner, o.Attempt)
-			} else {
-				res, err = settleStmt.ExecContext(ctx, o.ResultType, []byte(o.Result), o.RequestID, p.Owner, o.Attempt)
+			if o.Retry && st.retryable && micros(o.RetryAt) < st.expires {
+				if _, err := retryStmt.ExecContext(ctx, micros(o.RetryAt), []byte(o.Result), o.RequestID, p.Owner, o.Attempt); err != nil {
+					return err
+				}
+				continue
 			}
+			// The guard: only the current attempt of the lease holder, and
+			// only while the request is still running, settles it.
+			res, err := settleStmt.ExecContext(ctx, o.RequestID, p.Owner, o.Attempt)
 			if err != nil {
 				return err
 			}
-			if n, _ := res.RowsAffected(); n == 0 || retry {
+			if n, _ := res.RowsAffected(); n == 0 {
 				continue
+			}
+			if _, err := addResult.ExecContext(ctx, o.ResultType, []byte(o.Result), o.RequestID); err != nil {
+				return err
 			}
 			d := deltas[o.BatchSeq]
 			if d == nil {
@@ -749,7 +806,7 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 // RequestsHeartbeat implements store.Store.
 func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeatParams) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE requests SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
+		_, err := tx.ExecContext(ctx, `UPDATE tasks SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
 			micros(p.LeaseUntil), p.Owner)
 		return err
 	})
@@ -764,19 +821,26 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 	var out []*store.BatchChange
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		out = nil
-		cond := `state = 1 AND lease_expires < ?`
+		cond := `t.state = 1 AND t.lease_expires < ?`
 		args := []any{micros(p.Now)}
 		if p.All {
-			cond, args = `state = 1`, nil
+			cond, args = `t.state = 1`, nil
 		}
 		// A lost request of a canceling batch will never be sent again, so
 		// it settles as canceled; every other one goes back to pending.
-		seqs, err := querySeqs(ctx, tx, `UPDATE requests SET state = 2, result_type = 'canceled', result = NULL, lease_owner = NULL, lease_expires = NULL
-			WHERE `+cond+` AND batch_seq IN (SELECT seq FROM batches WHERE status = 'canceling') RETURNING batch_seq`, args...)
+		canceling := ` AND t.batch_seq IN (SELECT seq FROM batches WHERE status = 'canceling')`
+		seqs, err := querySeqs(ctx, tx, `INSERT INTO results (id, batch_seq, custom_id, result_type, result)
+			SELECT t.id, t.batch_seq, r.custom_id, 'canceled', NULL FROM tasks t JOIN requests r ON r.id = t.id
+			WHERE `+cond+canceling+` RETURNING batch_seq`, args...)
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE requests SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE `+cond, args...); err != nil {
+		plain := strings.ReplaceAll(cond+canceling, "t.", "")
+		if _, err := tx.ExecContext(ctx, `DELETE FROM tasks WHERE `+plain, args...); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE `+
+			strings.ReplaceAll(cond, "t.", ""), args...); err != nil {
 			return err
 		}
 		deltas := map[int64]int64{}
@@ -801,8 +865,8 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 // RequestNextDue implements store.Store.
 func (s *Store) RequestNextDue(ctx context.Context) (time.Time, error) {
 	var v sql.NullInt64
-	err := s.r.QueryRowContext(ctx, `SELECT min(r.next_at) FROM batches b, requests r
-		WHERE b.status != 'ended' AND b.status = 'in_progress' AND r.batch_seq = b.seq AND r.state = 0`).Scan(&v)
+	err := s.r.QueryRowContext(ctx, `SELECT min(t.next_at) FROM batches b JOIN tasks t ON t.batch_seq = b.seq AND t.state = 0
+		WHERE b.status != 'ended' AND b.status = 'in_progress'`).Scan(&v)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("next due: %w", err)
 	}
@@ -824,13 +888,24 @@ func (s *Store) RequestsPurge(ctx context.Context, limit int) (int, error) {
 		if err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE batch_seq = ? LIMIT ?)`, seq, limit)
-		if err != nil {
-			return err
+		left := limit
+		for _, q := range []string{
+			`DELETE FROM results WHERE id IN (SELECT id FROM results WHERE batch_seq = ? LIMIT ?)`,
+			`DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND state = 0 LIMIT ?)`,
+			`DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE batch_seq = ? LIMIT ?)`,
+		} {
+			res, err := tx.ExecContext(ctx, q, seq, left)
+			if err != nil {
+				return err
+			}
+			deleted, _ := res.RowsAffected()
+			left -= int(deleted)
+			if left == 0 {
+				break
+			}
 		}
-		deleted, _ := res.RowsAffected()
-		n = int(deleted)
-		if n < limit {
+		n = limit - left
+		if left > 0 {
 			_, err = tx.ExecContext(ctx, `DELETE FROM purges WHERE batch_seq = ?`, seq)
 		}
 		return err
@@ -843,21 +918,21 @@ func (s *Store) RequestsPurge(ctx context.Context, limit int) (int, error) {
 
 // ResultsList implements store.Store.
 func (s *Store) ResultsList(ctx context.Context, p store.ResultsListParams) ([]store.Result, error) {
-	cols := `id, custom_id, result_type, result`
+	q := `SELECT res.id, res.custom_id, res.result_type, res.result FROM results res`
 	if p.WithParams {
-		cols += `, params`
+		q = `SELECT res.id, res.custom_id, res.result_type, res.result, req.params FROM results res JOIN requests req ON req.id = res.id`
 	}
-	q := `SELECT ` + cols + ` FROM requests WHERE batch_seq = ? AND id > ? AND state = 2`
+	q += ` WHERE res.batch_seq = ? AND res.id > ?`
 	if p.SkipSucceeded {
-		q += ` AND result_type != 'succeeded'`
+		q += ` AND res.result_type != 'succeeded'`
 	}
-	q += ` ORDER BY id LIMIT ?`
+	q += ` ORDER BY res.id LIMIT ?`
 	rows, err := s.r.QueryContext(ctx, q, p.BatchSeq, p.AfterID, p.Limit)
 	if err != nil {
 		return nil, fmt.Errorf("list results: %w", err)
 	}
 	defer rows.Close()
-	out := make([]store.Result, 0, p.Limit)
+	out := make([]store.Result, 0, min(p.Limit, 1000))
 	for rows.Next() {
 		var r store.Result
 		var result, params []byte

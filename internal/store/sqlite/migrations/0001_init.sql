@@ -18,23 +18,41 @@ CREATE TABLE batches (
 CREATE INDEX batches_workspace ON batches (workspace, seq);
 CREATE INDEX batches_open ON batches (workspace) WHERE status != 'ended';
 
--- state: 0 pending, 1 running (leased), 2 settled.
+-- What the client sent; written once at create, never updated, so the
+-- large params are never rewritten while requests run.
 CREATE TABLE requests (
+    id        INTEGER PRIMARY KEY,
+    batch_seq INTEGER NOT NULL,
+    custom_id TEXT    NOT NULL,
+    params    BLOB    NOT NULL
+);
+CREATE INDEX requests_batch ON requests (batch_seq);
+
+-- One small row per unsettled request (id = requests.id), deleted when the
+-- request settles, so the claim indexes hold only live work.
+-- state: 0 pending, 1 running (leased).
+CREATE TABLE tasks (
     id            INTEGER PRIMARY KEY,
     batch_seq     INTEGER NOT NULL,
-    custom_id     TEXT    NOT NULL,
-    params        BLOB    NOT NULL,
     state         INTEGER NOT NULL DEFAULT 0,
     attempts      INTEGER NOT NULL DEFAULT 0,
     next_at       INTEGER NOT NULL DEFAULT 0,
     lease_owner   TEXT,
     lease_expires INTEGER,
-    result_type   TEXT,
-    result        BLOB
+    last_error    BLOB
 );
-CREATE INDEX requests_batch ON requests (batch_seq);
-CREATE INDEX requests_pending ON requests (batch_seq, next_at) WHERE state = 0;
-CREATE INDEX requests_running ON requests (lease_expires) WHERE state = 1;
+CREATE INDEX tasks_pending ON tasks (batch_seq, next_at) WHERE state = 0;
+CREATE INDEX tasks_running ON tasks (lease_expires) WHERE state = 1;
+
+-- One row per settled request (id = requests.id); append-only.
+CREATE TABLE results (
+    id          INTEGER PRIMARY KEY,
+    batch_seq   INTEGER NOT NULL,
+    custom_id   TEXT    NOT NULL,
+    result_type TEXT    NOT NULL,
+    result      BLOB
+);
+CREATE INDEX results_batch ON results (batch_seq);
 
 -- Batches whose requests are still to be deleted in the background.
 CREATE TABLE purges (
