@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -113,6 +112,7 @@ type Dispatcher struct {
 	mu       sync.Mutex
 	held     int // requests claimed and not yet completed in the store
 	cancel   context.CancelFunc
+	abandon  context.CancelFunc
 	done     chan struct{}
 	stopOnce sync.Once
 }
@@ -164,7 +164,10 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	d.cancel = cancel
 	d.done = make(chan struct{})
-	var runCtx, stopRun = context.WithCancel(context.WithoutCancel(ctx))
+	// runCtx outlives ctx so that a graceful stop lets running requests
+	// finish; Stop cancels it only when its own deadline passes.
+	runCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
+	d.abandon = abandon
 	var wg, workers sync.WaitGroup
 	for b, q := range d.queues {
 		for range d.cfg.Concurrency {
@@ -178,7 +181,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	completed := make(chan struct{})
 	go func() {
 		defer close(completed)
-		d.complete(context.WithoutCancel(ctx))
+		d.complete(runCtx)
 	}()
 	wg.Add(3)
 	go func() { defer wg.Done(); d.claimLoop(ctx) }()
@@ -192,9 +195,9 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 			close(q)
 		}
 		workers.Wait()
-		stopRun()
 		close(d.outcomes)
 		<-completed
+		abandon()
 		close(d.done)
 	}()
 	return nil
@@ -211,6 +214,10 @@ func (d *Dispatcher) Stop(ctx context.Context) {
 		select {
 		case <-d.done:
 		case <-ctx.Done():
+			// Out of time: abandon running requests and unwritten outcomes.
+			// Their leases lapse and they run again, never twice settled.
+			d.abandon()
+			<-d.done
 		}
 	})
 }
@@ -329,6 +336,11 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, b backend.Backend, q 
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
 		msg, err := b.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt})
 		cancel()
+		if runCtx.Err() != nil {
+			// Abandoned by Stop: the attempt did not really fail.
+			d.release(1)
+			continue
+		}
 		d.outcomes <- d.outcome(c.ClaimedRequest, msg, err)
 	}
 }
@@ -346,6 +358,10 @@ func (d *Dispatcher) release(n int) {
 // outcome turns an attempt's result into what the store records.
 func (d *Dispatcher) outcome(c store.ClaimedRequest, msg json.RawMessage, err error) store.Outcome {
 	o := store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, Attempt: c.Attempt}
+	if err == nil && !json.Valid(msg) {
+		// Never let a broken backend response into the results stream.
+		err = &backend.Error{Type: backend.ErrAPI, Status: 502, Message: "backend returned a response that is not valid JSON"}
+	}
 	if err == nil {
 		if bytes.IndexByte(msg, '\n') >= 0 {
 			// A JSONL line must not contain a newline.
@@ -454,14 +470,18 @@ func (d *Dispatcher) write(ctx context.Context, group []store.Outcome) {
 			d.emit(changes...)
 			return
 		}
-		if errors.Is(err, context.Canceled) {
-			return
+		if ctx.Err() != nil {
+			return // abandoned by Stop; the leases lapse and the requests rerun
 		}
 		// Outcomes are only in memory: keep trying rather than lose them.
 		// If the process dies meanwhile, the leases lapse and the requests
 		// run again.
 		d.log.Error("complete failed", "err", err, "outcomes", len(group), "retry_in", delay)
-		time.Sleep(delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
 		delay = min(2*delay, 5*time.Second)
 	}
 }

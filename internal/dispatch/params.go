@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strconv"
 
 	"github.com/batchd/batchd/internal/backend"
 )
@@ -12,7 +13,7 @@ import (
 // structure only; the model provider validates the rest.
 type requestParams struct {
 	Model     *string           `json:"model"`
-	MaxTokens *json.Number      `json:"max_tokens"`
+	MaxTokens json.RawMessage   `json:"max_tokens"`
 	Messages  []json.RawMessage `json:"messages"`
 	Stream    *bool             `json:"stream"`
 }
@@ -40,10 +41,11 @@ func checkParams(raw json.RawMessage) (model string, err *backend.Error) {
 		return bad("model: Field required")
 	case *p.Model == "":
 		return bad("model: String should have at least 1 character")
-	case p.MaxTokens == nil:
+	case p.MaxTokens == nil || string(p.MaxTokens) == "null":
 		return bad("max_tokens: Field required")
 	}
-	n, nerr := p.MaxTokens.Int64()
+	// A number token only: a quoted "5" is not an integer.
+	n, nerr := strconv.ParseInt(string(p.MaxTokens), 10, 64)
 	if nerr != nil {
 		return bad("max_tokens: Input should be a valid integer")
 	}
