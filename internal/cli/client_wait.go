@@ -1,0 +1,307 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// maxPollFailures is how many polls in a row may fail transiently (network,
+// 429, 5xx, after the SDK's own retries) before wait gives up: a wait can
+// last hours and should outlive a server restart.
+const maxPollFailures = 5
+
+func newWaitCommand() *cobra.Command {
+	var interval time.Duration
+	cmd := &cobra.Command{
+		Use:   "wait ID...",
+		Short: "Wait for batches to end; exit 0 if every request succeeded, 2 otherwise",
+		Long: `Wait for batches to end, one after the other, showing progress on stderr.
+
+Exits 0 when every request succeeded and 2 when a batch ended with any
+errored, canceled or expired request.`,
+		Args: cobra.MinimumNArgs(1),
+	}
+	conn := addConnFlags(cmd)
+	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "poll interval")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, stop := signalContext(cmd)
+		defer stop()
+		client := conn.client()
+		return waitAll(ctx, &client, args, interval, cmd.ErrOrStderr())
+	}
+	return cmd
+}
+
+// waitAll waits for each batch in turn. It returns an *ExitError with code 2
+// when any batch ended with requests that did not succeed.
+func waitAll(ctx context.Context, client *anthropic.Client, ids []string, interval time.Duration, errOut io.Writer) error {
+	if interval <= 0 {
+		return errors.New("--interval must be positive")
+	}
+	var failed []string
+	for _, id := range ids {
+		batch, err := watchBatch(ctx, client, id, interval, newProgressReporter(errOut, id))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(errOut, summaryLine(batch))
+		if err := batchOutcome(batch); err != nil {
+			failed = append(failed, err.Error())
+		}
+	}
+	switch len(failed) {
+	case 0:
+		return nil
+	case 1:
+		return &ExitError{Code: 2, Err: errors.New(failed[0])}
+	default:
+		return &ExitError{Code: 2, Err: fmt.Errorf("%d batches had requests that did not succeed:\n  %s", len(failed), strings.Join(failed, "\n  "))}
+	}
+}
+
+// progressReporter sees every observation of a batch while waiting.
+type progressReporter interface {
+	update(b *anthropic.MessageBatch)
+	// done is called once, with the ended batch or nil when waiting failed.
+	done(b *anthropic.MessageBatch)
+}
+
+// watchBatch polls the batch until it has ended and returns it, passing
+// every observation to report. All waiting goes through here, so a push
+// mechanism (server-sent events) can replace the polling in one place.
+func watchBatch(ctx context.Context, client *anthropic.Client, id string, interval time.Duration, report progressReporter) (ended *anthropic.MessageBatch, err error) {
+	defer func() { report.done(ended) }()
+	failures := 0
+	for {
+		batch, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{})
+		switch {
+		case getErr == nil:
+			failures = 0
+			report.update(batch)
+			if batch.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
+				return batch, nil
+			}
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case transient(getErr) && failures < maxPollFailures:
+			failures++
+		default:
+			return nil, fmt.Errorf("get batch %s: %w", id, concise(getErr))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+}
+
+// transient reports whether err may go away by itself: no response at all,
+// rate limiting or a server error.
+func transient(err error) bool {
+	status := apiStatus(err)
+	return status == 0 || status == http.StatusTooManyRequests || status >= 500
+}
+
+// batchCounts are a batch's request counts in one place.
+type batchCounts struct {
+	processing, succeeded, errored, canceled, expired int64
+}
+
+func countsOf(b *anthropic.MessageBatch) batchCounts {
+	c := b.RequestCounts
+	return batchCounts{c.Processing, c.Succeeded, c.Errored, c.Canceled, c.Expired}
+}
+
+func (c batchCounts) done() int64   { return c.succeeded + c.errored + c.canceled + c.expired }
+func (c batchCounts) total() int64  { return c.done() + c.processing }
+func (c batchCounts) failed() int64 { return c.errored + c.canceled + c.expired }
+
+// batchOutcome is nil when every request of an ended batch succeeded, and
+// otherwise says how many did not.
+func batchOutcome(b *anthropic.MessageBatch) error {
+	c := countsOf(b)
+	if c.failed() == 0 {
+		return nil
+	}
+	return fmt.Errorf("batch %s: %d of %d requests did not succeed (errored %d, canceled %d, expired %d)",
+		b.ID, c.failed(), c.total(), c.errored, c.canceled, c.expired)
+}
+
+// summaryLine describes an ended batch.
+func summaryLine(b *anthropic.MessageBatch) string {
+	c := countsOf(b)
+	line := fmt.Sprintf("%s ended: %d requests, succeeded %d, errored %d, canceled %d, expired %d",
+		b.ID, c.total(), c.succeeded, c.errored, c.canceled, c.expired)
+	if !b.CreatedAt.IsZero() && !b.EndedAt.IsZero() {
+		line += fmt.Sprintf(" (took %s)", b.EndedAt.Sub(b.CreatedAt).Round(time.Second))
+	}
+	return line
+}
+
+// rateMeter estimates throughput over the last rateWindow of observations
+// made by this process: counting from the batch's creation would credit
+// work done before we started watching, and a long average reacts too
+// slowly when a provider speeds up or throttles.
+type rateMeter struct {
+	samples []rateSample // oldest first
+}
+
+type rateSample struct {
+	at   time.Time
+	done int64
+}
+
+const (
+	rateWindow     = time.Minute
+	rateMaxSamples = 120
+)
+
+// observe records c and returns requests per second and the time left, or
+// zeros while there is nothing to go on.
+func (m *rateMeter) observe(now time.Time, c batchCounts) (float64, time.Duration) {
+	m.samples = append(m.samples, rateSample{at: now, done: c.done()})
+	// Keep the newest sample that is at least rateWindow old, so that the
+	// window is full once there is enough history.
+	for len(m.samples) > 2 && (now.Sub(m.samples[1].at) >= rateWindow || len(m.samples) > rateMaxSamples) {
+		m.samples = m.samples[1:]
+	}
+	first := m.samples[0]
+	elapsed := now.Sub(first.at).Seconds()
+	progressed := c.done() - first.done
+	if elapsed <= 0 || progressed <= 0 {
+		return 0, 0
+	}
+	rate := float64(progressed) / elapsed
+	eta := time.Duration(float64(c.processing) / rate * float64(time.Second))
+	return rate, eta.Round(time.Second)
+}
+
+func formatRate(rate float64, eta time.Duration) string {
+	if rate == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.1f req/s, ETA %s", rate, eta)
+}
+
+// newProgressReporter draws a progress bar when w is a terminal and writes
+// log lines otherwise, so that CI logs stay readable.
+func newProgressReporter(w io.Writer, id string) progressReporter {
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		width, _, err := term.GetSize(int(f.Fd()))
+		if err != nil {
+			width = 0
+		}
+		return &barReporter{w: w, id: id, termWidth: width}
+	}
+	return &lineReporter{w: w, now: time.Now}
+}
+
+// barReporter shows a live bar. The bar's own rate and ETA would count the
+// requests done before we started watching, so ours go in the description.
+type barReporter struct {
+	w         io.Writer
+	id        string
+	termWidth int
+	bar       *progressbar.ProgressBar
+	meter     rateMeter
+}
+
+func (r *barReporter) update(b *anthropic.MessageBatch) {
+	c := countsOf(b)
+	if c.total() == 0 {
+		return
+	}
+	rate, eta := r.meter.observe(time.Now(), c)
+	desc := fmt.Sprintf("%s %s (ok %d, failed %d)", r.id, b.ProcessingStatus, c.succeeded, c.failed())
+	if s := formatRate(rate, eta); s != "" {
+		desc += " " + s
+	}
+	if r.bar == nil {
+		opts := []progressbar.Option{
+			progressbar.OptionSetWriter(r.w),
+			progressbar.OptionSetDescription(desc),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(false),
+			progressbar.OptionSetWidth(20),
+		}
+		// Fitting the terminal keeps the line from wrapping, which would
+		// break redrawing; a terminal of unknown width gets a fixed bar.
+		if r.termWidth > 0 {
+			opts = append(opts, progressbar.OptionFullWidth())
+		}
+		r.bar = progressbar.NewOptions64(c.total(), opts...)
+	} else {
+		r.bar.Describe(desc)
+	}
+	if r.bar.GetMax64() != c.total() {
+		r.bar.ChangeMax64(c.total())
+	}
+	_ = r.bar.Set64(c.done())
+}
+
+func (r *barReporter) done(b *anthropic.MessageBatch) {
+	if r.bar == nil {
+		return
+	}
+	if b != nil {
+		_ = r.bar.Finish()
+	} else {
+		_ = r.bar.Exit() // keep the last state visible above the error
+	}
+	fmt.Fprintln(r.w)
+}
+
+// lineReporter logs a line when the counts change, at most every
+// lineEvery, and at least every lineHeartbeat so a stuck batch is visible.
+type lineReporter struct {
+	w       io.Writer
+	now     func() time.Time
+	meter   rateMeter
+	last    time.Time
+	lastSum batchCounts
+}
+
+const (
+	lineEvery     = 5 * time.Second
+	lineHeartbeat = time.Minute
+)
+
+func (r *lineReporter) update(b *anthropic.MessageBatch) {
+	now := r.now()
+	c := countsOf(b)
+	rate, eta := r.meter.observe(now, c)
+	if b.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
+		return // the summary line follows
+	}
+	since := now.Sub(r.last)
+	if !r.last.IsZero() && !(c != r.lastSum && since >= lineEvery) && since < lineHeartbeat {
+		return
+	}
+	r.last, r.lastSum = now, c
+	fmt.Fprintln(r.w, progressLine(b.ID, string(b.ProcessingStatus), c, rate, eta))
+}
+
+func (r *lineReporter) done(*anthropic.MessageBatch) {}
+
+// progressLine is the log form of progress, e.g.
+// "msgbatch_… in_progress: 1200/5000 done (succeeded 1100, errored 100, canceled 0, expired 0), 12.0 req/s, ETA 5m17s".
+func progressLine(id, status string, c batchCounts, rate float64, eta time.Duration) string {
+	line := fmt.Sprintf("%s %s: %d/%d done (succeeded %d, errored %d, canceled %d, expired %d)",
+		id, status, c.done(), c.total(), c.succeeded, c.errored, c.canceled, c.expired)
+	if s := formatRate(rate, eta); s != "" {
+		line += ", " + s
+	}
+	return line
+}

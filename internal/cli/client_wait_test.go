@@ -1,0 +1,195 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+)
+
+func endedBatch(succeeded, errored, canceled, expired int64) *anthropic.MessageBatch {
+	b := &anthropic.MessageBatch{ID: "msgbatch_x", ProcessingStatus: anthropic.MessageBatchProcessingStatusEnded}
+	b.RequestCounts.Succeeded = succeeded
+	b.RequestCounts.Errored = errored
+	b.RequestCounts.Canceled = canceled
+	b.RequestCounts.Expired = expired
+	return b
+}
+
+func TestBatchOutcome(t *testing.T) {
+	t.Parallel()
+	if err := batchOutcome(endedBatch(5, 0, 0, 0)); err != nil {
+		t.Errorf("all succeeded: %v", err)
+	}
+	if err := batchOutcome(endedBatch(0, 0, 0, 0)); err != nil {
+		t.Errorf("empty: %v", err)
+	}
+	for _, b := range []*anthropic.MessageBatch{endedBatch(4, 1, 0, 0), endedBatch(4, 0, 1, 0), endedBatch(4, 0, 0, 1)} {
+		err := batchOutcome(b)
+		if err == nil || !strings.Contains(err.Error(), "1 of 5 requests did not succeed") {
+			t.Errorf("%+v: err = %v", b.RequestCounts, err)
+		}
+	}
+}
+
+func TestRateMeter(t *testing.T) {
+	t.Parallel()
+	var m rateMeter
+	t0 := time.Unix(1000, 0)
+	// Requests done before we started watching do not count towards the rate.
+	if rate, _ := m.observe(t0, batchCounts{processing: 100, succeeded: 900}); rate != 0 {
+		t.Errorf("first observation rate = %v", rate)
+	}
+	rate, eta := m.observe(t0.Add(10*time.Second), batchCounts{processing: 50, succeeded: 940, errored: 10})
+	if rate != 5 || eta != 10*time.Second {
+		t.Errorf("rate %v, eta %v; want 5/s, 10s", rate, eta)
+	}
+	// A minute later the provider slowed down: only the last minute counts.
+	for i := 1; i <= 6; i++ {
+		rate, _ = m.observe(t0.Add(10*time.Second+time.Duration(i)*10*time.Second), batchCounts{processing: 50 - int64(i), succeeded: 950 + int64(i)})
+	}
+	if rate != 0.1 {
+		t.Errorf("rate after slowing down = %v, want 0.1/s", rate)
+	}
+}
+
+func TestLineReporterThrottles(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	now := time.Unix(1000, 0)
+	r := &lineReporter{w: &out, now: func() time.Time { return now }}
+	b := &anthropic.MessageBatch{ID: "msgbatch_x", ProcessingStatus: anthropic.MessageBatchProcessingStatusInProgress}
+	step := func(d time.Duration, done int64) {
+		now = now.Add(d)
+		b.RequestCounts.Succeeded, b.RequestCounts.Processing = done, 100-done
+		r.update(b)
+	}
+	step(0, 0)               // first: printed
+	step(time.Second, 10)    // changed, too soon
+	step(5*time.Second, 20)  // changed, due
+	step(10*time.Second, 20) // unchanged
+	step(time.Minute, 20)    // heartbeat
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("lines:\n%s", out.String())
+	}
+	if want := "msgbatch_x in_progress: 20/100 done (succeeded 20, errored 0, canceled 0, expired 0), 3.3 req/s, ETA 24s"; lines[1] != want {
+		t.Errorf("line = %q\nwant   %q", lines[1], want)
+	}
+}
+
+func TestWaitExitCodes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		outcome  func(string) string
+		wantCode int
+	}{
+		{name: "AllSucceeded", wantCode: 0},
+		{name: "SomeErrored", outcome: func(id string) string {
+			if id == "r3" {
+				return "errored"
+			}
+			return "succeeded"
+		}, wantCode: 2},
+		{name: "SomeExpired", outcome: func(id string) string {
+			if id == "r1" {
+				return "expired"
+			}
+			return "succeeded"
+		}, wantCode: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := newFakeServer(t)
+			srv.outcome = tc.outcome
+			srv.pollsToEnd = 4
+			in := `{"custom_id":"r1","params":{}}` + "\n" + `{"custom_id":"r2","params":{}}` + "\n" + `{"custom_id":"r3","params":{}}` + "\n" + `{"custom_id":"r4","params":{}}` + "\n"
+			stdout, _, err := runCLI(t, in, "submit", "-", "--base-url", srv.URL(), "--state-dir", t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := strings.TrimSpace(stdout)
+			stdout, stderr, err := runCLI(t, "", "wait", id, "--interval", "1ms", "--base-url", srv.URL())
+			if stdout != "" {
+				t.Errorf("stdout = %q", stdout)
+			}
+			if !strings.Contains(stderr, id+" in_progress: 1/4 done") || !strings.Contains(stderr, id+" ended: 4 requests") {
+				t.Errorf("stderr:\n%s", stderr)
+			}
+			checkExitCode(t, err, tc.wantCode)
+		})
+	}
+}
+
+func checkExitCode(t *testing.T, err error, want int) {
+	t.Helper()
+	if want == 0 {
+		if err != nil {
+			t.Fatalf("err = %v, want success", err)
+		}
+		return
+	}
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != want || ee.Err == nil {
+		t.Fatalf("err = %#v, want *ExitError with code %d", err, want)
+	}
+}
+
+func TestSubmitWait(t *testing.T) {
+	t.Parallel()
+	srv := newFakeServer(t)
+	srv.outcome = func(id string) string {
+		if id == "r2" {
+			return "errored"
+		}
+		return "succeeded"
+	}
+	in := `{"custom_id":"r1","params":{}}` + "\n" + `{"custom_id":"r2","params":{}}` + "\n"
+	stdout, stderr, err := runCLI(t, in, "submit", "-", "--wait", "--interval", "1ms", "--max-requests", "1",
+		"--base-url", srv.URL(), "--state-dir", t.TempDir())
+	checkExitCode(t, err, 2)
+	if n := len(strings.Fields(stdout)); n != 2 {
+		t.Errorf("stdout = %q, want two IDs", stdout)
+	}
+	if strings.Count(stderr, " ended: ") != 2 {
+		t.Errorf("stderr:\n%s", stderr)
+	}
+}
+
+func TestWaitUnknownBatch(t *testing.T) {
+	t.Parallel()
+	srv := newFakeServer(t)
+	_, _, err := runCLI(t, "", "wait", "msgbatch_nope", "--interval", "1ms", "--base-url", srv.URL())
+	var ee *ExitError
+	if err == nil || errors.As(err, &ee) || apiStatus(err) != 404 {
+		t.Errorf("err = %v, want a plain 404 error", err)
+	}
+}
+
+func TestWaitToleratesTransientErrors(t *testing.T) {
+	t.Parallel()
+	srv := newFakeServer(t)
+	stdout, _, err := runCLI(t, `{"custom_id":"a","params":{}}`+"\n", "submit", "-", "--base-url", srv.URL(), "--state-dir", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSpace(stdout)
+	srv.mu.Lock()
+	srv.failGets = maxPollFailures
+	srv.mu.Unlock()
+	if _, _, err := runCLI(t, "", "wait", id, "--interval", "1ms", "--base-url", srv.URL()); err != nil {
+		t.Errorf("%d failed polls in a row: %v", maxPollFailures, err)
+	}
+
+	srv.mu.Lock()
+	srv.failGets = maxPollFailures + 1
+	srv.mu.Unlock()
+	_, _, err = runCLI(t, "", "wait", id, "--interval", "1ms", "--base-url", srv.URL())
+	if apiStatus(err) != 503 || !strings.Contains(err.Error(), "503 Service Unavailable overloaded_error: try later") {
+		t.Errorf("%d failed polls in a row: err = %v", maxPollFailures+1, err)
+	}
+}
