@@ -43,6 +43,10 @@ type Config struct {
 	// OnCreated is called after a batch becomes visible, to wake the
 	// dispatcher early; may be nil.
 	OnCreated func()
+	// OnCanceled is called with a batch's seq when it starts canceling, so
+	// the dispatcher sends none of its requests it has claimed ahead; may
+	// be nil.
+	OnCanceled func(batchSeq int64)
 }
 
 func (c Config) withDefaults() Config {
@@ -66,6 +70,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OnCreated == nil {
 		c.OnCreated = func() {}
+	}
+	if c.OnCanceled == nil {
+		c.OnCanceled = func(int64) {}
 	}
 	return c
 }
@@ -190,6 +197,9 @@ func (s *Service) Cancel(ctx context.Context, workspace, id string) (*store.Batc
 	}
 	if err != nil {
 		return nil, mapStore(err, id)
+	}
+	if !ch.Ended {
+		s.cfg.OnCanceled(ch.Batch.Seq)
 	}
 	return ch, nil
 }

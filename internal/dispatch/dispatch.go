@@ -109,12 +109,13 @@ type Dispatcher struct {
 	queues   map[backend.Backend]chan job
 	slots    int // total local capacity, running and queued
 
-	mu       sync.Mutex
-	held     int // requests claimed and not yet completed in the store
-	cancel   context.CancelFunc
-	abandon  context.CancelFunc
-	done     chan struct{}
-	stopOnce sync.Once
+	mu        sync.Mutex
+	held      int                // requests claimed and not yet completed in the store
+	canceling map[int64]struct{} // batches known to be canceling, by seq
+	cancel    context.CancelFunc
+	abandon   context.CancelFunc
+	done      chan struct{}
+	stopOnce  sync.Once
 }
 
 // New returns a dispatcher over st, running requests on the backends of
@@ -122,14 +123,15 @@ type Dispatcher struct {
 func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 	cfg = cfg.withDefaults()
 	d := &Dispatcher{
-		store:    st,
-		router:   router,
-		cfg:      cfg,
-		log:      cfg.Logger.With("component", "dispatch"),
-		wake:     make(chan struct{}, 1),
-		freed:    make(chan struct{}, 1),
-		outcomes: make(chan store.Outcome, 1024),
-		queues:   map[backend.Backend]chan job{},
+		store:     st,
+		router:    router,
+		cfg:       cfg,
+		log:       cfg.Logger.With("component", "dispatch"),
+		wake:      make(chan struct{}, 1),
+		freed:     make(chan struct{}, 1),
+		outcomes:  make(chan store.Outcome, 1024),
+		queues:    map[backend.Backend]chan job{},
+		canceling: map[int64]struct{}{},
 	}
 	for _, b := range router.Backends() {
 		// Each backend holds up to twice its concurrency locally: the
@@ -139,6 +141,30 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		d.slots += 2 * cfg.Concurrency
 	}
 	return d
+}
+
+// Canceled tells the dispatcher that a batch is canceling, so that requests
+// of it that are claimed but not yet sent settle as canceled instead of
+// being sent.
+func (d *Dispatcher) Canceled(batchSeq int64) {
+	d.mu.Lock()
+	d.canceling[batchSeq] = struct{}{}
+	d.mu.Unlock()
+}
+
+// unsent is the result type for a claimed request that must not be sent
+// any more, or "" if it may be sent.
+func (d *Dispatcher) unsent(c store.ClaimedRequest) string {
+	if !d.cfg.Now().Before(c.ExpiresAt) {
+		return store.ResultExpired
+	}
+	d.mu.Lock()
+	_, canceling := d.canceling[c.BatchSeq]
+	d.mu.Unlock()
+	if canceling {
+		return store.ResultCanceled
+	}
+	return ""
 }
 
 // Wake tells the dispatcher that new requests may be claimable.
@@ -225,6 +251,9 @@ func (d *Dispatcher) Stop(ctx context.Context) {
 func (d *Dispatcher) emit(changes ...*store.BatchChange) {
 	for _, ch := range changes {
 		if ch.Ended {
+			d.mu.Lock()
+			delete(d.canceling, ch.Batch.Seq)
+			d.mu.Unlock()
 			b := ch.Batch
 			d.log.Info("batch ended", "batch", b.ID, "succeeded", b.Counts.Succeeded, "errored", b.Counts.Errored,
 				"canceled", b.Counts.Canceled, "expired", b.Counts.Expired)
@@ -331,6 +360,12 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, b backend.Backend, q 
 		if stopCtx.Err() != nil {
 			// Stopping: leave queued requests leased; they are rescued.
 			d.release(1)
+			continue
+		}
+		if typ := d.unsent(c.ClaimedRequest); typ != "" {
+			// Claimed ahead but its batch expired or is canceling before
+			// it was sent: it settles as never sent.
+			d.outcomes <- store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, Attempt: c.Attempt, ResultType: typ}
 			continue
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)

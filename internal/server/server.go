@@ -70,6 +70,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	bc := cfg.Batch
 	bc.Now = cfg.Now
 	bc.OnCreated = disp.Wake
+	bc.OnCanceled = disp.Canceled
 	svc := batch.NewService(st, bc)
 	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger})
 	return &Server{Store: st, Service: svc, Dispatcher: disp, handler: h}, nil
