@@ -92,7 +92,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		// wal_autocheckpoint(0): commits never checkpoint (and so never
 		// wait on fsync); the checkpointer goroutine does it beside them.
 		for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "foreign_keys(OFF)",
-			"cache_size(-32000)", "wal_autocheckpoint(0)"} {
+			"cache_size(-16000)", "wal_autocheckpoint(0)", "temp_store(MEMORY)"} {
 			q.Add("_pragma", p)
 		}
 		q.Set("_txlock", txlock)
