@@ -365,7 +365,7 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, b backend.Backend, q 
 		if typ := d.unsent(c.ClaimedRequest); typ != "" {
 			// Claimed ahead but its batch expired or is canceling before
 			// it was sent: it settles as never sent.
-			d.outcomes <- store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, Attempt: c.Attempt, ResultType: typ}
+			d.outcomes <- store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: typ}
 			continue
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
@@ -392,7 +392,7 @@ func (d *Dispatcher) release(n int) {
 
 // outcome turns an attempt's result into what the store records.
 func (d *Dispatcher) outcome(c store.ClaimedRequest, msg json.RawMessage, err error) store.Outcome {
-	o := store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, Attempt: c.Attempt}
+	o := store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt}
 	if err == nil && !json.Valid(msg) {
 		// Never let a broken backend response into the results stream.
 		err = &backend.Error{Type: backend.ErrAPI, Status: 502, Message: "backend returned a response that is not valid JSON"}

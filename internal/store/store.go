@@ -157,6 +157,7 @@ type RequestsClaimParams struct {
 type Outcome struct {
 	RequestID int64
 	BatchSeq  int64
+	CustomID  string // from the claim: results carry it without a lookup
 	Attempt   int
 	// ResultType and Result settle the request: Result is the JSON of the
 	// result object ({"type":"succeeded","message":...}).

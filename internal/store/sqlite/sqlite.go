@@ -51,10 +51,7 @@ const (
 	qClaimParams = `SELECT id, custom_id, params FROM requests WHERE id IN (SELECT value FROM json_each(?))`
 	qTouchBatch  = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
 	qBatchState  = `SELECT status, expires_at FROM batches WHERE seq = ?`
-	qSettle      = `DELETE FROM tasks WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
-	qAddResult   = `INSERT INTO results (id, batch_seq, custom_id, result_type, result)
-		SELECT id, batch_seq, custom_id, ?, ? FROM requests WHERE id = ?`
-	qRetry = `UPDATE tasks SET state = 0, next_at = ?, last_error = ?, lease_owner = NULL, lease_expires = NULL
+	qRetry       = `UPDATE tasks SET state = 0, next_at = ?, last_error = ?, lease_owner = NULL, lease_expires = NULL
 		WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
 	qAddCounts = `UPDATE batches SET n_succeeded = n_succeeded + ?, n_errored = n_errored + ?,
 		n_canceled = n_canceled + ?, n_expired = n_expired + ? WHERE seq = ?`
@@ -64,7 +61,30 @@ const (
 	qBatchBySeq = `SELECT ` + batchCols + ` FROM batches WHERE seq = ?`
 )
 
-var hotStatements = []string{qOpenBatches, qClaim, qClaimParams, qTouchBatch, qBatchState, qSettle, qAddResult, qRetry, qAddCounts, qEndIfDone, qBatchBySeq}
+// Outcomes settle in chunks of these sizes, each with its own prepared
+// multi-row statements: a group of 100 runs as 64+16+16+4 rows in 8
+// statements instead of 200.
+var chunkSizes = []int{64, 16, 4, 1}
+
+// qSettle is the guard: only the current attempt of the lease holder, and
+// only while the request is still running, settles it.
+func qSettle(n int) string {
+	return `DELETE FROM tasks WHERE state = 1 AND lease_owner = ? AND (id, attempts) IN (VALUES ` +
+		strings.TrimSuffix(strings.Repeat("(?,?),", n), ",") + `) RETURNING id`
+}
+
+func qAddResults(n int) string {
+	return `INSERT INTO results (id, batch_seq, custom_id, result_type, result) VALUES ` +
+		strings.TrimSuffix(strings.Repeat("(?,?,?,?,?),", n), ",")
+}
+
+var hotStatements = func() []string {
+	qs := []string{qOpenBatches, qClaim, qClaimParams, qTouchBatch, qBatchState, qRetry, qAddCounts, qEndIfDone, qBatchBySeq}
+	for _, n := range chunkSizes {
+		qs = append(qs, qSettle(n), qAddResults(n))
+	}
+	return qs
+}()
 
 func (s *Store) prepare(ctx context.Context) error {
 	s.stmts = make(map[string]*sql.Stmt, len(hotStatements))
@@ -812,9 +832,8 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 			}
 			states[o.BatchSeq] = batchState{retryable: status == store.StatusInProgress, expires: expires}
 		}
-		settleStmt, addResult, retryStmt := s.stmt(ctx, tx, qSettle), s.stmt(ctx, tx, qAddResult), s.stmt(ctx, tx, qRetry)
-		deltas := map[int64]*counts{}
-		var order []int64
+		retryStmt := s.stmt(ctx, tx, qRetry)
+		settling := make([]store.Outcome, 0, len(p.Outcomes))
 		for _, o := range p.Outcomes {
 			st := states[o.BatchSeq]
 			if o.Retry && st.retryable && micros(o.RetryAt) < st.expires {
@@ -823,18 +842,15 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 				}
 				continue
 			}
-			// The guard: only the current attempt of the lease holder, and
-			// only while the request is still running, settles it.
-			res, err := settleStmt.ExecContext(ctx, o.RequestID, p.Owner, o.Attempt)
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n == 0 {
-				continue
-			}
-			if _, err := addResult.ExecContext(ctx, o.ResultType, []byte(o.Result), o.RequestID); err != nil {
-				return err
-			}
+			settling = append(settling, o)
+		}
+		settled, err := s.settleOutcomes(ctx, tx, p.Owner, settling)
+		if err != nil {
+			return err
+		}
+		deltas := map[int64]*counts{}
+		var order []int64
+		for _, o := range settled {
 			d := deltas[o.BatchSeq]
 			if d == nil {
 				d = &counts{}
@@ -856,6 +872,73 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 		return nil, fmt.Errorf("complete requests: %w", err)
 	}
 	return out, nil
+}
+
+// settleOutcomes deletes the tasks of outcomes that still hold their lease
+// and writes their results, returning the outcomes that did.
+func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os []store.Outcome) ([]store.Outcome, error) {
+	won := make(map[int64]bool, len(os))
+	args := make([]any, 0, 1+2*chunkSizes[0])
+	for rest := os; len(rest) > 0; {
+		n := chunkSizes[len(chunkSizes)-1]
+		for _, size := range chunkSizes {
+			if len(rest) >= size {
+				n = size
+				break
+			}
+		}
+		chunk := rest[:n]
+		rest = rest[n:]
+		args = append(args[:0], owner)
+		for _, o := range chunk {
+			args = append(args, o.RequestID, o.Attempt)
+		}
+		rows, err := s.stmt(ctx, tx, qSettle(n)).QueryContext(ctx, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			won[id] = true
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	settled := make([]store.Outcome, 0, len(won))
+	for _, o := range os {
+		if won[o.RequestID] {
+			settled = append(settled, o)
+		}
+	}
+	args = make([]any, 0, 5*chunkSizes[0])
+	for rest := settled; len(rest) > 0; {
+		n := chunkSizes[len(chunkSizes)-1]
+		for _, size := range chunkSizes {
+			if len(rest) >= size {
+				n = size
+				break
+			}
+		}
+		args = args[:0]
+		for _, o := range rest[:n] {
+			var result []byte
+			if len(o.Result) > 0 {
+				result = o.Result
+			}
+			args = append(args, o.RequestID, o.BatchSeq, o.CustomID, o.ResultType, result)
+		}
+		rest = rest[n:]
+		if _, err := s.stmt(ctx, tx, qAddResults(n)).ExecContext(ctx, args...); err != nil {
+			return nil, err
+		}
+	}
+	return settled, nil
 }
 
 // RequestsHeartbeat implements store.Store.

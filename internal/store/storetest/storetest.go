@@ -71,7 +71,7 @@ func (b *bundle) claim(t *testing.T, owner string, limit int, now time.Time) []s
 }
 
 func succeed(c store.ClaimedRequest) store.Outcome {
-	return store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, Attempt: c.Attempt, ResultType: store.ResultSucceeded,
+	return store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: store.ResultSucceeded,
 		Result: json.RawMessage(`{"type":"succeeded","message":{"id":"m"}}`)}
 }
 
@@ -278,7 +278,7 @@ func testClaimComplete(t *testing.T, b *bundle) {
 	if endedCount(ch) != 0 || ch[0].Batch.Counts.Succeeded != 2 || ch[0].Batch.Counts.Processing != 1 {
 		t.Fatalf("after two: %+v", ch[0].Batch)
 	}
-	errored := store.Outcome{RequestID: c[2].ID, BatchSeq: c[2].BatchSeq, Attempt: 1, ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored"}`)}
+	errored := store.Outcome{RequestID: c[2].ID, BatchSeq: c[2].BatchSeq, CustomID: c[2].CustomID, Attempt: 1, ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored"}`)}
 	ch = b.complete(t, "o", t0.Add(time.Second), errored)
 	if endedCount(ch) != 1 || ch[0].Batch.Status != store.StatusEnded || ch[0].Batch.EndedAt == nil || ch[0].Batch.Counts.Errored != 1 {
 		t.Fatalf("last completion must end the batch once: %+v", ch[0].Batch)
@@ -344,7 +344,7 @@ func testClaimFair(t *testing.T, b *bundle) {
 func testRetry(t *testing.T, b *bundle) {
 	bt := b.batch(t, "w", 1, t0)
 	c := b.claim(t, "o", 1, t0)
-	o := store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, Attempt: 1, Retry: true, RetryAt: t0.Add(10 * time.Second),
+	o := store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, CustomID: c[0].CustomID, Attempt: 1, Retry: true, RetryAt: t0.Add(10 * time.Second),
 		ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored","error":{"type":"error","error":{"type":"overloaded_error","message":"x"},"request_id":null}}`)}
 	ch := b.complete(t, "o", t0, o)
 	if endedCount(ch) != 0 || b.get(t, bt).Counts.Processing != 1 {
@@ -409,7 +409,7 @@ func testRetryAfterCancel(t *testing.T, b *bundle) {
 	if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: t0}); err != nil {
 		t.Fatal(err)
 	}
-	o := store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, Attempt: 1, Retry: true, RetryAt: t0.Add(time.Second),
+	o := store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, CustomID: c[0].CustomID, Attempt: 1, Retry: true, RetryAt: t0.Add(time.Second),
 		ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored"}`)}
 	ch := b.complete(t, "o", t0, o)
 	if endedCount(ch) != 1 || ch[0].Batch.Counts.Errored != 1 {
@@ -421,7 +421,7 @@ func testExpire(t *testing.T, b *bundle) {
 	bt := b.batch(t, "w", 4, t0)
 	c := b.claim(t, "o", 2, t0)
 	// c[0] failed transiently and waits; c[1] is still running.
-	o := store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, Attempt: 1, Retry: true, RetryAt: t0.Add(time.Minute),
+	o := store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, CustomID: c[0].CustomID, Attempt: 1, Retry: true, RetryAt: t0.Add(time.Minute),
 		ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored","error":"last"}`)}
 	b.complete(t, "o", t0, o)
 	exp := bt.ExpiresAt
