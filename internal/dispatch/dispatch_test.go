@@ -104,3 +104,12 @@ func TestOutcome(t *testing.T) {
 		t.Fatal("a permanent error must settle at once")
 	}
 }
+
+func BenchmarkCheckParams(b *testing.B) {
+	raw := json.RawMessage(`{"model":"claude-sim","max_tokens":32,"system":[{"type":"text","text":"be brief"}],"messages":[{"role":"user","content":"Summarize document 12345"},{"role":"assistant","content":[{"type":"text","text":"ok"}]}]}`)
+	for b.Loop() {
+		if _, err := checkParams(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
