@@ -113,6 +113,7 @@ type Dispatcher struct {
 	held      int                // requests claimed and not yet completed in the store
 	canceling map[int64]struct{} // batches known to be canceling, by seq
 	cancel    context.CancelFunc
+	stopCtx   context.Context // ends when Stop begins: no more claims
 	abandon   context.CancelFunc
 	done      chan struct{}
 	stopOnce  sync.Once
@@ -129,7 +130,6 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		log:       cfg.Logger.With("component", "dispatch"),
 		wake:      make(chan struct{}, 1),
 		freed:     make(chan struct{}, 1),
-		outcomes:  make(chan store.Outcome, 1024),
 		queues:    map[backend.Backend]chan job{},
 		canceling: map[int64]struct{}{},
 	}
@@ -140,6 +140,9 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		d.queues[b] = make(chan job, cfg.Concurrency)
 		d.slots += 2 * cfg.Concurrency
 	}
+	// Every held request yields at most one outcome, so sending one never
+	// blocks; the completer, which also dispatches, relies on that.
+	d.outcomes = make(chan store.Outcome, d.slots)
 	return d
 }
 
@@ -189,6 +192,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	d.cancel = cancel
+	d.stopCtx = ctx
 	d.done = make(chan struct{})
 	// runCtx outlives ctx so that a graceful stop lets running requests
 	// finish; Stop cancels it only when its own deadline passes.
@@ -265,10 +269,7 @@ func (d *Dispatcher) emit(changes ...*store.BatchChange) {
 func (d *Dispatcher) claimLoop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	// Claim in groups of at least a quarter of the local capacity while
-	// requests are held: one transaction per request would spend the store's
-	// single writer on overhead.
-	minClaim := max(1, d.slots/4)
+	minClaim := d.minClaim()
 	backoff := time.Duration(0)
 	for {
 		select {
@@ -280,16 +281,15 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 		}
 		exhausted := false
 		for ctx.Err() == nil {
-			d.mu.Lock()
-			free, held := d.slots-d.held, d.held
-			d.mu.Unlock()
-			if free <= 0 || (free < minClaim && held > 0) {
+			free := d.reserve(minClaim, 0)
+			if free == 0 {
 				break
 			}
 			claimed, err := d.store.RequestsClaim(ctx, store.RequestsClaimParams{
 				Owner: d.cfg.Owner, Limit: free, Now: d.cfg.Now(), LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
 			})
 			if err != nil {
+				d.unreserve(free)
 				if ctx.Err() == nil {
 					backoff = min(max(2*backoff, 10*time.Millisecond), d.cfg.PollInterval)
 					d.log.Error("claim failed", "err", err, "retry_in", backoff)
@@ -297,9 +297,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 				break
 			}
 			backoff = 0
-			d.mu.Lock()
-			d.held += len(claimed)
-			d.mu.Unlock()
+			d.unreserve(free - len(claimed))
 			for _, c := range claimed {
 				d.dispatch(ctx, c)
 			}
@@ -319,6 +317,35 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 			timer.Reset(d.cfg.PollInterval)
 		}
 	}
+}
+
+// minClaim is the smallest claim worth a transaction while requests are
+// held: one transaction per request would spend the store's single writer
+// on overhead.
+func (d *Dispatcher) minClaim() int { return max(1, d.slots/4) }
+
+// reserve takes the free local slots, counting released as about to be
+// freed, if there are at least min of them (or nothing is held), and
+// returns how many it took; they are held until unreserve or release.
+func (d *Dispatcher) reserve(min, released int) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	free := d.slots - d.held + released
+	if free <= 0 || (free < min && d.held > released) {
+		return 0
+	}
+	d.held += free
+	return free
+}
+
+// unreserve gives back reserved slots that no claim filled.
+func (d *Dispatcher) unreserve(n int) {
+	if n == 0 {
+		return
+	}
+	d.mu.Lock()
+	d.held -= n
+	d.mu.Unlock()
 }
 
 // nextDue is how long until the next retry is due, at most PollInterval.
@@ -485,7 +512,6 @@ func (d *Dispatcher) complete(ctx context.Context) {
 		}
 		timer.Stop()
 		d.write(ctx, group)
-		d.release(len(group))
 	}
 }
 
@@ -497,10 +523,32 @@ func (d *Dispatcher) busy(n int) bool {
 	return d.held > n
 }
 
+// write records a group of outcomes and releases their slots. While the
+// dispatcher is claiming, the same transaction refills the freed slots, so
+// that under load each cycle costs the store one transaction, not two.
 func (d *Dispatcher) write(ctx context.Context, group []store.Outcome) {
+	defer d.release(len(group))
+	complete := store.RequestsCompleteParams{Owner: d.cfg.Owner, Now: d.cfg.Now(), Outcomes: group}
+	if d.stopCtx.Err() == nil {
+		if free := d.reserve(d.minClaim(), len(group)); free > 0 {
+			now := d.cfg.Now()
+			changes, claimed, err := d.store.RequestsCompleteAndClaim(ctx, complete,
+				store.RequestsClaimParams{Owner: d.cfg.Owner, Limit: free, Now: now, LeaseUntil: now.Add(d.cfg.Lease)})
+			// The group's own slots are released by the deferred release.
+			d.unreserve(free - len(claimed))
+			if err == nil {
+				d.emit(changes...)
+				for _, c := range claimed {
+					d.dispatch(d.stopCtx, c)
+				}
+				return
+			}
+			d.log.Error("complete and claim failed", "err", err, "outcomes", len(group))
+		}
+	}
 	delay := 10 * time.Millisecond
 	for {
-		changes, err := d.store.RequestsComplete(ctx, store.RequestsCompleteParams{Owner: d.cfg.Owner, Now: d.cfg.Now(), Outcomes: group})
+		changes, err := d.store.RequestsComplete(ctx, complete)
 		if err == nil {
 			d.emit(changes...)
 			return

@@ -268,6 +268,9 @@ type Store interface {
 
 	RequestsClaim(ctx context.Context, p RequestsClaimParams) ([]ClaimedRequest, error)
 	RequestsComplete(ctx context.Context, p RequestsCompleteParams) ([]*BatchChange, error)
+	// RequestsCompleteAndClaim does both in one transaction, for a
+	// dispatcher that refills the slots its outcomes free.
+	RequestsCompleteAndClaim(ctx context.Context, c RequestsCompleteParams, p RequestsClaimParams) ([]*BatchChange, []ClaimedRequest, error)
 	RequestsHeartbeat(ctx context.Context, p RequestsHeartbeatParams) error
 	RequestsRescue(ctx context.Context, p RequestsRescueParams) ([]*BatchChange, error)
 	// RequestNextDue is the earliest next_at among pending requests of

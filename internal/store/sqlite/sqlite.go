@@ -693,79 +693,85 @@ func (s *Store) BatchNextExpiry(ctx context.Context) (time.Time, error) {
 func (s *Store) RequestsClaim(ctx context.Context, p store.RequestsClaimParams) ([]store.ClaimedRequest, error) {
 	var out []store.ClaimedRequest
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		out = out[:0]
-		type open struct {
-			seq     int64
-			id      string
-			expires int64
-		}
-		rows, err := s.stmt(ctx, tx, qOpenBatches).QueryContext(ctx, micros(p.Now))
-		if err != nil {
-			return err
-		}
-		var batches []open
-		for rows.Next() {
-			var b open
-			if err := rows.Scan(&b.seq, &b.id, &b.expires); err != nil {
-				rows.Close()
-				return err
-			}
-			batches = append(batches, b)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		claim := s.stmt(ctx, tx, qClaim)
-		remaining := p.Limit
-		served := map[int64]bool{}
-		for remaining > 0 && len(batches) > 0 {
-			share := max(1, remaining/len(batches))
-			next := batches[:0]
-			for _, b := range batches {
-				if remaining == 0 {
-					break
-				}
-				want := min(share, remaining)
-				rows, err := claim.QueryContext(ctx, p.Owner, micros(p.LeaseUntil), b.seq, micros(p.Now), want)
-				if err != nil {
-					return err
-				}
-				got := 0
-				for rows.Next() {
-					c := store.ClaimedRequest{BatchID: b.id, BatchSeq: b.seq, ExpiresAt: fromMicros(b.expires)}
-					if err := rows.Scan(&c.ID, &c.Attempt); err != nil {
-						rows.Close()
-						return err
-					}
-					out = append(out, c)
-					got++
-				}
-				rows.Close()
-				if err := rows.Err(); err != nil {
-					return err
-				}
-				remaining -= got
-				if got > 0 {
-					served[b.seq] = true
-				}
-				if got == want {
-					next = append(next, b)
-				}
-			}
-			batches = next
-		}
-		for seq := range served {
-			if _, err := s.stmt(ctx, tx, qTouchBatch).ExecContext(ctx, micros(p.Now), seq); err != nil {
-				return err
-			}
-		}
-		return s.fillParams(ctx, tx, out)
+		var err error
+		out, err = s.claimTx(ctx, tx, p)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim requests: %w", err)
 	}
 	return out, nil
+}
+
+func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimParams) ([]store.ClaimedRequest, error) {
+	var out []store.ClaimedRequest
+	type open struct {
+		seq     int64
+		id      string
+		expires int64
+	}
+	rows, err := s.stmt(ctx, tx, qOpenBatches).QueryContext(ctx, micros(p.Now))
+	if err != nil {
+		return nil, err
+	}
+	var batches []open
+	for rows.Next() {
+		var b open
+		if err := rows.Scan(&b.seq, &b.id, &b.expires); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		batches = append(batches, b)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	claim := s.stmt(ctx, tx, qClaim)
+	remaining := p.Limit
+	served := map[int64]bool{}
+	for remaining > 0 && len(batches) > 0 {
+		share := max(1, remaining/len(batches))
+		next := batches[:0]
+		for _, b := range batches {
+			if remaining == 0 {
+				break
+			}
+			want := min(share, remaining)
+			rows, err := claim.QueryContext(ctx, p.Owner, micros(p.LeaseUntil), b.seq, micros(p.Now), want)
+			if err != nil {
+				return nil, err
+			}
+			got := 0
+			for rows.Next() {
+				c := store.ClaimedRequest{BatchID: b.id, BatchSeq: b.seq, ExpiresAt: fromMicros(b.expires)}
+				if err := rows.Scan(&c.ID, &c.Attempt); err != nil {
+					rows.Close()
+					return nil, err
+				}
+				out = append(out, c)
+				got++
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return nil, err
+			}
+			remaining -= got
+			if got > 0 {
+				served[b.seq] = true
+			}
+			if got == want {
+				next = append(next, b)
+			}
+		}
+		batches = next
+	}
+	for seq := range served {
+		if _, err := s.stmt(ctx, tx, qTouchBatch).ExecContext(ctx, micros(p.Now), seq); err != nil {
+			return nil, err
+		}
+	}
+	return out, s.fillParams(ctx, tx, out)
 }
 
 // fillParams reads the custom_id and params of claimed requests in one
@@ -807,69 +813,94 @@ func (s *Store) fillParams(ctx context.Context, tx *sql.Tx, claimed []store.Clai
 func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompleteParams) ([]*store.BatchChange, error) {
 	var out []*store.BatchChange
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		out = nil
-		// Whether each touched batch can still retry: only in_progress and
-		// unexpired ones can; read inside the write transaction, so no
-		// cancel can slip between the check and the write.
-		type batchState struct {
-			retryable bool
-			expires   int64
-		}
-		states := map[int64]batchState{}
-		for _, o := range p.Outcomes {
-			if _, ok := states[o.BatchSeq]; ok {
-				continue
-			}
-			var status string
-			var expires int64
-			err := s.stmt(ctx, tx, qBatchState).QueryRowContext(ctx, o.BatchSeq).Scan(&status, &expires)
-			if errors.Is(err, sql.ErrNoRows) {
-				states[o.BatchSeq] = batchState{}
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			states[o.BatchSeq] = batchState{retryable: status == store.StatusInProgress, expires: expires}
-		}
-		retryStmt := s.stmt(ctx, tx, qRetry)
-		settling := make([]store.Outcome, 0, len(p.Outcomes))
-		for _, o := range p.Outcomes {
-			st := states[o.BatchSeq]
-			if o.Retry && st.retryable && micros(o.RetryAt) < st.expires {
-				if _, err := retryStmt.ExecContext(ctx, micros(o.RetryAt), []byte(o.Result), o.RequestID, p.Owner, o.Attempt); err != nil {
-					return err
-				}
-				continue
-			}
-			settling = append(settling, o)
-		}
-		settled, err := s.settleOutcomes(ctx, tx, p.Owner, settling)
-		if err != nil {
-			return err
-		}
-		deltas := map[int64]*counts{}
-		var order []int64
-		for _, o := range settled {
-			d := deltas[o.BatchSeq]
-			if d == nil {
-				d = &counts{}
-				deltas[o.BatchSeq] = d
-				order = append(order, o.BatchSeq)
-			}
-			d.add(o.ResultType, 1)
-		}
-		for _, seq := range order {
-			ch, err := s.settle(ctx, tx, seq, *deltas[seq], p.Now)
-			if err != nil {
-				return err
-			}
-			out = append(out, ch)
-		}
-		return nil
+		var err error
+		out, err = s.completeTx(ctx, tx, p)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("complete requests: %w", err)
+	}
+	return out, nil
+}
+
+// RequestsCompleteAndClaim implements store.Store: one transaction writes
+// both, and the pages both touch (the tasks, the batch rows) once.
+func (s *Store) RequestsCompleteAndClaim(ctx context.Context, c store.RequestsCompleteParams, p store.RequestsClaimParams) ([]*store.BatchChange, []store.ClaimedRequest, error) {
+	var changes []*store.BatchChange
+	var claimed []store.ClaimedRequest
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if changes, err = s.completeTx(ctx, tx, c); err != nil {
+			return err
+		}
+		claimed, err = s.claimTx(ctx, tx, p)
+		return err
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("complete and claim requests: %w", err)
+	}
+	return changes, claimed, nil
+}
+
+func (s *Store) completeTx(ctx context.Context, tx *sql.Tx, p store.RequestsCompleteParams) ([]*store.BatchChange, error) {
+	var out []*store.BatchChange
+	// Whether each touched batch can still retry: only in_progress and
+	// unexpired ones can; read inside the write transaction, so no
+	// cancel can slip between the check and the write.
+	type batchState struct {
+		retryable bool
+		expires   int64
+	}
+	states := map[int64]batchState{}
+	for _, o := range p.Outcomes {
+		if _, ok := states[o.BatchSeq]; ok {
+			continue
+		}
+		var status string
+		var expires int64
+		err := s.stmt(ctx, tx, qBatchState).QueryRowContext(ctx, o.BatchSeq).Scan(&status, &expires)
+		if errors.Is(err, sql.ErrNoRows) {
+			states[o.BatchSeq] = batchState{}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		states[o.BatchSeq] = batchState{retryable: status == store.StatusInProgress, expires: expires}
+	}
+	retryStmt := s.stmt(ctx, tx, qRetry)
+	settling := make([]store.Outcome, 0, len(p.Outcomes))
+	for _, o := range p.Outcomes {
+		st := states[o.BatchSeq]
+		if o.Retry && st.retryable && micros(o.RetryAt) < st.expires {
+			if _, err := retryStmt.ExecContext(ctx, micros(o.RetryAt), []byte(o.Result), o.RequestID, p.Owner, o.Attempt); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		settling = append(settling, o)
+	}
+	settled, err := s.settleOutcomes(ctx, tx, p.Owner, settling)
+	if err != nil {
+		return nil, err
+	}
+	deltas := map[int64]*counts{}
+	var order []int64
+	for _, o := range settled {
+		d := deltas[o.BatchSeq]
+		if d == nil {
+			d = &counts{}
+			deltas[o.BatchSeq] = d
+			order = append(order, o.BatchSeq)
+		}
+		d.add(o.ResultType, 1)
+	}
+	for _, seq := range order {
+		ch, err := s.settle(ctx, tx, seq, *deltas[seq], p.Now)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ch)
 	}
 	return out, nil
 }

@@ -660,3 +660,38 @@ func testKeys(t *testing.T, b *bundle) {
 		t.Fatalf("revoke unknown: %v", err)
 	}
 }
+
+func testCompleteAndClaim(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 5, t0)
+	first := b.claim(t, "o", 2, t0)
+	changes, claimed, err := b.st.RequestsCompleteAndClaim(b.ctx,
+		store.RequestsCompleteParams{Owner: "o", Now: t0, Outcomes: []store.Outcome{succeed(first[0]), succeed(first[1])}},
+		store.RequestsClaimParams{Owner: "o", Limit: 10, Now: t0, LeaseUntil: t0.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) != 1 || changes[0].Batch.Counts.Succeeded != 2 || changes[0].Ended {
+		t.Fatalf("changes %+v", changes)
+	}
+	if len(claimed) != 3 {
+		t.Fatalf("claimed %d, want the 3 still pending", len(claimed))
+	}
+	for _, c := range claimed {
+		if c.ID == first[0].ID || c.ID == first[1].ID || len(c.Params) == 0 || c.CustomID == "" {
+			t.Fatalf("claimed %+v", c)
+		}
+	}
+	var os []store.Outcome
+	for _, c := range claimed {
+		os = append(os, succeed(c))
+	}
+	changes, claimed, err = b.st.RequestsCompleteAndClaim(b.ctx,
+		store.RequestsCompleteParams{Owner: "o", Now: t0, Outcomes: os},
+		store.RequestsClaimParams{Owner: "o", Limit: 10, Now: t0, LeaseUntil: t0.Add(time.Minute)})
+	if err != nil || len(claimed) != 0 || endedCount(changes) != 1 {
+		t.Fatalf("last round: %+v %+v %v", changes, claimed, err)
+	}
+	if got := b.get(t, bt); got.Status != store.StatusEnded || got.Counts.Succeeded != 5 {
+		t.Fatalf("batch %+v", got)
+	}
+}
