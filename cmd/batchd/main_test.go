@@ -100,8 +100,10 @@ func (p *proc) kill(sig syscall.Signal) {
 
 // batchJSON is the part of a MessageBatch these tests read.
 type batchJSON struct {
-	ID               string `json:"id"`
-	ProcessingStatus string `json:"processing_status"`
+	ID               string    `json:"id"`
+	ProcessingStatus string    `json:"processing_status"`
+	CreatedAt        time.Time `json:"created_at"`
+	EndedAt          time.Time `json:"ended_at"`
 	RequestCounts    struct {
 		Processing, Succeeded, Errored, Canceled, Expired int64
 	} `json:"request_counts"`

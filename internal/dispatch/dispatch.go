@@ -327,16 +327,21 @@ func (d *Dispatcher) minClaim() int { return max(1, d.slots/4) }
 // reserve takes the free local slots, counting released as about to be
 // freed, if there are at least min of them (or nothing is held), and
 // returns how many it took; they are held until unreserve or release.
-func (d *Dispatcher) reserve(min, released int) int {
+func (d *Dispatcher) reserve(least, released int) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	free := d.slots - d.held + released
-	if free <= 0 || (free < min && d.held > released) {
+	// At most maxClaim at once: a first claim of thousands would keep every
+	// slot idle until the whole transaction is done.
+	free := min(d.slots-d.held+released, maxClaim)
+	if free <= 0 || (free < least && d.held > released) {
 		return 0
 	}
 	d.held += free
 	return free
 }
+
+// maxClaim caps one claim; see reserve.
+const maxClaim = 512
 
 // unreserve gives back reserved slots that no claim filled.
 func (d *Dispatcher) unreserve(n int) {
