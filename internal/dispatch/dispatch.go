@@ -27,6 +27,10 @@ type Config struct {
 	Owner string
 	// Concurrency is each backend's limit on requests in flight (default 64).
 	Concurrency int
+	// ClaimAhead is how many requests per backend are claimed ahead of a
+	// free slot (default: Concurrency, at least 256). Deeper keeps fast
+	// backends busy with fewer, larger store transactions.
+	ClaimAhead int
 	// MaxAttempts caps attempts per request (default 8).
 	MaxAttempts int
 	// BackoffBase is the first retry delay, doubled on every attempt
@@ -62,6 +66,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 64
+	}
+	if c.ClaimAhead <= 0 {
+		c.ClaimAhead = max(c.Concurrency, 256)
 	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 8
@@ -106,7 +113,7 @@ type Dispatcher struct {
 	wake     chan struct{} // new work may be claimable
 	freed    chan struct{} // a slot was freed
 	outcomes chan store.Outcome
-	queues   map[backend.Backend]chan job
+	queues   map[backend.Backend]*fairQueue
 	slots    int // total local capacity, running and queued
 
 	mu        sync.Mutex
@@ -130,15 +137,16 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		log:       cfg.Logger.With("component", "dispatch"),
 		wake:      make(chan struct{}, 1),
 		freed:     make(chan struct{}, 1),
-		queues:    map[backend.Backend]chan job{},
+		queues:    map[backend.Backend]*fairQueue{},
 		canceling: map[int64]struct{}{},
 	}
 	for _, b := range router.Backends() {
-		// Each backend holds up to twice its concurrency locally: the
-		// second half is claimed ahead so that a finishing request is
-		// replaced at once instead of after a store round trip.
-		d.queues[b] = make(chan job, cfg.Concurrency)
-		d.slots += 2 * cfg.Concurrency
+		// Each backend holds its concurrency in flight plus ClaimAhead
+		// queued, so that a finishing request is replaced at once instead
+		// of after a store round trip; the fair queue keeps the depth from
+		// delaying other batches.
+		d.queues[b] = newFairQueue()
+		d.slots += cfg.Concurrency + cfg.ClaimAhead
 	}
 	// Every held request yields at most one outcome, so sending one never
 	// blocks; the completer, which also dispatches, relies on that.
@@ -222,7 +230,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		// Claiming has stopped: drain the queues so workers finish what
 		// is running and exit; queued requests stay leased and are rescued.
 		for _, q := range d.queues {
-			close(q)
+			q.close()
 		}
 		workers.Wait()
 		close(d.outcomes)
@@ -376,7 +384,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, c store.ClaimedRequest) {
 		d.outcomes <- d.outcome(c, nil, err)
 		return
 	}
-	d.queues[b] <- job{ClaimedRequest: c, model: model}
+	d.queues[b].push(job{ClaimedRequest: c, model: model})
 }
 
 // job is a claimed request on its way to a backend.
@@ -387,8 +395,12 @@ type job struct {
 
 // work runs requests from q on b until q closes. runCtx outlives stopCtx so
 // that a graceful stop lets running requests finish.
-func (d *Dispatcher) work(runCtx, stopCtx context.Context, b backend.Backend, q chan job) {
-	for c := range q {
+func (d *Dispatcher) work(runCtx, stopCtx context.Context, b backend.Backend, q *fairQueue) {
+	for {
+		c, ok := q.pop()
+		if !ok {
+			return
+		}
 		if stopCtx.Err() != nil {
 			// Stopping: leave queued requests leased; they are rescued.
 			d.release(1)
