@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"path"
 	"time"
 )
@@ -20,6 +21,13 @@ type Call struct {
 	Params json.RawMessage
 	// Attempt is 1 for the first try and grows with every retry.
 	Attempt int
+	// Betas are the anthropic-beta values the batch was created with, for
+	// backends that forward them.
+	Betas []string
+	// OnResponse, when set, is called by HTTP backends with the status and
+	// headers of every upstream response (errors included), so the
+	// dispatcher's rate control can read anthropic-ratelimit-* headers.
+	OnResponse func(status int, header http.Header)
 }
 
 // Backend runs single Messages requests. Implementations must be safe for
