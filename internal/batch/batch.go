@@ -43,6 +43,10 @@ type Config struct {
 	// OnCreated is called after a batch becomes visible, to wake the
 	// dispatcher early; may be nil.
 	OnCreated func()
+	// Route names the backend that serves a model, "" when none does
+	// (default: "" for every model). Requests are routed when created so
+	// that each backend claims only its own.
+	Route func(model string) string
 	// OnCanceled is called with a batch's seq when it starts canceling, so
 	// the dispatcher sends none of its requests it has claimed ahead; may
 	// be nil.
@@ -70,6 +74,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OnCreated == nil {
 		c.OnCreated = func() {}
+	}
+	if c.Route == nil {
+		c.Route = func(string) string { return "" }
 	}
 	if c.OnCanceled == nil {
 		c.OnCanceled = func(int64) {}

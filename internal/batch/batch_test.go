@@ -63,3 +63,19 @@ func TestHashKeyIsStableAndKeysDiffer(t *testing.T) {
 		t.Fatalf("keys %q %q hash %q prefix %q", k1, k2, h1, p1)
 	}
 }
+
+func TestParamsModel(t *testing.T) {
+	t.Parallel()
+	tests := map[string]string{
+		`{"model":"claude-x","max_tokens":5}`:                                        "claude-x",
+		`{"messages":[{"role":"user","content":"{\"model\":\"no\"}"}],"model":"m2"}`: "m2",
+		`{"tools":[{"input_schema":{"properties":{"model":{}}}}],"model":"m3"}`:      "m3",
+		`{"model":7}`: "",
+		`{}`:          "",
+	}
+	for params, want := range tests {
+		if got := paramsModel([]byte(params)); got != want {
+			t.Errorf("paramsModel(%s) = %q, want %q", params, got, want)
+		}
+	}
+}

@@ -130,6 +130,8 @@ func (s *Service) ingest(ctx context.Context, seq int64, r io.Reader) (int64, er
 				return 0, invalid("requests.%d.custom_id: custom_id %q is not unique (also used by requests.%d)", count, req.CustomID, prev)
 			}
 			seen[req.CustomID] = count
+			req.Model = paramsModel(req.Params)
+			req.Backend = s.cfg.Route(req.Model)
 			group = append(group, req)
 			groupSize += len(req.Params)
 			count++

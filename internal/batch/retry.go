@@ -65,7 +65,8 @@ func (s *Service) copyFailed(ctx context.Context, from, to int64) (int64, error)
 		}
 		reqs := make([]store.NewRequest, len(rows))
 		for i, r := range rows {
-			reqs[i] = store.NewRequest{CustomID: r.CustomID, Params: r.Params}
+			model := paramsModel(r.Params)
+			reqs[i] = store.NewRequest{CustomID: r.CustomID, Params: r.Params, Model: model, Backend: s.cfg.Route(model)}
 		}
 		if err := s.store.RequestsInsert(ctx, store.RequestsInsertParams{BatchSeq: to, Requests: reqs}); err != nil {
 			return 0, err

@@ -27,6 +27,8 @@ type Config struct {
 	Owner string
 	// Concurrency is each backend's limit on requests in flight (default 64).
 	Concurrency int
+	// BackendConcurrency overrides Concurrency per backend name.
+	BackendConcurrency map[string]int
 	// ClaimAhead is how many requests per backend are claimed ahead of a
 	// free slot (default: Concurrency, at least 256). Deeper keeps fast
 	// backends busy with fewer, larger store transactions.
@@ -112,12 +114,11 @@ type Dispatcher struct {
 
 	wake     chan struct{} // new work may be claimable
 	freed    chan struct{} // a slot was freed
-	outcomes chan store.Outcome
-	queues   map[backend.Backend]*fairQueue
-	slots    int // total local capacity, running and queued
+	outcomes chan laneOutcome
+	lanes    []*lane // one per backend, then the unroutable lane
+	byName   map[string]*lane
 
-	mu        sync.Mutex
-	held      int                // requests claimed and not yet completed in the store
+	mu        sync.Mutex         // guards lane.held and canceling
 	canceling map[int64]struct{} // batches known to be canceling, by seq
 	cancel    context.CancelFunc
 	stopCtx   context.Context // ends when Stop begins: no more claims
@@ -137,22 +138,66 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		log:       cfg.Logger.With("component", "dispatch"),
 		wake:      make(chan struct{}, 1),
 		freed:     make(chan struct{}, 1),
-		queues:    map[backend.Backend]*fairQueue{},
+		byName:    map[string]*lane{},
 		canceling: map[int64]struct{}{},
 	}
+	total := 0
 	for _, b := range router.Backends() {
 		// Each backend holds its concurrency in flight plus ClaimAhead
 		// queued, so that a finishing request is replaced at once instead
 		// of after a store round trip; the fair queue keeps the depth from
 		// delaying other batches.
-		d.queues[b] = newFairQueue()
-		d.slots += cfg.Concurrency + cfg.ClaimAhead
+		conc := cfg.Concurrency
+		if n := cfg.BackendConcurrency[b.Name()]; n > 0 {
+			conc = n
+		}
+		l := &lane{name: b.Name(), backend: b, workers: conc, queue: newFairQueue(), slots: conc + max(cfg.ClaimAhead, conc)}
+		d.lanes = append(d.lanes, l)
+		d.byName[l.name] = l
+		total += l.slots
 	}
+	// Requests no backend serves are settled as errored without a worker.
+	none := &lane{name: "", slots: 256}
+	d.lanes = append(d.lanes, none)
+	d.byName[""] = none
+	total += none.slots
 	// Every held request yields at most one outcome, so sending one never
 	// blocks; the completer, which also dispatches, relies on that.
-	d.outcomes = make(chan store.Outcome, d.slots)
+	d.outcomes = make(chan laneOutcome, total)
 	return d
 }
+
+// lane is one backend's share of the dispatcher: its claims, its local
+// queue and its workers. Claims are per backend, so a throttled backend
+// never holds another's slots.
+type lane struct {
+	name    string          // the backend's name; "" for requests no backend serves
+	backend backend.Backend // nil for the "" lane
+	workers int
+	queue   *fairQueue
+	slots   int  // running plus queued plus unwritten, at most
+	held    int  // guarded by Dispatcher.mu
+	drained bool // its last claim found less than it asked; claim loop only
+}
+
+// laneOutcome is an outcome on its way to the store, with the lane whose
+// slot it frees.
+type laneOutcome struct {
+	store.Outcome
+	lane *lane
+}
+
+// route names the backend that serves model, "" if none does.
+func (d *Dispatcher) route(model string) string {
+	b, err := d.router.Lookup(model)
+	if err != nil {
+		return ""
+	}
+	return b.Name()
+}
+
+// Route is the routing function the batch service stores requests with.
+func (d *Dispatcher) Route(model string) string { return d.route(model) }
 
 // Canceled tells the dispatcher that a batch is canceling, so that requests
 // of it that are claimed but not yet sent settle as canceled instead of
@@ -198,6 +243,12 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 			return fmt.Errorf("start dispatcher: %w", err)
 		}
 	}
+	// The configuration may have changed since requests were routed.
+	if n, err := d.store.RequestsReroute(ctx, d.route); err != nil {
+		return fmt.Errorf("start dispatcher: %w", err)
+	} else if n > 0 {
+		d.log.Info("rerouted pending requests to their new backends", "requests", n)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	d.cancel = cancel
 	d.stopCtx = ctx
@@ -207,12 +258,12 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	runCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
 	d.abandon = abandon
 	var wg, workers sync.WaitGroup
-	for b, q := range d.queues {
-		for range d.cfg.Concurrency {
+	for _, l := range d.lanes {
+		for range l.workers {
 			workers.Add(1)
 			go func() {
 				defer workers.Done()
-				d.work(runCtx, ctx, b, q)
+				d.work(runCtx, ctx, l)
 			}()
 		}
 	}
@@ -229,8 +280,10 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		wg.Wait()
 		// Claiming has stopped: drain the queues so workers finish what
 		// is running and exit; queued requests stay leased and are rescued.
-		for _, q := range d.queues {
-			q.close()
+		for _, l := range d.lanes {
+			if l.queue != nil {
+				l.queue.close()
+			}
 		}
 		workers.Wait()
 		close(d.outcomes)
@@ -277,74 +330,81 @@ func (d *Dispatcher) emit(changes ...*store.BatchChange) {
 func (d *Dispatcher) claimLoop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	minClaim := d.minClaim()
 	backoff := time.Duration(0)
 	for {
+		// A lane that ran out of due work is asked again only when new work
+		// may exist (a new batch, or the timer for retries), not whenever a
+		// slot frees: an empty claim still costs a write transaction.
+		rescan := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.wake:
+			rescan = true
 		case <-d.freed:
 		case <-timer.C:
+			rescan = true
 		}
-		exhausted := false
-		for ctx.Err() == nil {
-			free := d.reserve(minClaim, 0)
-			if free == 0 {
-				break
+		drained := false // a lane ran dry in this round
+		for _, l := range d.lanes {
+			if l.drained && !rescan {
+				continue
 			}
-			claimed, err := d.store.RequestsClaim(ctx, store.RequestsClaimParams{
-				Owner: d.cfg.Owner, Limit: free, Now: d.cfg.Now(), LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
-			})
-			if err != nil {
-				d.unreserve(free)
-				if ctx.Err() == nil {
-					backoff = min(max(2*backoff, 10*time.Millisecond), d.cfg.PollInterval)
-					d.log.Error("claim failed", "err", err, "retry_in", backoff)
+			l.drained = false
+			for ctx.Err() == nil {
+				free := d.reserve(l, 0)
+				if free == 0 {
+					break
 				}
-				break
-			}
-			backoff = 0
-			d.unreserve(free - len(claimed))
-			for _, c := range claimed {
-				d.dispatch(ctx, c)
-			}
-			if len(claimed) < free {
-				exhausted = true
-				break
+				claimed, err := d.store.RequestsClaim(ctx, store.RequestsClaimParams{
+					Backend: l.name, Owner: d.cfg.Owner, Limit: free, Now: d.cfg.Now(), LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
+				})
+				if err != nil {
+					d.unreserve(l, free)
+					if ctx.Err() == nil {
+						backoff = min(max(2*backoff, 10*time.Millisecond), d.cfg.PollInterval)
+						d.log.Error("claim failed", "backend", l.name, "err", err, "retry_in", backoff)
+					}
+					break
+				}
+				backoff = 0
+				d.unreserve(l, free-len(claimed))
+				for _, c := range claimed {
+					d.dispatch(l, c)
+				}
+				if len(claimed) < free {
+					drained, l.drained = true, true
+					break
+				}
 			}
 		}
 		switch {
 		case backoff > 0:
 			timer.Reset(backoff)
-		case exhausted:
-			// Nothing more is due: sleep until the next retry is.
+		case drained || rescan:
+			// Sleep until the next retry of a dry lane is due; a freed
+			// slot or a new batch wakes the loop earlier.
 			timer.Reset(d.nextDue(ctx))
-		default:
-			// Full: a freed slot wakes the loop; the timer is a safety net.
-			timer.Reset(d.cfg.PollInterval)
 		}
+		// Otherwise the timer armed in an earlier round is still running.
 	}
 }
 
-// minClaim is the smallest claim worth a transaction while requests are
-// held: one transaction per request would spend the store's single writer
-// on overhead.
-func (d *Dispatcher) minClaim() int { return max(1, d.slots/4) }
-
-// reserve takes the free local slots, counting released as about to be
-// freed, if there are at least min of them (or nothing is held), and
-// returns how many it took; they are held until unreserve or release.
-func (d *Dispatcher) reserve(least, released int) int {
+// reserve takes a lane's free slots, counting released as about to be
+// freed, and returns how many it took; they are held until unreserve or
+// release. While the lane holds requests it takes none unless a quarter of
+// its slots are free: one transaction per request would spend the store's
+// single writer on overhead.
+func (d *Dispatcher) reserve(l *lane, released int) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// At most maxClaim at once: a first claim of thousands would keep every
 	// slot idle until the whole transaction is done.
-	free := min(d.slots-d.held+released, maxClaim)
-	if free <= 0 || (free < least && d.held > released) {
+	free := min(l.slots-l.held+released, maxClaim)
+	if free <= 0 || (free < max(1, l.slots/4) && l.held > released) {
 		return 0
 	}
-	d.held += free
+	l.held += free
 	return free
 }
 
@@ -352,39 +412,50 @@ func (d *Dispatcher) reserve(least, released int) int {
 const maxClaim = 512
 
 // unreserve gives back reserved slots that no claim filled.
-func (d *Dispatcher) unreserve(n int) {
+func (d *Dispatcher) unreserve(l *lane, n int) {
 	if n == 0 {
 		return
 	}
 	d.mu.Lock()
-	d.held -= n
+	l.held -= n
 	d.mu.Unlock()
 }
 
-// nextDue is how long until the next retry is due, at most PollInterval.
+// nextDue is how long until the next retry of a drained lane is due, at
+// most PollInterval.
 func (d *Dispatcher) nextDue(ctx context.Context) time.Duration {
 	wait := d.cfg.PollInterval
-	due, err := d.store.RequestNextDue(ctx)
-	if err == nil && !due.IsZero() {
-		wait = min(wait, max(due.Sub(d.cfg.Now()), time.Millisecond))
+	for _, l := range d.lanes {
+		if !l.drained {
+			continue
+		}
+		due, err := d.store.RequestNextDue(ctx, l.name)
+		if err == nil && !due.IsZero() {
+			wait = min(wait, max(due.Sub(d.cfg.Now()), time.Millisecond))
+		}
 	}
 	return wait
 }
 
-// dispatch routes one claimed request to its backend's queue, or settles it
+// dispatch hands one claimed request to its lane's workers, or settles it
 // at once when its params are invalid or no backend serves its model.
-func (d *Dispatcher) dispatch(ctx context.Context, c store.ClaimedRequest) {
+func (d *Dispatcher) dispatch(l *lane, c store.ClaimedRequest) {
 	model, perr := checkParams(c.Params)
 	if perr != nil {
-		d.outcomes <- d.outcome(c, nil, perr)
+		d.outcomes <- laneOutcome{d.outcome(c, nil, perr), l}
 		return
 	}
-	b, err := d.router.Lookup(model)
-	if err != nil {
-		d.outcomes <- d.outcome(c, nil, err)
+	if l.backend == nil {
+		_, err := d.router.Lookup(model)
+		if err == nil {
+			// Start reroutes every pending request, so this cannot happen;
+			// settle it rather than loop.
+			err = &backend.Error{Type: backend.ErrInvalidRequest, Message: fmt.Sprintf("model: %q was not routed to a backend; submit it again", model)}
+		}
+		d.outcomes <- laneOutcome{d.outcome(c, nil, err), l}
 		return
 	}
-	d.queues[b].push(job{ClaimedRequest: c, model: model})
+	l.queue.push(job{ClaimedRequest: c, model: model})
 }
 
 // job is a claimed request on its way to a backend.
@@ -393,40 +464,40 @@ type job struct {
 	model string
 }
 
-// work runs requests from q on b until q closes. runCtx outlives stopCtx so
-// that a graceful stop lets running requests finish.
-func (d *Dispatcher) work(runCtx, stopCtx context.Context, b backend.Backend, q *fairQueue) {
+// work runs requests from its lane's queue until the queue closes. runCtx
+// outlives stopCtx so that a graceful stop lets running requests finish.
+func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 	for {
-		c, ok := q.pop()
+		c, ok := l.queue.pop()
 		if !ok {
 			return
 		}
 		if stopCtx.Err() != nil {
 			// Stopping: leave queued requests leased; they are rescued.
-			d.release(1)
+			d.release(l, 1)
 			continue
 		}
 		if typ := d.unsent(c.ClaimedRequest); typ != "" {
 			// Claimed ahead but its batch expired or is canceling before
 			// it was sent: it settles as never sent.
-			d.outcomes <- store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: typ}
+			d.outcomes <- laneOutcome{store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: typ}, l}
 			continue
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
-		msg, err := b.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt})
+		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt})
 		cancel()
 		if runCtx.Err() != nil {
 			// Abandoned by Stop: the attempt did not really fail.
-			d.release(1)
+			d.release(l, 1)
 			continue
 		}
-		d.outcomes <- d.outcome(c.ClaimedRequest, msg, err)
+		d.outcomes <- laneOutcome{d.outcome(c.ClaimedRequest, msg, err), l}
 	}
 }
 
-func (d *Dispatcher) release(n int) {
+func (d *Dispatcher) release(l *lane, n int) {
 	d.mu.Lock()
-	d.held -= n
+	l.held -= n
 	d.mu.Unlock()
 	select {
 	case d.freed <- struct{}{}:
@@ -496,7 +567,7 @@ func erroredResult(be *backend.Error) json.RawMessage {
 func (d *Dispatcher) complete(ctx context.Context) {
 	const maxGroup = 512
 	const linger = time.Millisecond
-	group := make([]store.Outcome, 0, maxGroup)
+	group := make([]laneOutcome, 0, maxGroup)
 	timer := time.NewTimer(linger)
 	timer.Stop()
 	for o := range d.outcomes {
@@ -537,26 +608,47 @@ func (d *Dispatcher) complete(ctx context.Context) {
 func (d *Dispatcher) busy(n int) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.held > n
+	held := 0
+	for _, l := range d.lanes {
+		held += l.held
+	}
+	return held > n
 }
 
 // write records a group of outcomes and releases their slots. While the
-// dispatcher is claiming, the same transaction refills the freed slots, so
-// that under load each cycle costs the store one transaction, not two.
-func (d *Dispatcher) write(ctx context.Context, group []store.Outcome) {
-	defer d.release(len(group))
-	complete := store.RequestsCompleteParams{Owner: d.cfg.Owner, Now: d.cfg.Now(), Outcomes: group}
+// dispatcher is claiming, the same transaction refills the lane that has
+// the most slots to refill, so that under load each cycle costs the store
+// one transaction, not two; the claim loop refills the others.
+func (d *Dispatcher) write(ctx context.Context, group []laneOutcome) {
+	outcomes := make([]store.Outcome, len(group))
+	released := map[*lane]int{}
+	for i, o := range group {
+		outcomes[i] = o.Outcome
+		released[o.lane]++
+	}
+	defer func() {
+		for l, n := range released {
+			d.release(l, n)
+		}
+	}()
+	complete := store.RequestsCompleteParams{Owner: d.cfg.Owner, Now: d.cfg.Now(), Outcomes: outcomes}
 	if d.stopCtx.Err() == nil {
-		if free := d.reserve(d.minClaim(), len(group)); free > 0 {
+		var refill *lane
+		for l, n := range released {
+			if refill == nil || n > released[refill] {
+				refill = l
+			}
+		}
+		if free := d.reserve(refill, released[refill]); free > 0 {
 			now := d.cfg.Now()
 			changes, claimed, err := d.store.RequestsCompleteAndClaim(ctx, complete,
-				store.RequestsClaimParams{Owner: d.cfg.Owner, Limit: free, Now: now, LeaseUntil: now.Add(d.cfg.Lease)})
+				store.RequestsClaimParams{Backend: refill.name, Owner: d.cfg.Owner, Limit: free, Now: now, LeaseUntil: now.Add(d.cfg.Lease)})
 			// The group's own slots are released by the deferred release.
-			d.unreserve(free - len(claimed))
+			d.unreserve(refill, free-len(claimed))
 			if err == nil {
 				d.emit(changes...)
 				for _, c := range claimed {
-					d.dispatch(d.stopCtx, c)
+					d.dispatch(refill, c)
 				}
 				return
 			}

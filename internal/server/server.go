@@ -71,6 +71,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	bc.Now = cfg.Now
 	bc.OnCreated = disp.Wake
 	bc.OnCanceled = disp.Canceled
+	bc.Route = disp.Route
 	svc := batch.NewService(st, bc)
 	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger})
 	return &Server{Store: st, Service: svc, Dispatcher: disp, handler: h}, nil

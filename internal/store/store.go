@@ -81,6 +81,11 @@ type BatchInsertParams struct {
 type NewRequest struct {
 	CustomID string
 	Params   json.RawMessage
+	// Model is params.model ("" when missing or not a string).
+	Model string
+	// Backend names the backend that will run it; "" means none serves
+	// the model, which the dispatcher settles as an errored result.
+	Backend string
 }
 
 // RequestsInsertParams appends a group of requests to a creating batch.
@@ -144,9 +149,10 @@ type ClaimedRequest struct {
 	ExpiresAt time.Time
 }
 
-// RequestsClaimParams leases up to Limit pending requests, shared fairly
-// across the batches that have work.
+// RequestsClaimParams leases up to Limit pending requests of one backend,
+// shared fairly across the batches that have work.
 type RequestsClaimParams struct {
+	Backend    string
 	Owner      string
 	Limit      int
 	Now        time.Time
@@ -273,9 +279,13 @@ type Store interface {
 	RequestsCompleteAndClaim(ctx context.Context, c RequestsCompleteParams, p RequestsClaimParams) ([]*BatchChange, []ClaimedRequest, error)
 	RequestsHeartbeat(ctx context.Context, p RequestsHeartbeatParams) error
 	RequestsRescue(ctx context.Context, p RequestsRescueParams) ([]*BatchChange, error)
-	// RequestNextDue is the earliest next_at among pending requests of
-	// in_progress batches, or zero when there is none.
-	RequestNextDue(ctx context.Context) (time.Time, error)
+	// RequestNextDue is the earliest next_at among a backend's pending
+	// requests of in_progress batches, or zero when there is none.
+	RequestNextDue(ctx context.Context, backend string) (time.Time, error)
+	// RequestsReroute sends the pending requests of every model whose
+	// backend changed (the configuration did) to route(model), returning
+	// how many moved.
+	RequestsReroute(ctx context.Context, route func(model string) string) (int, error)
 	// RequestsPurge deletes up to limit rows (requests and their results) of
 	// deleted, archived or discarded batches, returning how many it deleted,
 	// 0 when nothing is left to purge; deletion happens in

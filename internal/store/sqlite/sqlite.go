@@ -46,7 +46,7 @@ const (
 		WHERE status != 'ended' AND status = 'in_progress' AND expires_at > ?
 		ORDER BY last_claimed_at, seq`
 	qClaim = `UPDATE tasks SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
-		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?)
+		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND backend = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?)
 		RETURNING id, attempts`
 	qClaimParams = `SELECT id, custom_id, params FROM requests WHERE id IN (SELECT value FROM json_each(?))`
 	qTouchBatch  = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
@@ -334,23 +334,45 @@ func (s *Store) RequestsInsert(ctx context.Context, p store.RequestsInsertParams
 		for start := 0; start < len(p.Requests); start += perStmt {
 			chunk := p.Requests[start:min(start+perStmt, len(p.Requests))]
 			var sb strings.Builder
-			sb.WriteString(`INSERT INTO requests (batch_seq, custom_id, params) VALUES `)
+			sb.WriteString(`INSERT INTO requests (batch_seq, custom_id, model, params) VALUES `)
+			args := make([]any, 0, len(chunk)*4)
+			for i, r := range chunk {
+				if i > 0 {
+					sb.WriteString(",")
+				}
+				sb.WriteString("(?,?,?,?)")
+				args = append(args, p.BatchSeq, r.CustomID, r.Model, []byte(r.Params))
+			}
+			if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
+				return err
+			}
+		}
+		// This transaction is the only writer, so the group's ids follow the
+		// old maximum in order; the tasks take their backends in that order.
+		var after int64
+		if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM requests`).Scan(&after); err != nil {
+			return err
+		}
+		if after-before != int64(len(p.Requests)) {
+			return fmt.Errorf("request ids not contiguous: %d new ids for %d requests", after-before, len(p.Requests))
+		}
+		for start := 0; start < len(p.Requests); start += perStmt {
+			chunk := p.Requests[start:min(start+perStmt, len(p.Requests))]
+			var sb strings.Builder
+			sb.WriteString(`INSERT INTO tasks (id, batch_seq, backend) VALUES `)
 			args := make([]any, 0, len(chunk)*3)
 			for i, r := range chunk {
 				if i > 0 {
 					sb.WriteString(",")
 				}
 				sb.WriteString("(?,?,?)")
-				args = append(args, p.BatchSeq, r.CustomID, []byte(r.Params))
+				args = append(args, before+int64(start+i)+1, p.BatchSeq, r.Backend)
 			}
 			if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
 				return err
 			}
 		}
-		// This transaction is the only writer, so every request above the
-		// old maximum id is one of this group.
-		_, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, batch_seq) SELECT id, batch_seq FROM requests WHERE id > ?`, before)
-		return err
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("insert requests: %w", err)
@@ -738,7 +760,7 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 				break
 			}
 			want := min(share, remaining)
-			rows, err := claim.QueryContext(ctx, p.Owner, micros(p.LeaseUntil), b.seq, micros(p.Now), want)
+			rows, err := claim.QueryContext(ctx, p.Owner, micros(p.LeaseUntil), b.seq, p.Backend, micros(p.Now), want)
 			if err != nil {
 				return nil, err
 			}
@@ -1031,11 +1053,12 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 	return out, nil
 }
 
-// RequestNextDue implements store.Store.
-func (s *Store) RequestNextDue(ctx context.Context) (time.Time, error) {
+// RequestNextDue implements store.Store. The inner min per batch is one
+// index seek on tasks_pending; a join would scan every pending request.
+func (s *Store) RequestNextDue(ctx context.Context, backend string) (time.Time, error) {
 	var v sql.NullInt64
-	err := s.r.QueryRowContext(ctx, `SELECT min(t.next_at) FROM batches b JOIN tasks t ON t.batch_seq = b.seq AND t.state = 0
-		WHERE b.status != 'ended' AND b.status = 'in_progress'`).Scan(&v)
+	err := s.r.QueryRowContext(ctx, `SELECT min((SELECT min(t.next_at) FROM tasks t WHERE t.batch_seq = b.seq AND t.backend = ? AND t.state = 0))
+		FROM batches b WHERE b.status != 'ended' AND b.status = 'in_progress'`, backend).Scan(&v)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("next due: %w", err)
 	}
@@ -1043,6 +1066,50 @@ func (s *Store) RequestNextDue(ctx context.Context) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	return fromMicros(v.Int64), nil
+}
+
+// RequestsReroute implements store.Store.
+func (s *Store) RequestsReroute(ctx context.Context, route func(model string) string) (int, error) {
+	moved := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		moved = 0
+		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT r.model, t.backend FROM tasks t JOIN requests r ON r.id = t.id WHERE t.state = 0`)
+		if err != nil {
+			return err
+		}
+		type pair struct{ model, backend string }
+		var pairs []pair
+		for rows.Next() {
+			var p pair
+			if err := rows.Scan(&p.model, &p.backend); err != nil {
+				rows.Close()
+				return err
+			}
+			pairs = append(pairs, p)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, p := range pairs {
+			to := route(p.model)
+			if to == p.backend {
+				continue
+			}
+			res, err := tx.ExecContext(ctx, `UPDATE tasks SET backend = ? WHERE state = 0 AND backend = ?
+				AND (SELECT model FROM requests r WHERE r.id = tasks.id) = ?`, to, p.backend, p.model)
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			moved += int(n)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reroute requests: %w", err)
+	}
+	return moved, nil
 }
 
 // RequestsPurge implements store.Store.

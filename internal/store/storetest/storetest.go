@@ -353,7 +353,7 @@ func testRetry(t *testing.T, b *bundle) {
 	if got := b.claim(t, "o", 1, t0.Add(5*time.Second)); len(got) != 0 {
 		t.Fatal("claimed before the retry was due")
 	}
-	due, err := b.st.RequestNextDue(b.ctx)
+	due, err := b.st.RequestNextDue(b.ctx, "")
 	if err != nil || !due.Equal(t0.Add(10*time.Second)) {
 		t.Fatalf("next due %v %v", due, err)
 	}
@@ -694,4 +694,67 @@ func testCompleteAndClaim(t *testing.T, b *bundle) {
 	if got := b.get(t, bt); got.Status != store.StatusEnded || got.Counts.Succeeded != 5 {
 		t.Fatalf("batch %+v", got)
 	}
+}
+
+// routedBatch creates a batch whose requests i go to model models[i%len].
+func (b *bundle) routedBatch(t *testing.T, n int, models []string, route func(string) string) *store.Batch {
+	t.Helper()
+	bt, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: fmt.Sprintf("msgbatch_routed_%d", seq.Add(1)), Workspace: "w", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reqs []store.NewRequest
+	for i := range n {
+		m := models[i%len(models)]
+		reqs = append(reqs, store.NewRequest{CustomID: fmt.Sprint("r", i), Params: json.RawMessage(`{}`), Model: m, Backend: route(m)})
+	}
+	if err := b.st.RequestsInsert(b.ctx, store.RequestsInsertParams{BatchSeq: bt.Seq, Requests: reqs}); err != nil {
+		t.Fatal(err)
+	}
+	if bt, err = b.st.BatchPublish(b.ctx, store.BatchPublishParams{BatchSeq: bt.Seq, Total: int64(n)}); err != nil {
+		t.Fatal(err)
+	}
+	return bt
+}
+
+func (b *bundle) claimFor(t *testing.T, backend string, limit int) []store.ClaimedRequest {
+	t.Helper()
+	c, err := b.st.RequestsClaim(b.ctx, store.RequestsClaimParams{Backend: backend, Owner: "o", Limit: limit, Now: t0, LeaseUntil: t0.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func testClaimByBackend(t *testing.T, b *bundle) {
+	route := func(m string) string { return map[string]string{"claude": "anthropic", "llama": "vllm"}[m] }
+	b.routedBatch(t, 9, []string{"claude", "llama", "unknown"}, route)
+	for backend, want := range map[string]int{"anthropic": 3, "vllm": 3, "": 3, "other": 0} {
+		got := b.claimFor(t, backend, 100)
+		if len(got) != want {
+			t.Fatalf("backend %q claimed %d, want %d", backend, len(got), want)
+		}
+	}
+}
+
+func testReroute(t *testing.T, b *bundle) {
+	old := func(m string) string { return "a" }
+	b.routedBatch(t, 6, []string{"x", "y"}, old)
+	running := b.claimFor(t, "a", 1) // one "x" request is running: it stays where it is
+	moved, err := b.st.RequestsReroute(b.ctx, func(m string) string {
+		if m == "x" {
+			return "b"
+		}
+		return "a"
+	})
+	if err != nil || moved != 2 {
+		t.Fatalf("moved %d (want the 2 pending x requests), %v", moved, err)
+	}
+	if got := b.claimFor(t, "b", 100); len(got) != 2 {
+		t.Fatalf("backend b claimed %d", len(got))
+	}
+	if got := b.claimFor(t, "a", 100); len(got) != 3 {
+		t.Fatalf("backend a claimed %d", len(got))
+	}
+	_ = running
 }
