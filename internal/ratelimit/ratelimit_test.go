@@ -1,0 +1,145 @@
+package ratelimit
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batchd/batchd/internal/backend"
+)
+
+// fake is an upstream that admits at most capacity calls at once and
+// throttles the rest at once, as a concurrency-limited API does.
+type fake struct {
+	capacity int64
+	latency  time.Duration
+	inFlight atomic.Int64
+	peak     atomic.Int64
+	calls    atomic.Int64
+	rejected atomic.Int64
+	header   http.Header
+}
+
+func (f *fake) Name() string { return "fake" }
+
+func (f *fake) Do(ctx context.Context, call backend.Call) (json.RawMessage, error) {
+	f.calls.Add(1)
+	if call.OnResponse != nil && f.header != nil {
+		call.OnResponse(200, f.header)
+	}
+	n := f.inFlight.Add(1)
+	defer f.inFlight.Add(-1)
+	if f.capacity > 0 && n > f.capacity {
+		f.rejected.Add(1)
+		return nil, &backend.Error{Type: backend.ErrRateLimit, Status: 429, Message: "too many"}
+	}
+	for p := f.peak.Load(); n > p && !f.peak.CompareAndSwap(p, n); p = f.peak.Load() {
+	}
+	select {
+	case <-time.After(f.latency):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return json.RawMessage(`{"type":"message","usage":{"input_tokens":10,"output_tokens":5}}`), nil
+}
+
+func run(t *testing.T, l *Limiter, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			if _, err := l.Do(context.Background(), backend.Call{Params: json.RawMessage(`{"max_tokens":5}`)}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestFixedConcurrencyIsNeverExceeded(t *testing.T) {
+	t.Parallel()
+	f := &fake{latency: 5 * time.Millisecond}
+	l := New(f, Limits{Concurrency: 4, Fixed: true})
+	run(t, l, 100)
+	if p := f.peak.Load(); p > 4 {
+		t.Fatalf("peak %d in flight over a limit of 4", p)
+	}
+}
+
+func TestAdaptiveFindsCapacityFromAbove(t *testing.T) {
+	t.Parallel()
+	f := &fake{capacity: 10, latency: 5 * time.Millisecond}
+	l := New(f, Limits{Concurrency: 40})
+	run(t, l, 600) // every call ends succeeded: throttled ones are paced and resent
+	got := l.Stats().Concurrency
+	if got < 5 || got > 20 {
+		t.Fatalf("limit %d after settling; the upstream admits 10", got)
+	}
+	if f.rejected.Load() == 0 || l.Stats().Throttled != f.rejected.Load() {
+		t.Fatalf("throttles seen %d, sent back %d", l.Stats().Throttled, f.rejected.Load())
+	}
+}
+
+func TestAdaptiveGrowsFromBelow(t *testing.T) {
+	t.Parallel()
+	f := &fake{latency: 2 * time.Millisecond}
+	l := New(f, Limits{Concurrency: 2, MaxConcurrency: 64})
+	run(t, l, 2000)
+	if got := l.Stats().Concurrency; got < 16 {
+		t.Fatalf("limit only grew to %d with no throttling", got)
+	}
+}
+
+func TestRequestsPerMinutePaces(t *testing.T) {
+	t.Parallel()
+	f := &fake{latency: time.Millisecond}
+	l := New(f, Limits{Concurrency: 50, RequestsPerMinute: 600}) // 10 a second, burst of 600
+	l.rpm.level = 0                                              // start empty to see the pace
+	start := time.Now()
+	run(t, l, 5)
+	if took := time.Since(start); took < 400*time.Millisecond {
+		t.Fatalf("5 calls at 10 a second from an empty bucket took %s", took)
+	}
+}
+
+func TestRetryAfterPausesTheBackend(t *testing.T) {
+	t.Parallel()
+	b := &bucket{perMinute: 60, level: 0, at: time.Unix(0, 0)}
+	if w := b.wait(1, time.Unix(0, 0)); w < 900*time.Millisecond || w > 1100*time.Millisecond {
+		t.Fatalf("an empty 60/min bucket should wait about 1s for one, waits %s", w)
+	}
+	b.give(-30, time.Unix(1, 0)) // used 30 more than reserved: debt
+	if w := b.wait(1, time.Unix(1, 0)); w < 29*time.Second {
+		t.Fatalf("debt must be paid before the next call, waits %s", w)
+	}
+	l := New(&fake{latency: time.Millisecond}, Limits{Concurrency: 1})
+	l.release(time.Now(), 1, 1, nil, &backend.Error{Type: backend.ErrRateLimit, RetryAfter: 200 * time.Millisecond})
+	l.inFlight++ // release above ended a call acquire never started
+	l.inFlight--
+	start := time.Now()
+	run(t, l, 1)
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Fatalf("retry-after 200ms not honoured: next call after %s", took)
+	}
+}
+
+func TestRateLimitHeadersPause(t *testing.T) {
+	t.Parallel()
+	reset := time.Now().Add(300 * time.Millisecond).UTC().Format(time.RFC3339Nano)
+	h := http.Header{}
+	h.Set("anthropic-ratelimit-requests-remaining", "0")
+	h.Set("anthropic-ratelimit-requests-reset", reset)
+	f := &fake{latency: time.Millisecond, header: h}
+	l := New(f, Limits{Concurrency: 1})
+	run(t, l, 1)
+	f.header = nil
+	start := time.Now()
+	run(t, l, 1)
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Fatalf("a spent budget must pause until its reset; next call after %s", took)
+	}
+}
