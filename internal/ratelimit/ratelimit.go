@@ -1,7 +1,7 @@
 // Package ratelimit paces the calls batchd makes to one backend so that it
 // gets close to the upstream's limits without tripping them: the four
 // limits Anthropic enforces (concurrency, requests per minute, input and
-// output tokens per minute), an adaptive concurrency limit (AIMD: halve on
+// output tokens per minute), an adaptive concurrency limit (AIMD: cut on
 // 429/529, grow by one per window of successes) and the upstream's own
 // anthropic-ratelimit-* headers.
 //
@@ -57,9 +57,9 @@ type Limiter struct {
 	limit     float64       // current concurrency limit
 	inFlight  int
 	successes int       // successes in the current window
-	cutAt     time.Time // when the limit was last cut
+	cutAt     time.Time // when the limit was last halved
 	window    time.Duration
-	wmax      float64 // in flight when the upstream last throttled; 0 before
+	wmax      float64 // calls the upstream accepted when it last throttled; 0 before
 	paused    time.Time
 	rpm       *bucket
 	itpm      *bucket
@@ -199,7 +199,7 @@ func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessag
 			if be.RetryAfter > 0 {
 				l.paused = maxTime(l.paused, now.Add(be.RetryAfter))
 			}
-			l.cut(now)
+			l.cut(now, be.Type)
 		}
 		return
 	}
@@ -214,23 +214,31 @@ func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessag
 	l.grow()
 }
 
-// cut halves the limit once per window, however many calls of that window
-// the upstream throttles; wmax remembers the in-flight level it allowed.
-func (l *Limiter) cut(now time.Time) {
+// cut lowers the limit after a throttle. A 529 (the upstream is
+// overloaded as a whole) halves it, once per window. A 429 takes it one
+// step towards the calls still in flight, which the upstream did accept: halving
+// there too would leave the upstream half idle until the limit grew back,
+// a quarter of its capacity lost on average (measured in
+// BenchmarkWrongGuess).
+func (l *Limiter) cut(now time.Time, typ string) {
 	if l.limits.Fixed {
 		return
 	}
-	// The level in flight once the rejected calls have come back is what
-	// the upstream accepts; rejections arrive fast, so keep the lowest.
-	level := float64(l.inFlight + 1)
-	if now.Sub(l.cutAt) < l.window {
-		l.wmax = min(l.wmax, level)
+	accepted := float64(max(1, l.inFlight))
+	l.wmax = accepted
+	l.successes = 0
+	if typ == backend.ErrOverloaded {
+		if now.Sub(l.cutAt) >= l.window {
+			l.cutAt = now
+			l.limit = max(1, l.limit/2)
+		}
 		return
 	}
-	l.wmax = level
-	l.cutAt = now
-	l.limit = max(1, l.limit/2)
-	l.successes = 0
+	// One step down per throttle, never below what is in flight: the excess
+	// calls are each throttled at once, so the limit still falls fast from
+	// a guess far too high, and it does not dip below the upstream's
+	// capacity when a call happened to finish just before.
+	l.limit = max(1, min(l.limit, max(accepted, l.limit-1)))
 }
 
 // grow adds one to the limit per window of successes (a window being as

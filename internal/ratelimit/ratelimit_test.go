@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -141,5 +142,31 @@ func TestRateLimitHeadersPause(t *testing.T) {
 	run(t, l, 1)
 	if took := time.Since(start); took < 150*time.Millisecond {
 		t.Fatalf("a spent budget must pause until its reset; next call after %s", took)
+	}
+}
+
+// BenchmarkWrongGuess: an upstream admits C calls at once with latency L
+// and throttles the rest. Starting from C/4 and from 4C, N calls should
+// take at most 1.10 × N·L/C. Reports the ratio.
+func BenchmarkWrongGuess(b *testing.B) {
+	const n, c = 4000, 40
+	const lat = 20 * time.Millisecond
+	for _, start := range []int{c / 4, 4 * c, c} {
+		b.Run("start="+strconv.Itoa(start), func(b *testing.B) {
+			for range b.N {
+				f := &fake{capacity: c, latency: lat}
+				// start == c is the baseline: a fixed, perfect guess.
+				l := New(f, Limits{Concurrency: start, Fixed: start == c})
+				t0 := time.Now()
+				var wg sync.WaitGroup
+				for range n {
+					wg.Go(func() { l.Do(context.Background(), backend.Call{Params: json.RawMessage(`{"max_tokens":5}`)}) })
+				}
+				wg.Wait()
+				ideal := time.Duration(n) * lat / c
+				b.ReportMetric(time.Since(t0).Seconds()/ideal.Seconds(), "ratio")
+				b.ReportMetric(float64(f.rejected.Load())/float64(f.calls.Load()), "throttled_share")
+			}
+		})
 	}
 }
