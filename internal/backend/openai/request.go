@@ -1,0 +1,695 @@
+package openai
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/batchd/batchd/internal/backend"
+)
+
+// chatRequest is the Chat Completions body. max_tokens rather than
+// max_completion_tokens because every compatible server accepts it, while
+// the newer name is missing from older vLLM, llama.cpp and Ollama releases.
+type chatRequest struct {
+	Model             string        `json:"model"`
+	Messages          []chatMessage `json:"messages"`
+	MaxTokens         int64         `json:"max_tokens"`
+	Temperature       *float64      `json:"temperature,omitempty"`
+	TopP              *float64      `json:"top_p,omitempty"`
+	Stop              []string      `json:"stop,omitempty"`
+	User              string        `json:"user,omitempty"`
+	Tools             []chatTool    `json:"tools,omitempty"`
+	ToolChoice        any           `json:"tool_choice,omitempty"`
+	ParallelToolCalls *bool         `json:"parallel_tool_calls,omitempty"`
+}
+
+// chatMessage is one Chat Completions message. Content is a string or a
+// []any of textPart and imagePart; it is nil, and so omitted, only for an
+// assistant message that consists of tool calls.
+type chatMessage struct {
+	Role       string         `json:"role"`
+	Content    any            `json:"content,omitempty"`
+	ToolCalls  []chatToolCall `json:"tool_calls,omitempty"`
+	ToolCallID string         `json:"tool_call_id,omitempty"`
+}
+
+type textPart struct {
+	Type string `json:"type"` // "text"
+	Text string `json:"text"`
+}
+
+type imagePart struct {
+	Type     string   `json:"type"` // "image_url"
+	ImageURL imageURL `json:"image_url"`
+}
+
+type imageURL struct {
+	URL string `json:"url"`
+}
+
+type chatToolCall struct {
+	ID       string           `json:"id"`
+	Type     string           `json:"type"` // "function"
+	Function chatFunctionCall `json:"function"`
+}
+
+type chatFunctionCall struct {
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"`
+}
+
+type chatTool struct {
+	Type     string       `json:"type"` // "function"
+	Function chatFunction `json:"function"`
+}
+
+type chatFunction struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description,omitempty"`
+	Parameters  json.RawMessage `json:"parameters,omitempty"`
+	Strict      *bool           `json:"strict,omitempty"`
+}
+
+type namedFunction struct {
+	Type     string `json:"type"` // "function"
+	Function struct {
+		Name string `json:"name"`
+	} `json:"function"`
+}
+
+// Fields accepted on purpose although nothing is sent for them. They are
+// hints whose absence cannot change what the model is asked to do:
+//   - cache_control (top level and on blocks and tools) asks for prompt
+//     caching, which compatible servers do on their own or not at all;
+//   - service_tier and speed choose Anthropic capacity, and this upstream
+//     has only one kind;
+//   - diagnostics asks for extra fields about Anthropic's prompt cache;
+//   - citations on an input text block records where earlier output came
+//     from and is not shown to the model as text;
+//   - thinking {"type":"disabled"} and stream false restate the default.
+//
+// Everything else that is not translated is refused by name.
+var topLevelFields = []string{
+	"model", "max_tokens", "messages", "system", "temperature", "top_p",
+	"stop_sequences", "metadata", "tools", "tool_choice", "stream", "thinking",
+	"cache_control", "service_tier", "speed", "diagnostics",
+}
+
+// textBlockFields are the keys a text block may carry, wherever it appears.
+var textBlockFields = []string{"type", "text", "cache_control", "citations"}
+
+// translate turns a Messages request into a Chat Completions request, and
+// returns the stop sequences so the answer can say which one matched.
+func translate(call backend.Call) (*chatRequest, []string, error) {
+	top, err := parseObject("", call.Params)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := top.only(topLevelFields...); err != nil {
+		return nil, nil, err
+	}
+	req := &chatRequest{}
+
+	if _, err := top.decode("model", &req.Model, "a string"); err != nil {
+		return nil, nil, err
+	}
+	if req.Model == "" {
+		req.Model = call.Model
+	}
+	if req.Model == "" {
+		return nil, nil, invalid("model: field required")
+	}
+	if ok, err := top.decode("max_tokens", &req.MaxTokens, "an integer"); err != nil {
+		return nil, nil, err
+	} else if !ok {
+		return nil, nil, invalid("max_tokens: field required")
+	}
+	if req.MaxTokens < 1 {
+		return nil, nil, invalidf("max_tokens: must be at least 1, got %d", req.MaxTokens)
+	}
+	if _, err := top.decode("temperature", &req.Temperature, "a number"); err != nil {
+		return nil, nil, err
+	}
+	if _, err := top.decode("top_p", &req.TopP, "a number"); err != nil {
+		return nil, nil, err
+	}
+	if _, err := top.decode("stop_sequences", &req.Stop, "an array of strings"); err != nil {
+		return nil, nil, err
+	}
+
+	var stream bool
+	if _, err := top.decode("stream", &stream, "a boolean"); err != nil {
+		return nil, nil, err
+	}
+	if stream {
+		return nil, nil, unsupported("stream")
+	}
+	if raw := top.get("thinking"); raw != nil {
+		th, err := parseObject("thinking", raw)
+		if err != nil {
+			return nil, nil, err
+		}
+		if typ, _ := th.str("type"); typ != "disabled" {
+			return nil, nil, unsupported("thinking")
+		}
+	}
+	if raw := top.get("metadata"); raw != nil {
+		md, err := parseObject("metadata", raw)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := md.only("user_id"); err != nil {
+			return nil, nil, err
+		}
+		if _, err := md.decode("user_id", &req.User, "a string"); err != nil {
+			return nil, nil, err
+		}
+	}
+
+	if raw := top.get("system"); raw != nil {
+		sys, err := systemText(raw)
+		if err != nil {
+			return nil, nil, err
+		}
+		if sys != "" {
+			req.Messages = append(req.Messages, chatMessage{Role: "system", Content: sys})
+		}
+	}
+	var msgs []json.RawMessage
+	if _, err := top.decode("messages", &msgs, "an array of messages"); err != nil {
+		return nil, nil, err
+	}
+	if len(msgs) == 0 {
+		return nil, nil, invalid("messages: at least one message is required")
+	}
+	for i, raw := range msgs {
+		if req.Messages, err = appendMessage(req.Messages, i, raw, i == len(msgs)-1); err != nil {
+			return nil, nil, err
+		}
+	}
+
+	if err := translateTools(top, req); err != nil {
+		return nil, nil, err
+	}
+	return req, req.Stop, nil
+}
+
+// systemText flattens the system prompt, a string or text blocks, into the
+// one string a system message carries.
+func systemText(raw json.RawMessage) (string, error) {
+	str, blocks, err := parseContent("system", raw)
+	if err != nil || blocks == nil {
+		return str, err
+	}
+	texts := make([]string, 0, len(blocks))
+	for _, b := range blocks {
+		typ, err := b.str("type")
+		if err != nil {
+			return "", err
+		}
+		if typ != "text" {
+			return "", unsupportedValue(b.name("type"), typ)
+		}
+		t, err := textOf(b)
+		if err != nil {
+			return "", err
+		}
+		texts = append(texts, t)
+	}
+	return strings.Join(texts, "\n"), nil
+}
+
+// appendMessage translates messages[i] and appends the result to out: one
+// message, or for a user turn with tool results, a tool message per result
+// followed by the rest of the turn.
+func appendMessage(out []chatMessage, i int, raw json.RawMessage, last bool) ([]chatMessage, error) {
+	path := fmt.Sprintf("messages.%d", i)
+	m, err := parseObject(path, raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.only("role", "content"); err != nil {
+		return nil, err
+	}
+	role, err := m.str("role")
+	if err != nil {
+		return nil, err
+	}
+	content := m.get("content")
+	if content == nil {
+		return nil, invalid(m.name("content") + ": field required")
+	}
+	str, blocks, err := parseContent(m.name("content"), content)
+	if err != nil {
+		return nil, err
+	}
+	switch role {
+	case "user":
+		if blocks == nil {
+			return append(out, chatMessage{Role: "user", Content: str}), nil
+		}
+		return appendUser(out, blocks)
+	case "assistant":
+		if last {
+			// Anthropic continues a final assistant message (prefill); Chat
+			// Completions would answer it with a new message instead, which
+			// is a different request.
+			return nil, invalid(path + ": a final assistant message (prefill) is not supported by the openai backend")
+		}
+		if blocks == nil {
+			return append(out, chatMessage{Role: "assistant", Content: str}), nil
+		}
+		msg, err := assistantMessage(blocks)
+		if err != nil {
+			return nil, err
+		}
+		return append(out, msg), nil
+	default:
+		return nil, invalidf("%s: must be \"user\" or \"assistant\", got %q", m.name("role"), role)
+	}
+}
+
+// appendUser translates a user turn given as blocks. Chat Completions wants
+// tool results as role "tool" messages right after the assistant's tool
+// calls, so they go first, in order, and any text or images of the same
+// turn follow as a user message.
+func appendUser(out []chatMessage, blocks []object) ([]chatMessage, error) {
+	var parts []any
+	var texts []string
+	images := false
+	results := 0
+	for _, b := range blocks {
+		typ, err := b.str("type")
+		if err != nil {
+			return nil, err
+		}
+		switch typ {
+		case "text":
+			t, err := textOf(b)
+			if err != nil {
+				return nil, err
+			}
+			parts = append(parts, textPart{Type: "text", Text: t})
+			texts = append(texts, t)
+		case "image":
+			u, err := imageOf(b)
+			if err != nil {
+				return nil, err
+			}
+			parts = append(parts, imagePart{Type: "image_url", ImageURL: imageURL{URL: u}})
+			images = true
+		case "tool_result":
+			msg, err := toolResult(b)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, msg)
+			results++
+		default:
+			return nil, unsupportedValue(b.name("type"), typ)
+		}
+	}
+	switch {
+	case images:
+		out = append(out, chatMessage{Role: "user", Content: parts})
+	case len(texts) > 0 || results == 0:
+		// A plain string is the one form every server's chat template takes.
+		out = append(out, chatMessage{Role: "user", Content: strings.Join(texts, "\n")})
+	}
+	return out, nil
+}
+
+// assistantMessage translates an assistant turn given as blocks.
+func assistantMessage(blocks []object) (chatMessage, error) {
+	msg := chatMessage{Role: "assistant"}
+	var texts []string
+	for _, b := range blocks {
+		typ, err := b.str("type")
+		if err != nil {
+			return msg, err
+		}
+		switch typ {
+		case "text":
+			t, err := textOf(b)
+			if err != nil {
+				return msg, err
+			}
+			texts = append(texts, t)
+		case "tool_use":
+			tc, err := toolUse(b)
+			if err != nil {
+				return msg, err
+			}
+			msg.ToolCalls = append(msg.ToolCalls, tc)
+		case "thinking", "redacted_thinking":
+			// Earlier turns' reasoning. Anthropic itself strips it from
+			// previous turns, and another model could not use Claude's
+			// signed reasoning anyway, so leaving it out matches what the
+			// model would have seen.
+		default:
+			return msg, unsupportedValue(b.name("type"), typ)
+		}
+	}
+	if len(texts) > 0 || len(msg.ToolCalls) == 0 {
+		msg.Content = strings.Join(texts, "\n")
+	}
+	return msg, nil
+}
+
+func textOf(b object) (string, error) {
+	if err := b.only(textBlockFields...); err != nil {
+		return "", err
+	}
+	var t string
+	if ok, err := b.decode("text", &t, "a string"); err != nil {
+		return "", err
+	} else if !ok {
+		return "", invalid(b.name("text") + ": field required")
+	}
+	return t, nil
+}
+
+// imageOf returns the image_url for an image block: a data URL for inline
+// base64 data, the URL itself for a url source. Files API references have no
+// equivalent on these servers.
+func imageOf(b object) (string, error) {
+	if err := b.only("type", "source", "cache_control"); err != nil {
+		return "", err
+	}
+	raw := b.get("source")
+	if raw == nil {
+		return "", invalid(b.name("source") + ": field required")
+	}
+	src, err := parseObject(b.name("source"), raw)
+	if err != nil {
+		return "", err
+	}
+	typ, err := src.str("type")
+	if err != nil {
+		return "", err
+	}
+	switch typ {
+	case "base64":
+		if err := src.only("type", "media_type", "data"); err != nil {
+			return "", err
+		}
+		mt, err := src.str("media_type")
+		if err != nil {
+			return "", err
+		}
+		data, err := src.str("data")
+		if err != nil {
+			return "", err
+		}
+		return "data:" + mt + ";base64," + data, nil
+	case "url":
+		if err := src.only("type", "url"); err != nil {
+			return "", err
+		}
+		return src.str("url")
+	default:
+		return "", unsupportedValue(src.name("type"), typ)
+	}
+}
+
+// toolUse turns an assistant tool_use block into a tool call, with the input
+// object re-encoded as the arguments string Chat Completions expects.
+func toolUse(b object) (chatToolCall, error) {
+	tc := chatToolCall{Type: "function"}
+	if err := b.only("type", "id", "name", "input", "cache_control"); err != nil {
+		return tc, err
+	}
+	var err error
+	if tc.ID, err = b.str("id"); err != nil {
+		return tc, err
+	}
+	if tc.Function.Name, err = b.str("name"); err != nil {
+		return tc, err
+	}
+	tc.Function.Arguments = "{}"
+	if input := b.get("input"); input != nil {
+		if input[0] != '{' {
+			return tc, invalid(b.name("input") + ": must be an object")
+		}
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, input); err != nil {
+			return tc, invalid(b.name("input") + ": must be an object")
+		}
+		tc.Function.Arguments = buf.String()
+	}
+	return tc, nil
+}
+
+// toolResult turns a tool_result block into a tool message. Tool messages
+// carry only text, so images or documents in a result are refused; an error
+// result is marked in the text because the role has no error flag.
+func toolResult(b object) (chatMessage, error) {
+	msg := chatMessage{Role: "tool"}
+	if err := b.only("type", "tool_use_id", "content", "is_error", "cache_control"); err != nil {
+		return msg, err
+	}
+	var err error
+	if msg.ToolCallID, err = b.str("tool_use_id"); err != nil {
+		return msg, err
+	}
+	var text string
+	if raw := b.get("content"); raw != nil {
+		str, blocks, err := parseContent(b.name("content"), raw)
+		if err != nil {
+			return msg, err
+		}
+		text = str
+		if blocks != nil {
+			texts := make([]string, 0, len(blocks))
+			for _, c := range blocks {
+				typ, err := c.str("type")
+				if err != nil {
+					return msg, err
+				}
+				if typ != "text" {
+					return msg, unsupportedValue(c.name("type"), typ)
+				}
+				t, err := textOf(c)
+				if err != nil {
+					return msg, err
+				}
+				texts = append(texts, t)
+			}
+			text = strings.Join(texts, "\n")
+		}
+	}
+	var isErr bool
+	if _, err := b.decode("is_error", &isErr, "a boolean"); err != nil {
+		return msg, err
+	}
+	if isErr {
+		if text == "" {
+			text = "Error"
+		} else {
+			text = "Error: " + text
+		}
+	}
+	msg.Content = text
+	return msg, nil
+}
+
+// translateTools maps tools and tool_choice. A tool_choice without tools is
+// left out when it only says "auto" or "none", which is what no tools means
+// anyway, because OpenAI rejects tool_choice without tools.
+func translateTools(top object, req *chatRequest) error {
+	var tools []json.RawMessage
+	if _, err := top.decode("tools", &tools, "an array of tools"); err != nil {
+		return err
+	}
+	for i, raw := range tools {
+		t, err := parseObject(fmt.Sprintf("tools.%d", i), raw)
+		if err != nil {
+			return err
+		}
+		// Server tools (web search, code execution...) run inside Anthropic's
+		// API; only client tools have a function equivalent.
+		if t.get("type") != nil {
+			s, err := t.str("type")
+			if err != nil {
+				return err
+			}
+			if s != "custom" {
+				return unsupportedValue(t.name("type"), s)
+			}
+		}
+		if err := t.only("type", "name", "description", "input_schema", "cache_control", "strict"); err != nil {
+			return err
+		}
+		ct := chatTool{Type: "function"}
+		if ct.Function.Name, err = t.str("name"); err != nil {
+			return err
+		}
+		if _, err := t.decode("description", &ct.Function.Description, "a string"); err != nil {
+			return err
+		}
+		ct.Function.Parameters = t.get("input_schema")
+		if _, err := t.decode("strict", &ct.Function.Strict, "a boolean"); err != nil {
+			return err
+		}
+		req.Tools = append(req.Tools, ct)
+	}
+
+	raw := top.get("tool_choice")
+	if raw == nil {
+		return nil
+	}
+	tc, err := parseObject("tool_choice", raw)
+	if err != nil {
+		return err
+	}
+	if err := tc.only("type", "name", "disable_parallel_tool_use"); err != nil {
+		return err
+	}
+	typ, err := tc.str("type")
+	if err != nil {
+		return err
+	}
+	var choice any
+	switch typ {
+	case "auto":
+		choice = "auto"
+	case "any":
+		choice = "required"
+	case "none":
+		choice = "none"
+	case "tool":
+		var nf namedFunction
+		nf.Type = "function"
+		if nf.Function.Name, err = tc.str("name"); err != nil {
+			return err
+		}
+		choice = nf
+	default:
+		return unsupportedValue(tc.name("type"), typ)
+	}
+	var noParallel bool
+	if _, err := tc.decode("disable_parallel_tool_use", &noParallel, "a boolean"); err != nil {
+		return err
+	}
+	if len(req.Tools) == 0 {
+		if typ == "any" || typ == "tool" {
+			return invalidf("tool_choice: type %q requires tools", typ)
+		}
+		return nil
+	}
+	req.ToolChoice = choice
+	if noParallel {
+		f := false
+		req.ParallelToolCalls = &f
+	}
+	return nil
+}
+
+// object is one JSON object of the request being translated, with the dotted
+// path that names its fields in errors, as Anthropic's own errors do
+// ("messages.0.content.1.source.type").
+type object struct {
+	path   string
+	fields map[string]json.RawMessage
+}
+
+func parseObject(path string, raw json.RawMessage) (object, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+		if path == "" {
+			if err != nil && !json.Valid(raw) {
+				return object{}, invalid("params: not valid JSON")
+			}
+			return object{}, invalid("params: must be a JSON object")
+		}
+		return object{}, invalid(path + ": must be an object")
+	}
+	return object{path: path, fields: m}, nil
+}
+
+func (o object) name(key string) string {
+	if o.path == "" {
+		return key
+	}
+	return o.path + "." + key
+}
+
+// get returns key's raw value, or nil when it is absent or null: the
+// Messages API treats an explicit null like an omitted field.
+func (o object) get(key string) json.RawMessage {
+	v := o.fields[key]
+	if len(v) == 0 || string(v) == "null" {
+		return nil
+	}
+	return v
+}
+
+// decode unmarshals key into v when present, reporting whether it was; want
+// describes the expected type for the error.
+func (o object) decode(key string, v any, want string) (bool, error) {
+	raw := o.get(key)
+	if raw == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return false, invalidf("%s: must be %s", o.name(key), want)
+	}
+	return true, nil
+}
+
+// str returns a required string field.
+func (o object) str(key string) (string, error) {
+	var s string
+	ok, err := o.decode(key, &s, "a string")
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", invalid(o.name(key) + ": field required")
+	}
+	return s, nil
+}
+
+// only refuses any non-null key outside allowed, naming the first in sorted
+// order so the error is the same on every attempt.
+func (o object) only(allowed ...string) error {
+	var bad []string
+	for k := range o.fields {
+		if !slices.Contains(allowed, k) && o.get(k) != nil {
+			bad = append(bad, k)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	slices.Sort(bad)
+	return unsupported(o.name(bad[0]))
+}
+
+// parseContent splits message content into a string or blocks; blocks is
+// nil exactly when the content was a string.
+func parseContent(path string, raw json.RawMessage) (string, []object, error) {
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", nil, invalid(path + ": must be a string or an array of content blocks")
+		}
+		return s, nil, nil
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return "", nil, invalid(path + ": must be a string or an array of content blocks")
+	}
+	blocks := make([]object, 0, len(items))
+	for j, item := range items {
+		b, err := parseObject(fmt.Sprintf("%s.%d", path, j), item)
+		if err != nil {
+			return "", nil, err
+		}
+		blocks = append(blocks, b)
+	}
+	return "", blocks, nil
+}
