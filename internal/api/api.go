@@ -34,6 +34,30 @@ type Config struct {
 	PublicURL string
 	// Logger receives request errors (default: discard).
 	Logger *slog.Logger
+	// Backends lists the backends for GET /v1/backends; may be nil.
+	Backends func() []BackendInfo
+}
+
+// BackendInfo is one entry of GET /v1/backends, a batchd extension.
+type BackendInfo struct {
+	Name   string        `json:"name"`
+	Kind   string        `json:"kind"`
+	Models []string      `json:"models"`
+	Limits BackendLimits `json:"limits"`
+	// Concurrency is the current (adaptive) limit on requests in flight.
+	Concurrency int    `json:"concurrency"`
+	InFlight    int    `json:"in_flight"`
+	Throttled   int64  `json:"throttled"`
+	LastError   string `json:"last_error"`
+}
+
+// BackendLimits are a backend's configured limits; 0 means none.
+type BackendLimits struct {
+	Concurrency           int `json:"concurrency"`
+	MaxConcurrency        int `json:"max_concurrency"`
+	RequestsPerMinute     int `json:"requests_per_minute"`
+	InputTokensPerMinute  int `json:"input_tokens_per_minute"`
+	OutputTokensPerMinute int `json:"output_tokens_per_minute"`
 }
 
 // KeyStore is the part of the store authentication needs.
@@ -71,6 +95,7 @@ func New(cfg Config) *API {
 	a.handle("DELETE /v1/messages/batches/{id}", a.delete)
 	a.handle("GET /v1/messages/batches/{id}/results", a.results)
 	a.handle("POST /v1/messages/batches/{id}/retry", a.retry)
+	a.handle("GET /v1/backends", a.backends)
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"status":"ok"}`))
@@ -362,4 +387,13 @@ func (a *API) results(w http.ResponseWriter, r *http.Request) error {
 		panic(http.ErrAbortHandler)
 	}
 	return nil
+}
+
+// backends lists the backends, their limits and live state.
+func (a *API) backends(w http.ResponseWriter, r *http.Request) error {
+	data := []BackendInfo{}
+	if a.cfg.Backends != nil {
+		data = a.cfg.Backends()
+	}
+	return writeJSON(w, map[string]any{"data": data})
 }

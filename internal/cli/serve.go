@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/config"
 	"github.com/batchd/batchd/internal/dispatch"
 	"github.com/batchd/batchd/internal/server"
 )
@@ -41,6 +42,7 @@ type serveConfig struct {
 	logLevel        string
 	logFormat       string
 	cpuProfile      string
+	configPath      string
 }
 
 func newServeCommand() *cobra.Command {
@@ -57,6 +59,7 @@ func newServeCommand() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address to listen on")
+	f.StringVar(&c.configPath, "config", "", "backends and routes (TOML); without it every model runs on the simulator")
 	f.StringVar(&c.dataDir, "data-dir", "./batchd-data", "directory of the SQLite database")
 	f.StringVar(&c.publicURL, "public-url", "", "base URL clients reach batchd at, for results_url (default: from each request's Host)")
 	f.IntVar(&c.concurrency, "concurrency", 64, "requests in flight per backend")
@@ -134,7 +137,14 @@ func serve(ctx context.Context, c serveConfig) error {
 		return err
 	}
 	defer unlock()
+	var backends *config.Config
+	if c.configPath != "" {
+		if backends, err = config.Load(c.configPath); err != nil {
+			return err
+		}
+	}
 	srvParts, err := server.Open(ctx, server.Config{
+		Backends:  backends,
 		DataDir:   c.dataDir,
 		PublicURL: c.publicURL,
 		Batch: batch.Config{

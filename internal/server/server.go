@@ -4,6 +4,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -12,9 +13,8 @@ import (
 	"time"
 
 	"github.com/batchd/batchd/internal/api"
-	"github.com/batchd/batchd/internal/backend"
-	"github.com/batchd/batchd/internal/backend/sim"
 	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/config"
 	"github.com/batchd/batchd/internal/dispatch"
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/sqlite"
@@ -32,8 +32,14 @@ type Config struct {
 	// Dispatch settings; see dispatch.Config. Retention is taken from
 	// Batch.Retention.
 	Dispatch dispatch.Config
-	// SimLatency is the simulator's default latency.
+	// SimLatency is the simulator's default latency, when Backends is nil.
 	SimLatency time.Duration
+	// Backends configures backends and routes; nil routes every model to
+	// the simulator.
+	Backends *config.Config
+	// Getenv reads the environment variables that hold upstream keys
+	// (default os.Getenv).
+	Getenv func(string) string
 	// Logger receives all logs (default: discard).
 	Logger *slog.Logger
 	// Now is the clock shared by every part (default time.Now).
@@ -60,8 +66,18 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open server: %w", err)
 	}
-	router := backend.NewRouter(backend.Route{Pattern: "*", Backend: sim.New(sim.Config{Latency: cfg.SimLatency})})
+	bcfg := cfg.Backends
+	if bcfg == nil {
+		bcfg = config.Default(cfg.SimLatency)
+	}
+	built, err := bcfg.Build(cmp.Or(cfg.Dispatch.Concurrency, 64), cfg.Getenv)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("open server: %w", err)
+	}
+	router := built.Router
 	dc := cfg.Dispatch
+	dc.BackendConcurrency = built.Concurrency
 	dc.Retention = cfg.Batch.Retention
 	dc.RescueAllAtStart = true // one process owns an SQLite data dir
 	dc.Logger = cfg.Logger
@@ -73,7 +89,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	bc.OnCanceled = disp.Canceled
 	bc.Route = disp.Route
 	svc := batch.NewService(st, bc)
-	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger})
+	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built)})
 	return &Server{Store: st, Service: svc, Dispatcher: disp, handler: h}, nil
 }
 
@@ -88,4 +104,35 @@ func (s *Server) Start(ctx context.Context) error { return s.Dispatcher.Start(ct
 func (s *Server) Close(ctx context.Context) error {
 	s.Dispatcher.Stop(ctx)
 	return s.Store.Close()
+}
+
+// backendLister describes the configured backends for GET /v1/backends:
+// settings and live rate-control state, never a key.
+func backendLister(c *config.Config, built *config.Built) func() []api.BackendInfo {
+	return func() []api.BackendInfo {
+		var out []api.BackendInfo
+		for _, b := range c.Backends {
+			info := api.BackendInfo{
+				Name: b.Name, Kind: b.Kind, Models: []string{},
+				Limits: api.BackendLimits{
+					Concurrency: built.Concurrency[b.Name], RequestsPerMinute: b.RequestsPerMinute,
+					InputTokensPerMinute: b.InputTokensPerMinute, OutputTokensPerMinute: b.OutputTokensPerMinute,
+				},
+				Concurrency: built.Concurrency[b.Name],
+			}
+			for _, r := range c.Routes {
+				if r.Backend == b.Name {
+					info.Models = append(info.Models, r.Model)
+				}
+			}
+			if lim := built.Limiters[b.Name]; lim != nil {
+				st := lim.Stats()
+				info.Limits.Concurrency = lim.Limits().Concurrency
+				info.Limits.MaxConcurrency = st.MaxConcurrency
+				info.Concurrency, info.InFlight, info.Throttled, info.LastError = st.Concurrency, st.InFlight, st.Throttled, st.LastError
+			}
+			out = append(out, info)
+		}
+		return out
+	}
 }

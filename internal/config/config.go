@@ -1,0 +1,226 @@
+// Package config reads batchd's configuration file (TOML): the backends
+// and the routes that send models to them. Secrets never live in the file:
+// a backend names the environment variable that holds its key.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/batchd/batchd/internal/backend"
+	"github.com/batchd/batchd/internal/backend/anthropic"
+	"github.com/batchd/batchd/internal/backend/openai"
+	"github.com/batchd/batchd/internal/backend/sim"
+	"github.com/batchd/batchd/internal/ratelimit"
+)
+
+// Backend kinds.
+const (
+	KindSim       = "sim"
+	KindAnthropic = "anthropic"
+	KindOpenAI    = "openai"
+)
+
+// Duration is a time.Duration written as "10m" in the file.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// Backend is one [[backends]] entry.
+type Backend struct {
+	Name    string `toml:"name"`
+	Kind    string `toml:"kind"`
+	BaseURL string `toml:"base_url"`
+	// APIKeyEnv names the environment variable holding the upstream key.
+	APIKeyEnv string `toml:"api_key_env"`
+	// Version is the anthropic-version the anthropic backend sends.
+	Version string   `toml:"version"`
+	Timeout Duration `toml:"timeout"`
+	// Latency is the sim backend's default latency.
+	Latency Duration `toml:"latency"`
+
+	// Rate control; see ratelimit.Limits. Concurrency is the starting
+	// limit, adapted unless fixed_concurrency is set.
+	Concurrency           int  `toml:"concurrency"`
+	MaxConcurrency        int  `toml:"max_concurrency"`
+	FixedConcurrency      bool `toml:"fixed_concurrency"`
+	RequestsPerMinute     int  `toml:"requests_per_minute"`
+	InputTokensPerMinute  int  `toml:"input_tokens_per_minute"`
+	OutputTokensPerMinute int  `toml:"output_tokens_per_minute"`
+}
+
+// Route sends models matching Model (a glob such as "claude-*") to Backend.
+type Route struct {
+	Model   string `toml:"model"`
+	Backend string `toml:"backend"`
+}
+
+// Config is the whole file.
+type Config struct {
+	Backends []Backend `toml:"backends"`
+	Routes   []Route   `toml:"routes"`
+}
+
+// Load reads and validates the file at path.
+func Load(path string) (*Config, error) {
+	var c Config
+	md, err := toml.DecodeFile(path, &c)
+	if err != nil {
+		return nil, fmt.Errorf("read config %s: %w", path, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		var keys []string
+		for _, k := range undecoded {
+			if k[len(k)-1] == "api_key" {
+				return nil, fmt.Errorf("config %s: %s: keys do not belong in the file; put the key in an environment variable and name it with api_key_env", path, k)
+			}
+			keys = append(keys, k.String())
+		}
+		return nil, fmt.Errorf("config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Default is the configuration without a file: every model to the
+// simulator.
+func Default(simLatency time.Duration) *Config {
+	return &Config{
+		Backends: []Backend{{Name: "sim", Kind: KindSim, Latency: Duration{simLatency}}},
+		Routes:   []Route{{Model: "*", Backend: "sim"}},
+	}
+}
+
+func (c *Config) validate() error {
+	names := map[string]bool{}
+	for i, b := range c.Backends {
+		field := fmt.Sprintf("backends.%d", i)
+		switch {
+		case b.Name == "":
+			return fmt.Errorf("%s.name: required", field)
+		case names[b.Name]:
+			return fmt.Errorf("%s.name: %q is used twice", field, b.Name)
+		}
+		names[b.Name] = true
+		switch b.Kind {
+		case KindSim:
+		case KindAnthropic, KindOpenAI:
+			if b.Kind == KindOpenAI && b.BaseURL == "" {
+				return fmt.Errorf("%s.base_url: required for an openai backend", field)
+			}
+		case "anthropic-batch":
+			return fmt.Errorf("%s.kind: anthropic-batch (delegation to Anthropic's Batches API) is not implemented yet", field)
+		default:
+			return fmt.Errorf("%s.kind: %q is not one of sim, anthropic, openai", field, b.Kind)
+		}
+		if b.Concurrency < 0 || b.MaxConcurrency < 0 || b.RequestsPerMinute < 0 || b.InputTokensPerMinute < 0 || b.OutputTokensPerMinute < 0 {
+			return fmt.Errorf("%s: limits must not be negative", field)
+		}
+	}
+	if len(c.Routes) == 0 {
+		return errors.New("routes: at least one route is needed")
+	}
+	for i, r := range c.Routes {
+		if _, err := path.Match(r.Model, ""); err != nil {
+			return fmt.Errorf("routes.%d.model: bad pattern %q", i, r.Model)
+		}
+		if !names[r.Backend] {
+			return fmt.Errorf("routes.%d.backend: no backend named %q", i, r.Backend)
+		}
+	}
+	return nil
+}
+
+// Built is the running form of a configuration.
+type Built struct {
+	Router *backend.Router
+	// Limiters are the rate-controlled backends, by name, for listing.
+	Limiters map[string]*ratelimit.Limiter
+	// Backends lists each backend's settings, for GET /v1/backends.
+	Backends []Backend
+	// Concurrency is each backend's worker count: its maximum concurrency.
+	Concurrency map[string]int
+}
+
+// Build creates the backends and the router. getenv reads the key
+// variables (os.Getenv in production).
+func (c *Config) Build(defaultConcurrency int, getenv func(string) string) (*Built, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	out := &Built{Limiters: map[string]*ratelimit.Limiter{}, Backends: c.Backends, Concurrency: map[string]int{}}
+	byName := map[string]backend.Backend{}
+	for _, b := range c.Backends {
+		var inner backend.Backend
+		key := ""
+		if b.APIKeyEnv != "" {
+			key = getenv(b.APIKeyEnv)
+			if key == "" {
+				return nil, fmt.Errorf("backend %s: environment variable %s (api_key_env) is empty", b.Name, b.APIKeyEnv)
+			}
+		}
+		var err error
+		switch b.Kind {
+		case KindSim:
+			s := sim.New(sim.Config{Latency: b.Latency.Duration})
+			inner = named{s, b.Name}
+		case KindAnthropic:
+			if key == "" {
+				return nil, fmt.Errorf("backend %s: api_key_env is required for an anthropic backend", b.Name)
+			}
+			inner, err = anthropic.New(anthropic.Config{Name: b.Name, BaseURL: b.BaseURL, APIKey: key, Version: b.Version, Timeout: b.Timeout.Duration})
+		case KindOpenAI:
+			inner, err = openai.New(openai.Config{Name: b.Name, BaseURL: b.BaseURL, APIKey: key, Timeout: b.Timeout.Duration})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("backend %s: %w", b.Name, err)
+		}
+		conc := b.Concurrency
+		if conc == 0 {
+			conc = defaultConcurrency
+		}
+		if b.Kind == KindSim && !b.FixedConcurrency && b.MaxConcurrency == 0 && b.RequestsPerMinute == 0 && b.InputTokensPerMinute == 0 && b.OutputTokensPerMinute == 0 {
+			// The simulator has no upstream to protect: no limiter.
+			out.Concurrency[b.Name] = conc
+			byName[b.Name] = inner
+			continue
+		}
+		lim := ratelimit.New(inner, ratelimit.Limits{
+			Concurrency: conc, MaxConcurrency: b.MaxConcurrency, Fixed: b.FixedConcurrency,
+			RequestsPerMinute: b.RequestsPerMinute, InputTokensPerMinute: b.InputTokensPerMinute, OutputTokensPerMinute: b.OutputTokensPerMinute,
+		})
+		out.Limiters[b.Name] = lim
+		out.Concurrency[b.Name] = lim.Limits().MaxConcurrency
+		byName[b.Name] = lim
+	}
+	var routes []backend.Route
+	for _, r := range c.Routes {
+		routes = append(routes, backend.Route{Pattern: r.Model, Backend: byName[r.Backend]})
+	}
+	out.Router = backend.NewRouter(routes...)
+	return out, nil
+}
+
+// named gives a backend the name the configuration chose.
+type named struct {
+	backend.Backend
+	name string
+}
+
+func (n named) Name() string { return n.name }

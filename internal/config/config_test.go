@@ -1,0 +1,92 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "batchd.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestExampleConfigLoadsAndBuilds(t *testing.T) {
+	t.Parallel()
+	c, err := Load(filepath.Join("..", "..", "batchd.example.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"ANTHROPIC_UPSTREAM_KEY": "sk-ant-test"}
+	built, err := c.Build(64, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for model, want := range map[string]string{"claude-sonnet-4-5": "anthropic", "llama-3-8b": "local", "gpt-4o": "sim"} {
+		b, err := built.Router.Lookup(model)
+		if err != nil || b.Name() != want {
+			t.Errorf("%s routes to %v (%v), want %s", model, b, err, want)
+		}
+	}
+	if built.Limiters["anthropic"] == nil || built.Limiters["anthropic"].Limits().RequestsPerMinute != 4000 {
+		t.Errorf("anthropic limits not applied: %+v", built.Limiters["anthropic"])
+	}
+	if built.Concurrency["anthropic"] != 256 {
+		t.Errorf("anthropic workers %d, want max_concurrency 256", built.Concurrency["anthropic"])
+	}
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	t.Parallel()
+	sim := "[[backends]]\nname = \"sim\"\nkind = \"sim\"\n"
+	route := "[[routes]]\nmodel = \"*\"\nbackend = \"sim\"\n"
+	tests := map[string]string{
+		"[[backends]]\nname = \"a\"\nkind = \"anthropic\"\napi_key = \"sk-secret\"\n" + route: "keys do not belong in the file",
+		sim + route + "[[backends]]\nname = \"x\"\nkind = \"sim\"\ncolour = 1\n":              "unknown keys",
+		sim: "routes: at least one route",
+		sim + "[[routes]]\nmodel = \"*\"\nbackend = \"nope\"\n":            `routes.0.backend: no backend named "nope"`,
+		sim + "[[routes]]\nmodel = \"[\"\nbackend = \"sim\"\n":             "routes.0.model: bad pattern",
+		"[[backends]]\nname = \"b\"\nkind = \"anthropic-batch\"\n" + route: "not implemented yet",
+		"[[backends]]\nname = \"b\"\nkind = \"grpc\"\n" + route:            `backends.0.kind: "grpc"`,
+		"[[backends]]\nname = \"o\"\nkind = \"openai\"\n" + route:          "backends.0.base_url: required",
+		sim + sim + route: `backends.1.name: "sim" is used twice`,
+		"[[backends]]\nname = \"s\"\nkind = \"sim\"\nlatency = \"soon\"\n" + route: "latency",
+	}
+	for body, want := range tests {
+		_, err := Load(write(t, body))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config:\n%s\nwant error containing %q, got %v", body, want, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "sk-secret") {
+			t.Errorf("an error repeats the key: %v", err)
+		}
+	}
+}
+
+func TestBuildNeedsTheKeyVariable(t *testing.T) {
+	t.Parallel()
+	c, err := Load(write(t, "[[backends]]\nname = \"a\"\nkind = \"anthropic\"\napi_key_env = \"NOPE_KEY\"\n[[routes]]\nmodel = \"*\"\nbackend = \"a\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Build(8, func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "NOPE_KEY") {
+		t.Fatalf("want an error naming the empty variable, got %v", err)
+	}
+}
+
+func TestDefaultRoutesEverythingToSim(t *testing.T) {
+	t.Parallel()
+	built, err := Default(0).Build(64, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := built.Router.Lookup("anything")
+	if err != nil || b.Name() != "sim" || len(built.Limiters) != 0 {
+		t.Fatalf("default: %v %v %d limiters", b, err, len(built.Limiters))
+	}
+}
