@@ -193,7 +193,8 @@ func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessag
 		l.lastErr = be.Type + ": " + be.Message
 		if be.Type == backend.ErrRateLimit || be.Type == backend.ErrOverloaded {
 			l.throttled++
-			l.rpm.give(1, now) // a rejected call is not a used request
+			// A rejected call used no tokens; its request slot stays spent,
+			// which slows the resend a little.
 			l.itpm.give(inTok, now)
 			l.otpm.give(outTok, now)
 			if be.RetryAfter > 0 {
@@ -321,35 +322,44 @@ func usage(msg json.RawMessage) (in, out int, ok bool) {
 	return u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens, u.OutputTokens, true
 }
 
-// bucket is a token bucket holding up to a minute's allowance, refilled
-// continuously. Its level may go below zero when a call used more than
-// was reserved; later calls then wait for it to refill.
+// bucket is a token bucket refilled continuously at its per-minute rate.
+// It holds at most a second's allowance: the upstream's own bucket may be
+// no deeper, so a burst of a minute's worth would be throttled, while the
+// sustained rate is the same. Its level may go below zero when a call used
+// more than was reserved; later calls then wait for it to refill.
 type bucket struct {
 	perMinute float64
+	capacity  float64
 	level     float64
 	at        time.Time
 }
+
+// pace is the share of a per-minute limit batchd uses: arrivals jitter, so
+// aiming at exactly the limit would be throttled now and then.
+const pace = 0.98
 
 func newBucket(perMinute int, now time.Time) *bucket {
 	if perMinute <= 0 {
 		return nil
 	}
-	return &bucket{perMinute: float64(perMinute), level: float64(perMinute), at: now}
+	rate := pace * float64(perMinute)
+	c := max(1, rate/60)
+	return &bucket{perMinute: rate, capacity: c, level: c, at: now}
 }
 
 func (b *bucket) refill(now time.Time) {
-	b.level = min(b.perMinute, b.level+now.Sub(b.at).Minutes()*b.perMinute)
+	b.level = min(b.capacity, b.level+now.Sub(b.at).Minutes()*b.perMinute)
 	b.at = now
 }
 
-// wait is how long until n fit; a call larger than the whole minute's
-// allowance waits for a full bucket and then goes.
+// wait is how long until n fit; a call larger than the bucket waits for a
+// full bucket and then goes, leaving a debt.
 func (b *bucket) wait(n int, now time.Time) time.Duration {
 	if b == nil {
 		return 0
 	}
 	b.refill(now)
-	need := min(float64(n), b.perMinute)
+	need := min(float64(n), b.capacity)
 	if b.level >= need {
 		return 0
 	}
@@ -370,5 +380,5 @@ func (b *bucket) give(n int, now time.Time) {
 		return
 	}
 	b.refill(now)
-	b.level = min(b.perMinute, b.level+float64(n))
+	b.level = min(b.capacity, b.level+float64(n))
 }

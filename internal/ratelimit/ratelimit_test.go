@@ -109,7 +109,7 @@ func TestRequestsPerMinutePaces(t *testing.T) {
 
 func TestRetryAfterPausesTheBackend(t *testing.T) {
 	t.Parallel()
-	b := &bucket{perMinute: 60, level: 0, at: time.Unix(0, 0)}
+	b := &bucket{perMinute: 60, capacity: 60, level: 0, at: time.Unix(0, 0)}
 	if w := b.wait(1, time.Unix(0, 0)); w < 900*time.Millisecond || w > 1100*time.Millisecond {
 		t.Fatalf("an empty 60/min bucket should wait about 1s for one, waits %s", w)
 	}
