@@ -104,6 +104,11 @@ func (l *Limiter) Stats() Stats {
 // Limits returns the configured limits.
 func (l *Limiter) Limits() Limits { return l.limits }
 
+// maxTries bounds the throttled calls resent here: an upstream that keeps
+// throttling one call is the dispatcher's to retry with backoff, attempts
+// counted, not a loop here until the request times out.
+const maxTries = 8
+
 // Do implements backend.Backend.
 func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, error) {
 	inTok, outTok := estimate(call.Params)
@@ -114,7 +119,7 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 			inner(status, h)
 		}
 	}
-	for {
+	for try := 1; ; try++ {
 		if err := l.acquire(ctx, inTok, outTok); err != nil {
 			return nil, err
 		}
@@ -125,7 +130,7 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 			return msg, nil
 		}
 		be := backend.AsError(err)
-		if (be.Type != backend.ErrRateLimit && be.Type != backend.ErrOverloaded) || ctx.Err() != nil {
+		if (be.Type != backend.ErrRateLimit && be.Type != backend.ErrOverloaded) || ctx.Err() != nil || try >= maxTries {
 			return nil, err
 		}
 		// Throttled: acquire paces the next try (a cut limit, a pause for
