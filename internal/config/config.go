@@ -17,6 +17,7 @@ import (
 	"github.com/batchd/batchd/internal/backend/anthropic"
 	"github.com/batchd/batchd/internal/backend/openai"
 	"github.com/batchd/batchd/internal/backend/sim"
+	"github.com/batchd/batchd/internal/delegate"
 	"github.com/batchd/batchd/internal/ratelimit"
 )
 
@@ -25,6 +26,9 @@ const (
 	KindSim       = "sim"
 	KindAnthropic = "anthropic"
 	KindOpenAI    = "openai"
+	// KindAnthropicBatch delegates requests to the upstream's own Message
+	// Batches API (package delegate), keeping its batch price.
+	KindAnthropicBatch = "anthropic-batch"
 )
 
 // Duration is a time.Duration written as "10m" in the file.
@@ -61,6 +65,15 @@ type Backend struct {
 	RequestsPerMinute     int  `toml:"requests_per_minute"`
 	InputTokensPerMinute  int  `toml:"input_tokens_per_minute"`
 	OutputTokensPerMinute int  `toml:"output_tokens_per_minute"`
+
+	// Delegation (anthropic-batch): upstream batches are split at
+	// max_batch_requests and max_batch_bytes (default and at most the
+	// upstream's 100,000 and 256 MB) and polled every poll_interval
+	// (default 5s), doubling up to poll_max_interval (default 60s).
+	MaxBatchRequests int      `toml:"max_batch_requests"`
+	MaxBatchBytes    int64    `toml:"max_batch_bytes"`
+	PollInterval     Duration `toml:"poll_interval"`
+	PollMaxInterval  Duration `toml:"poll_max_interval"`
 }
 
 // Route sends models matching Model (a glob such as "claude-*") to Backend.
@@ -124,10 +137,20 @@ func (c *Config) validate() error {
 			if b.Kind == KindOpenAI && b.BaseURL == "" {
 				return fmt.Errorf("%s.base_url: required for an openai backend", field)
 			}
-		case "anthropic-batch":
-			return fmt.Errorf("%s.kind: anthropic-batch (delegation to Anthropic's Batches API) is not implemented yet", field)
+		case KindAnthropicBatch:
+			switch {
+			case b.MaxBatchRequests < 0 || b.MaxBatchRequests > delegate.MaxBatchRequests:
+				return fmt.Errorf("%s.max_batch_requests: %d is not between 1 and the upstream's limit %d", field, b.MaxBatchRequests, delegate.MaxBatchRequests)
+			case b.MaxBatchBytes < 0 || b.MaxBatchBytes > delegate.MaxBatchBytes:
+				return fmt.Errorf("%s.max_batch_bytes: %d is not between 1 and the upstream's limit %d", field, b.MaxBatchBytes, delegate.MaxBatchBytes)
+			case b.PollInterval.Duration < 0 || b.PollMaxInterval.Duration < 0:
+				return fmt.Errorf("%s.poll_interval: must not be negative", field)
+			}
 		default:
-			return fmt.Errorf("%s.kind: %q is not one of sim, anthropic, openai", field, b.Kind)
+			return fmt.Errorf("%s.kind: %q is not one of sim, anthropic, anthropic-batch, openai", field, b.Kind)
+		}
+		if b.Kind != KindAnthropicBatch && (b.MaxBatchRequests != 0 || b.MaxBatchBytes != 0 || b.PollInterval.Duration != 0 || b.PollMaxInterval.Duration != 0) {
+			return fmt.Errorf("%s: max_batch_requests, max_batch_bytes and poll_interval are for anthropic-batch backends only", field)
 		}
 		if b.Concurrency < 0 || b.MaxConcurrency < 0 || b.RequestsPerMinute < 0 || b.InputTokensPerMinute < 0 || b.OutputTokensPerMinute < 0 {
 			return fmt.Errorf("%s: limits must not be negative", field)
@@ -156,6 +179,9 @@ type Built struct {
 	Backends []Backend
 	// Concurrency is each backend's worker count: its maximum concurrency.
 	Concurrency map[string]int
+	// Delegated are the anthropic-batch backends, whose requests a
+	// delegate.Delegator runs instead of the dispatcher.
+	Delegated []delegate.Config
 }
 
 // Build creates the backends and the router. getenv reads the key
@@ -187,6 +213,17 @@ func (c *Config) Build(defaultConcurrency int, getenv func(string) string) (*Bui
 			inner, err = anthropic.New(anthropic.Config{Name: b.Name, BaseURL: b.BaseURL, APIKey: key, Version: b.Version, Timeout: b.Timeout.Duration})
 		case KindOpenAI:
 			inner, err = openai.New(openai.Config{Name: b.Name, BaseURL: b.BaseURL, APIKey: key, Timeout: b.Timeout.Duration})
+		case KindAnthropicBatch:
+			if key == "" {
+				return nil, fmt.Errorf("backend %s: api_key_env is required for an anthropic-batch backend", b.Name)
+			}
+			dc := delegate.Config{Name: b.Name, BaseURL: b.BaseURL, APIKey: key, Version: b.Version, Timeout: b.Timeout.Duration,
+				MaxBatchRequests: b.MaxBatchRequests, MaxBatchBytes: b.MaxBatchBytes,
+				PollInterval: b.PollInterval.Duration, PollMaxInterval: b.PollMaxInterval.Duration}
+			// No rate limiter: the upstream paces its own batches.
+			out.Delegated = append(out.Delegated, dc)
+			byName[b.Name] = &delegate.Backend{Config: dc}
+			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("backend %s: %w", b.Name, err)

@@ -49,11 +49,12 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"[[backends]]\nname = \"a\"\nkind = \"anthropic\"\napi_key = \"sk-secret\"\n" + route: "keys do not belong in the file",
 		sim + route + "[[backends]]\nname = \"x\"\nkind = \"sim\"\ncolour = 1\n":              "unknown keys",
 		sim: "routes: at least one route",
-		sim + "[[routes]]\nmodel = \"*\"\nbackend = \"nope\"\n":            `routes.0.backend: no backend named "nope"`,
-		sim + "[[routes]]\nmodel = \"[\"\nbackend = \"sim\"\n":             "routes.0.model: bad pattern",
-		"[[backends]]\nname = \"b\"\nkind = \"anthropic-batch\"\n" + route: "not implemented yet",
-		"[[backends]]\nname = \"b\"\nkind = \"grpc\"\n" + route:            `backends.0.kind: "grpc"`,
-		"[[backends]]\nname = \"o\"\nkind = \"openai\"\n" + route:          "backends.0.base_url: required",
+		sim + "[[routes]]\nmodel = \"*\"\nbackend = \"nope\"\n":                                         `routes.0.backend: no backend named "nope"`,
+		sim + "[[routes]]\nmodel = \"[\"\nbackend = \"sim\"\n":                                          "routes.0.model: bad pattern",
+		"[[backends]]\nname = \"b\"\nkind = \"anthropic-batch\"\nmax_batch_requests = 100001\n" + route: "backends.0.max_batch_requests",
+		sim + route + "[[backends]]\nname = \"c\"\nkind = \"sim\"\nmax_batch_bytes = 5\n":               "anthropic-batch backends only",
+		"[[backends]]\nname = \"b\"\nkind = \"grpc\"\n" + route:                                         `backends.0.kind: "grpc"`,
+		"[[backends]]\nname = \"o\"\nkind = \"openai\"\n" + route:                                       "backends.0.base_url: required",
 		sim + sim + route: `backends.1.name: "sim" is used twice`,
 		"[[backends]]\nname = \"s\"\nkind = \"sim\"\nlatency = \"soon\"\n" + route: "latency",
 	}
@@ -88,5 +89,36 @@ func TestDefaultRoutesEverythingToSim(t *testing.T) {
 	b, err := built.Router.Lookup("anything")
 	if err != nil || b.Name() != "sim" || len(built.Limiters) != 0 {
 		t.Fatalf("default: %v %v %d limiters", b, err, len(built.Limiters))
+	}
+}
+
+func TestAnthropicBatchBuildsADelegator(t *testing.T) {
+	t.Parallel()
+	p := write(t, "[[backends]]\nname = \"b\"\nkind = \"anthropic-batch\"\nbase_url = \"http://127.0.0.1:1\"\napi_key_env = \"K\"\n"+
+		"max_batch_requests = 10\nmax_batch_bytes = 1000\npoll_interval = \"20ms\"\npoll_max_interval = \"1s\"\n"+
+		"[[routes]]\nmodel = \"*\"\nbackend = \"b\"\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Build(8, func(string) string { return "" }); err == nil {
+		t.Error("built without its key")
+	}
+	built, err := c.Build(8, func(string) string { return "sk" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(built.Delegated) != 1 {
+		t.Fatalf("delegated %+v", built.Delegated)
+	}
+	d := built.Delegated[0]
+	if d.Name != "b" || d.APIKey != "sk" || d.MaxBatchRequests != 10 || d.MaxBatchBytes != 1000 || d.PollInterval.String() != "20ms" || d.PollMaxInterval.String() != "1s" {
+		t.Errorf("delegate config %+v", d)
+	}
+	if b, err := built.Router.Lookup("claude-x"); err != nil || b.Name() != "b" {
+		t.Errorf("route: %v %v", b, err)
+	}
+	if built.Limiters["b"] != nil {
+		t.Error("an anthropic-batch backend got a rate limiter")
 	}
 }

@@ -53,6 +53,10 @@ type Config struct {
 	// for a store only one process can open (SQLite): whatever was running
 	// belonged to a process that is gone.
 	RescueAllAtStart bool
+	// Delegated names backends whose requests another component claims
+	// (the delegator of an anthropic-batch backend): the dispatcher runs no
+	// lane, no claims and no workers for them.
+	Delegated []string
 	// Logger receives the dispatcher's logs (default: discard).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -142,7 +146,14 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		canceling: map[int64]struct{}{},
 	}
 	total := 0
+	delegated := map[string]bool{}
+	for _, name := range cfg.Delegated {
+		delegated[name] = true
+	}
 	for _, b := range router.Backends() {
+		if delegated[b.Name()] {
+			continue
+		}
 		// Each backend holds its concurrency in flight plus ClaimAhead
 		// queued, so that a finishing request is replaced at once instead
 		// of after a store round trip; the fair queue keeps the depth from

@@ -15,6 +15,7 @@ import (
 	"github.com/batchd/batchd/internal/api"
 	"github.com/batchd/batchd/internal/batch"
 	"github.com/batchd/batchd/internal/config"
+	"github.com/batchd/batchd/internal/delegate"
 	"github.com/batchd/batchd/internal/dispatch"
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/sqlite"
@@ -51,6 +52,8 @@ type Server struct {
 	Store      store.Store
 	Service    *batch.Service
 	Dispatcher *dispatch.Dispatcher
+	// Delegators run the anthropic-batch backends, one each.
+	Delegators []*delegate.Delegator
 	handler    http.Handler
 }
 
@@ -82,26 +85,68 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	dc.RescueAllAtStart = true // one process owns an SQLite data dir
 	dc.Logger = cfg.Logger
 	dc.Now = cfg.Now
+	var delegators []*delegate.Delegator
+	for _, c := range built.Delegated {
+		dc.Delegated = append(dc.Delegated, c.Name)
+		c.ClaimInterval = dc.PollInterval
+		c.Logger, c.Now, c.OnChange = cfg.Logger, cfg.Now, dc.OnChange
+		d, err := delegate.New(st, c)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("open server: backend %s: %w", c.Name, err)
+		}
+		delegators = append(delegators, d)
+	}
 	disp := dispatch.New(st, router, dc)
 	bc := cfg.Batch
 	bc.Now = cfg.Now
-	bc.OnCreated = disp.Wake
-	bc.OnCanceled = disp.Canceled
+	bc.OnCreated = func() {
+		disp.Wake()
+		for _, d := range delegators {
+			d.Wake()
+		}
+	}
+	bc.OnCanceled = func(seq int64) {
+		disp.Canceled(seq)
+		for _, d := range delegators {
+			d.Canceled(seq)
+		}
+	}
 	bc.Route = disp.Route
 	svc := batch.NewService(st, bc)
 	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built)})
-	return &Server{Store: st, Service: svc, Dispatcher: disp, handler: h}, nil
+	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, handler: h}, nil
 }
 
 // Handler is the HTTP API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Start starts dispatching in the background.
-func (s *Server) Start(ctx context.Context) error { return s.Dispatcher.Start(ctx) }
+// Start starts dispatching and delegating in the background. The
+// dispatcher starts first: its start-up rescue must run before the
+// delegators claim, and it leaves their upstream requests alone.
+func (s *Server) Start(ctx context.Context) error {
+	if err := s.Dispatcher.Start(ctx); err != nil {
+		return err
+	}
+	for i, d := range s.Delegators {
+		if err := d.Start(ctx); err != nil {
+			for _, started := range s.Delegators[:i] {
+				started.Stop(ctx)
+			}
+			s.Dispatcher.Stop(ctx)
+			return err
+		}
+	}
+	return nil
+}
 
-// Close stops dispatching, letting running requests finish until ctx ends,
-// and closes the store.
+// Close stops dispatching and delegating, letting running requests finish
+// until ctx ends, and closes the store. Upstream batches go on upstream and
+// are resumed by the next Start on the same data dir.
 func (s *Server) Close(ctx context.Context) error {
+	for _, d := range s.Delegators {
+		d.Stop(ctx)
+	}
 	s.Dispatcher.Stop(ctx)
 	return s.Store.Close()
 }

@@ -191,7 +191,9 @@ type RequestsHeartbeatParams struct {
 }
 
 // RequestsRescueParams returns requests whose lease ran out to pending (or
-// settles them when their batch is canceling).
+// settles them when their batch is canceling). Requests handed to an
+// upstream batch (UpstreamBatchInsert) are never rescued: the upstream holds
+// them, and resending would run them twice.
 type RequestsRescueParams struct {
 	Now time.Time
 	// All rescues every running request regardless of lease, for a driver
@@ -248,6 +250,51 @@ type KeyCreateParams struct {
 	CreatedAt time.Time
 }
 
+// UpstreamBatch is a group of running requests delegated to an upstream
+// Message Batches API by an anthropic-batch backend. It is recorded before
+// the upstream create call, so that a restart knows which requests may
+// already be upstream: those are never rescued to pending and resent.
+type UpstreamBatch struct {
+	ID       int64 // local id
+	Backend  string
+	Owner    string // the lease owner holding its requests
+	BatchSeq int64
+	// UpstreamID is the upstream's batch id, "" while only the intent is
+	// recorded (the create call has not answered yet).
+	UpstreamID string
+	CreatedAt  time.Time
+	// BatchStatus is the status of our batch, so a resumed poller knows
+	// whether to forward a cancel.
+	BatchStatus string
+}
+
+// UpstreamBatchInsertParams records the intent to delegate RequestIDs, all
+// of one batch and all running under Owner's lease, in one upstream batch.
+// It fails with ErrConflict, changing nothing, unless Owner still holds
+// every one of them and none is delegated already.
+type UpstreamBatchInsertParams struct {
+	Backend    string
+	Owner      string
+	BatchSeq   int64
+	RequestIDs []int64
+	Now        time.Time
+}
+
+// UpstreamBatchStartParams records the upstream's id once the create call
+// succeeded; it fails with ErrConflict if the row has one already.
+type UpstreamBatchStartParams struct {
+	ID         int64
+	UpstreamID string
+}
+
+// UpstreamBatchAbandonParams gives up an upstream batch whose creation is
+// unknown (recorded, never started): its unsettled requests go back to
+// pending, or settle as canceled when their batch is canceling.
+type UpstreamBatchAbandonParams struct {
+	ID  int64
+	Now time.Time
+}
+
 // Store is every storage verb batchd needs.
 type Store interface {
 	BatchInsert(ctx context.Context, p BatchInsertParams) (*Batch, error)
@@ -292,6 +339,22 @@ type Store interface {
 	// the background so that a DELETE of a 100,000-request batch is instant.
 	RequestsPurge(ctx context.Context, limit int) (int, error)
 	ResultsList(ctx context.Context, p ResultsListParams) ([]Result, error)
+
+	// UpstreamBatchInsert records a delegation intent and marks its
+	// requests, which RequestsRescue then skips.
+	UpstreamBatchInsert(ctx context.Context, p UpstreamBatchInsertParams) (*UpstreamBatch, error)
+	UpstreamBatchStart(ctx context.Context, p UpstreamBatchStartParams) error
+	// UpstreamBatchesList lists a backend's recorded upstream batches, oldest
+	// first, for a delegator resuming after a restart.
+	UpstreamBatchesList(ctx context.Context, backend string) ([]*UpstreamBatch, error)
+	// UpstreamBatchRequests lists the still unsettled requests of an upstream
+	// batch with what RequestsComplete needs (no params).
+	UpstreamBatchRequests(ctx context.Context, id int64) ([]ClaimedRequest, error)
+	UpstreamBatchAbandon(ctx context.Context, p UpstreamBatchAbandonParams) ([]*BatchChange, error)
+	// UpstreamBatchDelete forgets an upstream batch whose results are all
+	// written; it fails with ErrConflict while any of its requests is
+	// unsettled.
+	UpstreamBatchDelete(ctx context.Context, id int64) error
 
 	KeyCreate(ctx context.Context, p KeyCreateParams) (*Key, error)
 	KeyList(ctx context.Context) ([]*Key, error)

@@ -136,6 +136,7 @@ func Run(t *testing.T, newStore NewStore) {
 		"DiscardStaleCreating":               testDiscardStale,
 		"ResultsPageInOrderAndSkipSucceeded": testResultsPaging,
 		"Keys":                               testKeys,
+		"UpstreamBatches":                    testUpstreamBatches,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -757,4 +758,103 @@ func testReroute(t *testing.T, b *bundle) {
 		t.Fatalf("backend a claimed %d", len(got))
 	}
 	_ = running
+}
+
+func testUpstreamBatches(t *testing.T, b *bundle) {
+	bt := b.batch(t, "w", 4, t0)
+	c := b.claim(t, "d", 4, t0)
+	if len(c) != 4 {
+		t.Fatalf("claimed %d", len(c))
+	}
+	ids := []int64{c[0].ID, c[1].ID, c[2].ID}
+	ub, err := b.st.UpstreamBatchInsert(b.ctx, store.UpstreamBatchInsertParams{Backend: "up", Owner: "d", BatchSeq: bt.Seq, RequestIDs: ids, Now: t0})
+	if err != nil || ub.ID == 0 || ub.UpstreamID != "" {
+		t.Fatalf("insert: %+v %v", ub, err)
+	}
+	// Delegated twice, or not held by the owner: nothing changes.
+	if _, err := b.st.UpstreamBatchInsert(b.ctx, store.UpstreamBatchInsertParams{Backend: "up", Owner: "d", BatchSeq: bt.Seq, RequestIDs: []int64{c[2].ID, c[3].ID}, Now: t0}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("delegating a request twice: want ErrConflict, got %v", err)
+	}
+	if _, err := b.st.UpstreamBatchInsert(b.ctx, store.UpstreamBatchInsertParams{Backend: "up", Owner: "x", BatchSeq: bt.Seq, RequestIDs: []int64{c[3].ID}, Now: t0}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("delegating another owner's request: want ErrConflict, got %v", err)
+	}
+	// Neither a lapsed lease nor a rescue of everything touches delegated requests.
+	b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(time.Hour)})
+	if _, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0, All: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.claim(t, "o2", 10, t0.Add(time.Hour)); len(got) != 1 || got[0].ID != c[3].ID {
+		t.Fatalf("after rescue claimed %+v, want only the undelegated request", got)
+	}
+	if err := b.st.UpstreamBatchStart(b.ctx, store.UpstreamBatchStartParams{ID: ub.ID, UpstreamID: "msgbatch_up1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.st.UpstreamBatchStart(b.ctx, store.UpstreamBatchStartParams{ID: ub.ID, UpstreamID: "msgbatch_up2"}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("second start: want ErrConflict, got %v", err)
+	}
+	if _, err := b.st.UpstreamBatchAbandon(b.ctx, store.UpstreamBatchAbandonParams{ID: ub.ID, Now: t0}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("abandoning a started upstream batch: want ErrConflict, got %v", err)
+	}
+	list, err := b.st.UpstreamBatchesList(b.ctx, "up")
+	if err != nil || len(list) != 1 || list[0].UpstreamID != "msgbatch_up1" || list[0].BatchSeq != bt.Seq || list[0].Owner != "d" || list[0].BatchStatus != store.StatusInProgress {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	if other, _ := b.st.UpstreamBatchesList(b.ctx, "other"); len(other) != 0 {
+		t.Fatalf("another backend's list: %+v", other)
+	}
+	reqs, err := b.st.UpstreamBatchRequests(b.ctx, ub.ID)
+	if err != nil || len(reqs) != 3 {
+		t.Fatalf("requests: %+v %v", reqs, err)
+	}
+	for i, r := range reqs {
+		if r.ID != ids[i] || r.CustomID != c[i].CustomID || r.Attempt != c[i].Attempt || r.BatchSeq != bt.Seq || r.BatchID != bt.ID {
+			t.Fatalf("request %d: %+v, claimed %+v", i, r, c[i])
+		}
+	}
+	if err := b.st.UpstreamBatchDelete(b.ctx, ub.ID); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("deleting with unsettled requests: want ErrConflict, got %v", err)
+	}
+	b.complete(t, "d", t0, succeed(reqs[0]), succeed(reqs[1]), succeed(reqs[2]))
+	if reqs, _ := b.st.UpstreamBatchRequests(b.ctx, ub.ID); len(reqs) != 0 {
+		t.Fatalf("settled requests still listed: %+v", reqs)
+	}
+	if err := b.st.UpstreamBatchDelete(b.ctx, ub.ID); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := b.st.UpstreamBatchesList(b.ctx, "up"); len(list) != 0 {
+		t.Fatalf("deleted upstream batch still listed: %+v", list)
+	}
+	if got := b.get(t, bt); got.Counts.Succeeded != 3 {
+		t.Fatalf("counts %+v", got.Counts)
+	}
+
+	// An intent never started is abandoned: its requests are claimable
+	// again, or canceled when their batch is canceling.
+	bt2 := b.batch(t, "w2", 2, t0)
+	c2 := b.claim(t, "d", 2, t0)
+	ub2, err := b.st.UpstreamBatchInsert(b.ctx, store.UpstreamBatchInsertParams{Backend: "up", Owner: "d", BatchSeq: bt2.Seq, RequestIDs: []int64{c2[0].ID, c2[1].ID}, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chs, err := b.st.UpstreamBatchAbandon(b.ctx, store.UpstreamBatchAbandonParams{ID: ub2.ID, Now: t0}); err != nil || len(chs) != 0 {
+		t.Fatalf("abandon: %+v %v", chs, err)
+	}
+	c2 = b.claim(t, "d", 2, t0)
+	if len(c2) != 2 || c2[0].Attempt != 2 {
+		t.Fatalf("abandoned requests not claimable again: %+v", c2)
+	}
+	ub3, err := b.st.UpstreamBatchInsert(b.ctx, store.UpstreamBatchInsertParams{Backend: "up", Owner: "d", BatchSeq: bt2.Seq, RequestIDs: []int64{c2[0].ID, c2[1].ID}, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w2", ID: bt2.ID, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := b.st.UpstreamBatchesList(b.ctx, "up"); len(list) != 1 || list[0].BatchStatus != store.StatusCanceling {
+		t.Fatalf("list after cancel: %+v", list)
+	}
+	chs, err := b.st.UpstreamBatchAbandon(b.ctx, store.UpstreamBatchAbandonParams{ID: ub3.ID, Now: t0})
+	if err != nil || endedCount(chs) != 1 || chs[0].Batch.Counts.Canceled != 2 {
+		t.Fatalf("abandon of a canceling batch's intent: %+v %v", chs, err)
+	}
 }

@@ -1,0 +1,636 @@
+// Package delegate runs the requests of an anthropic-batch backend through
+// the upstream's own Message Batches API instead of one call per request, so
+// that they keep Anthropic's batch price. The delegator claims its backend's
+// pending requests like a dispatcher lane would, groups them into upstream
+// batches (never mixing two of our batches, so a cancel maps cleanly), creates
+// them, polls them with capped backoff, forwards cancels at once and writes
+// every upstream result back through the store, so counts and ends work
+// exactly as for the other backends.
+//
+// Restarts: before the create call, the delegator records the intent (the
+// upstream batch row and which requests go into it) in the same store that
+// holds the requests; RequestsRescue skips requests so marked. Once the
+// upstream answers, its id is recorded. At start the delegator resumes
+// polling every recorded upstream batch and returns the requests of intents
+// that never got an id to pending. The remaining crash window is between the
+// upstream accepting the create call and the id being committed locally
+// (one SQLite transaction, milliseconds): a crash there leaves an upstream
+// batch nobody polls, and its requests are sent again in a new one. Each
+// request still gets exactly one result here, since results are only ever
+// read from recorded upstream batches; the cost is the duplicate upstream
+// work.
+package delegate
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/batchd/batchd/internal/backend"
+	"github.com/batchd/batchd/internal/store"
+)
+
+// Defaults and the upstream's own limits.
+const (
+	// MaxBatchRequests and MaxBatchBytes are Anthropic's limits on one
+	// Message Batch.
+	MaxBatchRequests = 100_000
+	MaxBatchBytes    = 256 << 20
+
+	DefaultVersion         = "2023-06-01"
+	DefaultBaseURL         = "https://api.anthropic.com"
+	DefaultPollInterval    = 5 * time.Second
+	DefaultPollMaxInterval = 60 * time.Second
+	DefaultTimeout         = 10 * time.Minute
+)
+
+// Config configures the delegator of one anthropic-batch backend. Zero
+// values take the defaults noted.
+type Config struct {
+	// Name is the backend's name: the delegator claims the requests routed
+	// to it, and names its leases and upstream batch records after it.
+	Name string
+	// BaseURL is where the Message Batches API lives (default Anthropic's).
+	BaseURL string
+	// APIKey is the server's upstream key, sent as x-api-key.
+	APIKey string
+	// Version is the anthropic-version header (default 2023-06-01).
+	Version string
+	// MaxBatchRequests and MaxBatchBytes split upstream batches (default
+	// and at most the upstream's limits, 100,000 requests and 256 MB).
+	MaxBatchRequests int
+	MaxBatchBytes    int64
+	// PollInterval is the first wait between polls of an upstream batch,
+	// doubled after each poll up to PollMaxInterval (defaults 5s and 60s).
+	PollInterval    time.Duration
+	PollMaxInterval time.Duration
+	// ClaimInterval is how often new work is looked for when nothing wakes
+	// the delegator (default 1s).
+	ClaimInterval time.Duration
+	// Timeout bounds one upstream call (default 10m: a create sends up to
+	// 256 MB).
+	Timeout time.Duration
+	// HTTPClient replaces the default client, mainly for tests.
+	HTTPClient *http.Client
+	// Logger, Now and OnChange are as for the dispatcher.
+	Logger   *slog.Logger
+	Now      func() time.Time
+	OnChange func(*store.BatchChange)
+}
+
+func (c Config) withDefaults() Config {
+	if c.BaseURL == "" {
+		c.BaseURL = DefaultBaseURL
+	}
+	if c.Version == "" {
+		c.Version = DefaultVersion
+	}
+	if c.MaxBatchRequests <= 0 || c.MaxBatchRequests > MaxBatchRequests {
+		c.MaxBatchRequests = MaxBatchRequests
+	}
+	if c.MaxBatchBytes <= 0 || c.MaxBatchBytes > MaxBatchBytes {
+		c.MaxBatchBytes = MaxBatchBytes
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.PollMaxInterval <= 0 {
+		c.PollMaxInterval = DefaultPollMaxInterval
+	}
+	c.PollMaxInterval = max(c.PollMaxInterval, c.PollInterval)
+	if c.ClaimInterval <= 0 {
+		c.ClaimInterval = time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.OnChange == nil {
+		c.OnChange = func(*store.BatchChange) {}
+	}
+	return c
+}
+
+// Backend stands for an anthropic-batch backend in the router, so that
+// models route to it like to any other; its requests never reach Do, since
+// the dispatcher runs no lane for it and the delegator claims them.
+type Backend struct{ Config Config }
+
+var _ backend.Backend = (*Backend)(nil)
+
+// Name implements backend.Backend.
+func (b *Backend) Name() string { return b.Config.Name }
+
+// Do implements backend.Backend; it is never called in a wired server.
+func (b *Backend) Do(context.Context, backend.Call) (json.RawMessage, error) {
+	return nil, &backend.Error{Type: backend.ErrAPI, Message: "backend " + b.Config.Name + " delegates to the Message Batches API and runs no single requests"}
+}
+
+// Delegator runs one anthropic-batch backend. Start it once; Stop waits
+// for it.
+type Delegator struct {
+	st    store.Store
+	cfg   Config
+	log   *slog.Logger
+	up    *client
+	owner string
+
+	wake chan struct{}
+
+	mu        sync.Mutex
+	canceling map[int64]bool // our batches known to be canceling
+	kick      chan struct{}  // closed and replaced when one starts canceling
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New returns the delegator for cfg. It fails on an unusable base URL or a
+// missing key, so a misconfigured server stops at startup.
+func New(st store.Store, cfg Config) (*Delegator, error) {
+	cfg = cfg.withDefaults()
+	if cfg.APIKey == "" {
+		return nil, errors.New("delegate: APIKey is required")
+	}
+	up, err := newClient(cfg.BaseURL, cfg.APIKey, cfg.Version, cfg.HTTPClient)
+	if err != nil {
+		return nil, fmt.Errorf("delegate: %w", err)
+	}
+	return &Delegator{
+		st: st, cfg: cfg, up: up,
+		log: cfg.Logger.With("component", "delegate", "backend", cfg.Name),
+		// The owner is stable across restarts: one process owns an SQLite
+		// data dir, and the resumed delegator must still hold the leases
+		// of the requests it handed upstream before.
+		owner:     "delegate:" + cfg.Name,
+		wake:      make(chan struct{}, 1),
+		canceling: map[int64]bool{},
+		kick:      make(chan struct{}),
+	}, nil
+}
+
+// Wake tells the delegator that new requests may be claimable.
+func (d *Delegator) Wake() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Canceled tells the delegator that one of our batches is canceling, so it
+// forwards the cancel to that batch's upstream batches at once.
+func (d *Delegator) Canceled(batchSeq int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.canceling[batchSeq] {
+		return
+	}
+	d.canceling[batchSeq] = true
+	close(d.kick)
+	d.kick = make(chan struct{})
+}
+
+func (d *Delegator) isCanceling(seq int64) (bool, <-chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.canceling[seq], d.kick
+}
+
+// Start resumes the upstream batches recorded before a restart and starts
+// claiming. Run it after the dispatcher's start-up rescue.
+func (d *Delegator) Start(ctx context.Context) error {
+	ubs, err := d.st.UpstreamBatchesList(ctx, d.cfg.Name)
+	if err != nil {
+		return fmt.Errorf("start delegator %s: %w", d.cfg.Name, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	d.cancel = cancel
+	for _, ub := range ubs {
+		if ub.UpstreamID == "" {
+			// Created upstream or not, nobody knows: send them again.
+			changes, err := d.st.UpstreamBatchAbandon(ctx, store.UpstreamBatchAbandonParams{ID: ub.ID, Now: d.cfg.Now()})
+			if err != nil {
+				cancel()
+				return fmt.Errorf("start delegator %s: %w", d.cfg.Name, err)
+			}
+			d.emit(changes...)
+			d.log.Warn("resending the requests of an upstream batch whose creation was interrupted", "upstream_batch", ub.ID)
+			continue
+		}
+		if ub.BatchStatus == store.StatusCanceling {
+			d.Canceled(ub.BatchSeq)
+		}
+		d.log.Info("resuming upstream batch", "upstream_id", ub.UpstreamID)
+		d.goPoll(ctx, ub)
+	}
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); d.claimLoop(ctx) }()
+	return nil
+}
+
+// Stop stops claiming and polling and waits, until ctx ends, for the
+// goroutines to return. Upstream batches go on upstream; the next Start
+// resumes them.
+func (d *Delegator) Stop(ctx context.Context) {
+	if d.cancel == nil {
+		return
+	}
+	d.cancel()
+	done := make(chan struct{})
+	go func() { d.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+func (d *Delegator) emit(changes ...*store.BatchChange) {
+	for _, ch := range changes {
+		if ch.Ended {
+			d.mu.Lock()
+			delete(d.canceling, ch.Batch.Seq)
+			d.mu.Unlock()
+		}
+		d.cfg.OnChange(ch)
+	}
+}
+
+// sleep waits d or until ctx ends, reporting whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration, kick <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-kick:
+	}
+	return true
+}
+
+// claimLoop claims pending requests, at most one upstream batch's worth at
+// a time, and delegates them.
+func (d *Delegator) claimLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		now := d.cfg.Now()
+		claimed, err := d.st.RequestsClaim(ctx, store.RequestsClaimParams{
+			// The lease only has to last until the intent is recorded:
+			// RequestsRescue skips delegated requests.
+			Backend: d.cfg.Name, Owner: d.owner, Limit: d.cfg.MaxBatchRequests, Now: now, LeaseUntil: now.Add(time.Hour),
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Error("claim failed", "err", err)
+			}
+		} else if len(claimed) > 0 {
+			d.delegate(ctx, claimed)
+			if len(claimed) == d.cfg.MaxBatchRequests {
+				continue // more may be waiting
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wake:
+		case <-time.After(d.cfg.ClaimInterval):
+		}
+	}
+}
+
+// group is the requests of one upstream batch to be.
+type group struct {
+	ub   *store.UpstreamBatch
+	reqs []store.ClaimedRequest
+}
+
+// delegate splits claimed requests into upstream batches, records every
+// intent first, then creates them one at a time.
+func (d *Delegator) delegate(ctx context.Context, claimed []store.ClaimedRequest) {
+	var groups []*group
+	var settle []store.Outcome
+	open := map[int64]*group{} // the group being filled, per batch
+	var size map[*group]int64 = map[*group]int64{}
+	for _, c := range claimed {
+		if typ := d.unsent(c); typ != "" {
+			settle = append(settle, outcome(c, typ, nil))
+			continue
+		}
+		n := itemSize(c)
+		if n+int64(len(bodyHead)+len(bodyTail)) > d.cfg.MaxBatchBytes {
+			settle = append(settle, errored(c, backend.ErrRequestTooLarge, fmt.Sprintf("request is %d bytes, more than an upstream batch may hold (%d)", n, d.cfg.MaxBatchBytes)))
+			continue
+		}
+		g := open[c.BatchSeq]
+		if g == nil || len(g.reqs) >= d.cfg.MaxBatchRequests || size[g]+n > d.cfg.MaxBatchBytes {
+			g = &group{}
+			size[g] = int64(len(bodyHead) + len(bodyTail))
+			open[c.BatchSeq] = g
+			groups = append(groups, g)
+		}
+		g.reqs = append(g.reqs, c)
+		size[g] += n
+	}
+	d.write(ctx, settle)
+	for _, g := range groups {
+		ids := make([]int64, len(g.reqs))
+		for i, c := range g.reqs {
+			ids[i] = c.ID
+		}
+		ub, err := d.st.UpstreamBatchInsert(ctx, store.UpstreamBatchInsertParams{
+			Backend: d.cfg.Name, Owner: d.owner, BatchSeq: g.reqs[0].BatchSeq, RequestIDs: ids, Now: d.cfg.Now(),
+		})
+		if err != nil {
+			// The leases lapse and the requests are rescued and claimed again.
+			d.log.Error("record upstream batch failed", "err", err, "requests", len(ids))
+			g.reqs = nil
+			continue
+		}
+		g.ub = ub
+	}
+	for i, g := range groups {
+		if g.ub != nil {
+			d.send(ctx, g)
+		}
+		groups[i] = nil // release its params
+	}
+}
+
+// unsent is the result type of a claimed request that must not be sent any
+// more, "" if it may be.
+func (d *Delegator) unsent(c store.ClaimedRequest) string {
+	if !d.cfg.Now().Before(c.ExpiresAt) {
+		return store.ResultExpired
+	}
+	if canceling, _ := d.isCanceling(c.BatchSeq); canceling {
+		return store.ResultCanceled
+	}
+	return ""
+}
+
+// send creates one recorded upstream batch, retrying transient failures
+// with capped backoff, and starts polling it.
+func (d *Delegator) send(ctx context.Context, g *group) {
+	wait := d.cfg.PollInterval
+	for {
+		if typ := d.unsent(g.reqs[0]); typ != "" {
+			d.finish(ctx, g.ub, g.reqs, func(c store.ClaimedRequest) store.Outcome { return outcome(c, typ, nil) })
+			return
+		}
+		// A create already on its way is let finish when stopping: cut off,
+		// the upstream may create a batch whose id is never recorded.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.Timeout)
+		b, err := d.up.create(cctx, g.reqs)
+		cancel()
+		if err == nil {
+			if err := d.started(ctx, g.ub, b.ID); err != nil {
+				d.log.Error("record upstream batch id failed; its requests will be sent again after a restart", "upstream_id", b.ID, "err", err)
+				return
+			}
+			d.log.Info("created upstream batch", "upstream_id", b.ID, "requests", len(g.reqs))
+			d.goPoll(ctx, g.ub)
+			return
+		}
+		be := backend.AsError(err)
+		if !be.Transient() {
+			d.log.Error("upstream refused a batch", "err", be.Message, "requests", len(g.reqs))
+			d.finish(ctx, g.ub, g.reqs, func(c store.ClaimedRequest) store.Outcome { return errored(c, be.Type, be.Message) })
+			return
+		}
+		d.log.Warn("create upstream batch failed", "err", be.Message, "retry_in", wait)
+		_, kick := d.isCanceling(g.reqs[0].BatchSeq)
+		if !sleep(ctx, wait, kick) {
+			return // the intent stays recorded; the next start resends
+		}
+		wait = min(2*wait, d.cfg.PollMaxInterval)
+	}
+}
+
+// started records the upstream id, retrying briefly: until it is
+// committed, a crash loses track of the upstream batch.
+func (d *Delegator) started(ctx context.Context, ub *store.UpstreamBatch, upstreamID string) error {
+	var err error
+	for i := range 5 {
+		if err = d.st.UpstreamBatchStart(context.WithoutCancel(ctx), store.UpstreamBatchStartParams{ID: ub.ID, UpstreamID: upstreamID}); err == nil {
+			ub.UpstreamID = upstreamID
+			return nil
+		}
+		time.Sleep(time.Duration(10<<i) * time.Millisecond)
+	}
+	return err
+}
+
+func (d *Delegator) goPoll(ctx context.Context, ub *store.UpstreamBatch) {
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); d.poll(ctx, ub) }()
+}
+
+// poll waits for an upstream batch to end, forwarding a cancel as soon as
+// our batch is canceling, then writes its results back.
+func (d *Delegator) poll(ctx context.Context, ub *store.UpstreamBatch) {
+	wait := d.cfg.PollInterval
+	cancelSent := false
+	for {
+		canceling, kick := d.isCanceling(ub.BatchSeq)
+		if canceling && !cancelSent {
+			if _, err := d.up.cancel(ctx, ub.UpstreamID); err != nil {
+				d.log.Warn("forward cancel failed", "upstream_id", ub.UpstreamID, "err", err)
+			} else {
+				cancelSent = true
+				wait = d.cfg.PollInterval // the end is near
+				d.log.Info("forwarded cancel", "upstream_id", ub.UpstreamID)
+			}
+		}
+		b, err := d.up.get(ctx, ub.UpstreamID)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil && backend.AsError(err).Type == backend.ErrNotFound:
+			// Deleted upstream, or another key's: nothing will ever come.
+			d.finish(ctx, ub, nil, nil)
+			return
+		case err != nil:
+			d.log.Warn("poll upstream batch failed", "upstream_id", ub.UpstreamID, "err", err)
+		case b.ProcessingStatus == "ended":
+			if err := d.collect(ctx, ub); err == nil || ctx.Err() != nil {
+				return
+			} else {
+				d.log.Warn("read upstream results failed", "upstream_id", ub.UpstreamID, "err", err)
+			}
+		}
+		if !sleep(ctx, wait, kick) {
+			return
+		}
+		wait = min(2*wait, d.cfg.PollMaxInterval)
+	}
+}
+
+// maxLine bounds one results line: a Message with a large max_tokens.
+const maxLine = 64 << 20
+
+// writeGroup is how many results go into one store transaction.
+const writeGroup = 512
+
+// collect streams an ended upstream batch's results into ours, in groups.
+// It is safe to repeat after a failure or a crash: requests already settled
+// are no longer listed, and RequestsComplete settles each only once.
+func (d *Delegator) collect(ctx context.Context, ub *store.UpstreamBatch) error {
+	reqs, err := d.st.UpstreamBatchRequests(ctx, ub.ID)
+	if err != nil {
+		return err
+	}
+	byID := make(map[int64]store.ClaimedRequest, len(reqs))
+	for _, c := range reqs {
+		byID[c.ID] = c
+	}
+	body, err := d.up.results(ctx, ub.UpstreamID)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	var group []store.Outcome
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		var r struct {
+			CustomID string          `json:"custom_id"`
+			Result   json.RawMessage `json:"result"`
+		}
+		if err := json.Unmarshal(line, &r); err != nil {
+			return fmt.Errorf("results line: %w", err)
+		}
+		id, ok := requestID(r.CustomID)
+		c, mine := byID[id]
+		if !ok || !mine {
+			continue // settled already, or not ours
+		}
+		delete(byID, id)
+		group = append(group, resultOutcome(c, r.Result))
+		if len(group) >= writeGroup {
+			if err := d.writeOnce(ctx, group); err != nil {
+				return err
+			}
+			group = group[:0]
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("results stream: %w", err)
+	}
+	if err := d.writeOnce(ctx, group); err != nil {
+		return err
+	}
+	missing := make([]store.ClaimedRequest, 0, len(byID))
+	for _, c := range reqs {
+		if _, ok := byID[c.ID]; ok {
+			missing = append(missing, c)
+		}
+	}
+	d.finish(ctx, ub, missing, nil)
+	return nil
+}
+
+// finish settles reqs with how (nil: errored, missing from the upstream's
+// results) and forgets the upstream batch. reqs nil means every request
+// still unsettled.
+func (d *Delegator) finish(ctx context.Context, ub *store.UpstreamBatch, reqs []store.ClaimedRequest, how func(store.ClaimedRequest) store.Outcome) {
+	if reqs == nil {
+		var err error
+		if reqs, err = d.st.UpstreamBatchRequests(ctx, ub.ID); err != nil {
+			d.log.Error("finish upstream batch failed", "err", err)
+			return
+		}
+	}
+	if how == nil {
+		msg := "request missing from the results of upstream batch " + ub.UpstreamID
+		how = func(c store.ClaimedRequest) store.Outcome { return errored(c, backend.ErrAPI, msg) }
+	}
+	outcomes := make([]store.Outcome, 0, len(reqs))
+	for _, c := range reqs {
+		outcomes = append(outcomes, how(c))
+	}
+	for start := 0; start < len(outcomes); start += writeGroup {
+		d.write(ctx, outcomes[start:min(start+writeGroup, len(outcomes))])
+	}
+	if err := d.st.UpstreamBatchDelete(ctx, ub.ID); err != nil && ctx.Err() == nil {
+		d.log.Error("forget upstream batch failed", "err", err)
+	}
+}
+
+func (d *Delegator) writeOnce(ctx context.Context, outcomes []store.Outcome) error {
+	if len(outcomes) == 0 {
+		return nil
+	}
+	changes, err := d.st.RequestsComplete(ctx, store.RequestsCompleteParams{Owner: d.owner, Now: d.cfg.Now(), Outcomes: outcomes})
+	if err != nil {
+		return err
+	}
+	d.emit(changes...)
+	return nil
+}
+
+// write records outcomes, retrying until ctx ends: they are only in memory.
+func (d *Delegator) write(ctx context.Context, outcomes []store.Outcome) {
+	delay := 10 * time.Millisecond
+	for {
+		err := d.writeOnce(ctx, outcomes)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		d.log.Error("complete failed", "err", err, "retry_in", delay)
+		if !sleep(ctx, delay, nil) {
+			return
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// resultOutcome turns an upstream result object into ours: succeeded and
+// errored keep the upstream object as it came (compacted onto one line);
+// canceled and expired carry none.
+func resultOutcome(c store.ClaimedRequest, result json.RawMessage) store.Outcome {
+	var head struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(result, &head) != nil {
+		return errored(c, backend.ErrAPI, "upstream result is not a JSON object")
+	}
+	switch head.Type {
+	case store.ResultSucceeded, store.ResultErrored:
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, result); err != nil {
+			return errored(c, backend.ErrAPI, "upstream result is not valid JSON")
+		}
+		return outcome(c, head.Type, buf.Bytes())
+	case store.ResultCanceled, store.ResultExpired:
+		return outcome(c, head.Type, nil)
+	}
+	return errored(c, backend.ErrAPI, fmt.Sprintf("upstream result has unknown type %q", head.Type))
+}
+
+func outcome(c store.ClaimedRequest, typ string, result json.RawMessage) store.Outcome {
+	return store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: typ, Result: result}
+}
+
+func errored(c store.ClaimedRequest, typ, msg string) store.Outcome {
+	inner, _ := json.Marshal(struct {
+		Type    string `json:"type"`
+		Message string `json:"message"`
+	}{typ, msg})
+	res := append(append([]byte(`{"type":"errored","error":{"type":"error","error":`), inner...), `,"request_id":null}}`...)
+	return outcome(c, store.ResultErrored, res)
+}
