@@ -297,11 +297,29 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	if r.ContentLength > a.svc.Config().MaxBodyBytes {
 		return &batch.Error{Kind: batch.KindTooLarge, Message: fmt.Sprintf("request body of %d bytes is over the %d-byte limit for a message batch", r.ContentLength, a.svc.Config().MaxBodyBytes)}
 	}
-	b, err := a.svc.Create(r.Context(), workspace(r), r.Body)
+	b, err := a.svc.Create(r.Context(), workspace(r), betas(r.Header), r.Body)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, a.wire(r, b))
+}
+
+// betas collects anthropic-beta values, sent as one comma-joined header
+// (TypeScript, Python) or several (Go), without the batches beta itself,
+// which only selected the endpoint.
+func betas(h http.Header) []string {
+	var out []string
+	seen := map[string]bool{"message-batches-2024-09-24": true}
+	for _, v := range h.Values("anthropic-beta") {
+		for _, b := range strings.Split(v, ",") {
+			b = strings.TrimSpace(b)
+			if b != "" && !seen[b] && !strings.ContainsAny(b, ",\r\n") {
+				seen[b] = true
+				out = append(out, b)
+			}
+		}
+	}
+	return out
 }
 
 func (a *API) get(w http.ResponseWriter, r *http.Request) error {

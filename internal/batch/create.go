@@ -52,11 +52,15 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 // "requests.0.custom_id: String should have at most 64 characters".
 // Validation inside params is left to the dispatcher (errored results), as
 // on Anthropic's API.
-func (s *Service) Create(ctx context.Context, workspace string, body io.Reader) (*store.Batch, error) {
+//
+// betas are the create request's anthropic-beta values; backends that speak
+// to Anthropic send them with every request of the batch.
+func (s *Service) Create(ctx context.Context, workspace string, betas []string, body io.Reader) (*store.Batch, error) {
 	now := s.cfg.Now()
 	b, err := s.store.BatchInsert(ctx, store.BatchInsertParams{
 		ID:            NewID("msgbatch_"),
 		Workspace:     workspace,
+		Betas:         betas,
 		CreatedAt:     now,
 		ExpiresAt:     now.Add(s.cfg.ExpireAfter),
 		MaxInProgress: s.cfg.MaxInProgress,

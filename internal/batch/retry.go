@@ -29,6 +29,7 @@ func (s *Service) Retry(ctx context.Context, workspace, id string) (*store.Batch
 	b, err := s.store.BatchInsert(ctx, store.BatchInsertParams{
 		ID:            NewID("msgbatch_"),
 		Workspace:     workspace,
+		Betas:         src.Betas,
 		CreatedAt:     now,
 		ExpiresAt:     now.Add(s.cfg.ExpireAfter),
 		MaxInProgress: s.cfg.MaxInProgress,

@@ -60,7 +60,7 @@ type upstreamBatch struct {
 // do sends one request and returns the response when it is a 2xx; any other
 // answer, or none, is a *backend.Error whose Transient says whether trying
 // again may help.
-func (c *client) do(ctx context.Context, method, path string, body io.Reader, size int64) (*http.Response, error) {
+func (c *client) do(ctx context.Context, method, path string, body io.Reader, size int64, betas ...string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+"/v1/messages/batches"+path, body)
 	if err != nil {
 		return nil, &backend.Error{Type: backend.ErrInvalidRequest, Message: "upstream: " + c.redact.Replace(err.Error())}
@@ -71,6 +71,9 @@ func (c *client) do(ctx context.Context, method, path string, body io.Reader, si
 	}
 	req.Header.Set("X-Api-Key", c.key)
 	req.Header.Set("Anthropic-Version", c.version)
+	if len(betas) > 0 {
+		req.Header.Set("Anthropic-Beta", strings.Join(betas, ","))
+	}
 	res, err := c.hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -114,12 +117,18 @@ func (c *client) do(ctx context.Context, method, path string, body io.Reader, si
 	return nil, &backend.Error{Type: typ, Status: res.StatusCode, Message: "upstream: " + c.redact.Replace(msg)}
 }
 
-// create sends one upstream batch, streaming its body from reqs.
+// create sends one upstream batch, streaming its body from reqs, with
+// their batch's anthropic-beta values (an upstream batch never mixes two
+// of our batches).
 func (c *client) create(ctx context.Context, reqs []store.ClaimedRequest) (*upstreamBatch, error) {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(writeBody(pw, reqs)) }()
 	defer pr.Close()
-	res, err := c.do(ctx, http.MethodPost, "", pr, bodySize(reqs))
+	var betas []string
+	if len(reqs) > 0 {
+		betas = reqs[0].Betas
+	}
+	res, err := c.do(ctx, http.MethodPost, "", pr, bodySize(reqs), betas...)
 	if err != nil {
 		return nil, err
 	}

@@ -495,7 +495,7 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
-		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt})
+		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas})
 		cancel()
 		if runCtx.Err() != nil {
 			// Abandoned by Stop: the attempt did not really fail.

@@ -23,15 +23,17 @@ const upstreamKey = "sk-ant-upstream-secret-42"
 // fakeAnthropic is an upstream Messages API: it echoes the model, fails on
 // cue (the prompt says "fail-400" or "flaky"), and records what it saw.
 type fakeAnthropic struct {
-	flaky    atomic.Int64
-	mu       sync.Mutex
-	keysSeen []string
+	flaky     atomic.Int64
+	mu        sync.Mutex
+	keysSeen  []string
+	betasSeen []string
 }
 
 func (f *fakeAnthropic) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	f.mu.Lock()
 	f.keysSeen = append(f.keysSeen, r.Header.Get("x-api-key"))
+	f.betasSeen = append(f.betasSeen, r.Header.Get("anthropic-beta"))
 	f.mu.Unlock()
 	var p struct {
 		Model string `json:"model"`
@@ -101,7 +103,8 @@ func TestRoutingToRealBackends(t *testing.T) {
 		req("llama", "llama-3", "hello"),
 		req("gpt", "gpt-4o", "hello"),
 		req("nomatch", "mistral-7b", "hello"),
-	), "x-api-key", "client-key-must-not-go-upstream")
+	), "x-api-key", "client-key-must-not-go-upstream",
+		"anthropic-beta", "feature-a-2025-01-01,message-batches-2024-09-24", "anthropic-beta", "feature-b-2026-02-02")
 	waitEndedRaw(t, ts.URL, b.ID, 20*time.Second)
 	res := resultsRaw(t, ts.URL, b.ID, "")
 
@@ -128,6 +131,13 @@ func TestRoutingToRealBackends(t *testing.T) {
 	for _, k := range up.keysSeen {
 		if k != upstreamKey {
 			t.Errorf("upstream got key %q, want the server's upstream key", k)
+		}
+	}
+	// The create's betas, from one comma-joined and one separate header,
+	// reach the upstream with each request; the batches beta does not.
+	for _, b := range up.betasSeen {
+		if b != "feature-a-2025-01-01,feature-b-2026-02-02" {
+			t.Errorf("upstream got anthropic-beta %q", b)
 		}
 	}
 	up.mu.Unlock()

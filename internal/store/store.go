@@ -64,6 +64,8 @@ type Batch struct {
 	EndedAt           *time.Time
 	CancelInitiatedAt *time.Time
 	ArchivedAt        *time.Time
+	// Betas are the anthropic-beta values the batch was created with.
+	Betas []string
 }
 
 // BatchInsertParams starts a batch in StatusCreating.
@@ -72,6 +74,9 @@ type BatchInsertParams struct {
 	Workspace string
 	CreatedAt time.Time
 	ExpiresAt time.Time
+	// Betas are the anthropic-beta values of the create request, forwarded
+	// by backends that speak to Anthropic.
+	Betas []string
 	// MaxInProgress caps batches not yet ended in the workspace, creating ones
 	// included; 0 means no cap. Over it the insert fails with ErrTooManyBatches.
 	MaxInProgress int
@@ -143,6 +148,7 @@ type ClaimedRequest struct {
 	ID        int64
 	BatchID   string
 	BatchSeq  int64
+	Betas     []string // the batch's anthropic-beta values
 	CustomID  string
 	Params    json.RawMessage
 	Attempt   int

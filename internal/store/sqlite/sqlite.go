@@ -42,7 +42,7 @@ type Store struct {
 // Hot statements, prepared once at Open so that the claim and complete paths
 // never pay for parsing SQL.
 const (
-	qOpenBatches = `SELECT seq, id, expires_at FROM batches
+	qOpenBatches = `SELECT seq, id, expires_at, betas FROM batches
 		WHERE status != 'ended' AND status = 'in_progress' AND expires_at > ?
 		ORDER BY last_claimed_at, seq`
 	qClaim = `UPDATE tasks SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
@@ -270,18 +270,26 @@ func fromNullMicros(v sql.NullInt64) *time.Time {
 }
 
 const batchCols = `seq, id, workspace, status, total, n_succeeded, n_errored, n_canceled, n_expired,
-	created_at, expires_at, ended_at, cancel_initiated_at, archived_at`
+	created_at, expires_at, ended_at, cancel_initiated_at, archived_at, betas`
 
 type scanner interface{ Scan(dest ...any) error }
+
+func splitBetas(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
 
 func scanBatch(row scanner) (*store.Batch, error) {
 	var (
 		b                         store.Batch
 		created, expires          int64
 		ended, cancelInit, archiv sql.NullInt64
+		betas                     string
 	)
 	err := row.Scan(&b.Seq, &b.ID, &b.Workspace, &b.Status, &b.Total, &b.Counts.Succeeded, &b.Counts.Errored,
-		&b.Counts.Canceled, &b.Counts.Expired, &created, &expires, &ended, &cancelInit, &archiv)
+		&b.Counts.Canceled, &b.Counts.Expired, &created, &expires, &ended, &cancelInit, &archiv, &betas)
 	if err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, store.ErrNotFound
@@ -293,6 +301,7 @@ func scanBatch(row scanner) (*store.Batch, error) {
 	b.EndedAt = fromNullMicros(ended)
 	b.CancelInitiatedAt = fromNullMicros(cancelInit)
 	b.ArchivedAt = fromNullMicros(archiv)
+	b.Betas = splitBetas(betas)
 	b.Counts.Processing = b.Total - b.Counts.Succeeded - b.Counts.Errored - b.Counts.Canceled - b.Counts.Expired
 	return &b, nil
 }
@@ -311,8 +320,8 @@ func (s *Store) BatchInsert(ctx context.Context, p store.BatchInsertParams) (*st
 			}
 		}
 		var err error
-		b, err = scanBatch(tx.QueryRowContext(ctx, `INSERT INTO batches (id, workspace, status, created_at, expires_at)
-			VALUES (?, ?, 'creating', ?, ?) RETURNING `+batchCols, p.ID, p.Workspace, micros(p.CreatedAt), micros(p.ExpiresAt)))
+		b, err = scanBatch(tx.QueryRowContext(ctx, `INSERT INTO batches (id, workspace, status, created_at, expires_at, betas)
+			VALUES (?, ?, 'creating', ?, ?, ?) RETURNING `+batchCols, p.ID, p.Workspace, micros(p.CreatedAt), micros(p.ExpiresAt), strings.Join(p.Betas, ",")))
 		return err
 	})
 	if err != nil {
@@ -731,6 +740,7 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 		seq     int64
 		id      string
 		expires int64
+		betas   []string
 	}
 	rows, err := s.stmt(ctx, tx, qOpenBatches).QueryContext(ctx, micros(p.Now))
 	if err != nil {
@@ -739,10 +749,12 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 	var batches []open
 	for rows.Next() {
 		var b open
-		if err := rows.Scan(&b.seq, &b.id, &b.expires); err != nil {
+		var betas string
+		if err := rows.Scan(&b.seq, &b.id, &b.expires, &betas); err != nil {
 			rows.Close()
 			return nil, err
 		}
+		b.betas = splitBetas(betas)
 		batches = append(batches, b)
 	}
 	rows.Close()
@@ -766,7 +778,7 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 			}
 			got := 0
 			for rows.Next() {
-				c := store.ClaimedRequest{BatchID: b.id, BatchSeq: b.seq, ExpiresAt: fromMicros(b.expires)}
+				c := store.ClaimedRequest{BatchID: b.id, BatchSeq: b.seq, Betas: b.betas, ExpiresAt: fromMicros(b.expires)}
 				if err := rows.Scan(&c.ID, &c.Attempt); err != nil {
 					rows.Close()
 					return nil, err

@@ -858,3 +858,24 @@ func testUpstreamBatches(t *testing.T, b *bundle) {
 		t.Fatalf("abandon of a canceling batch's intent: %+v %v", chs, err)
 	}
 }
+
+func testBetas(t *testing.T, b *bundle) {
+	bt, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: "msgbatch_betas", Workspace: "w", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour),
+		Betas: []string{"a-2025", "b-2026"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.st.RequestsInsert(b.ctx, store.RequestsInsertParams{BatchSeq: bt.Seq, Requests: []store.NewRequest{{CustomID: "r", Params: json.RawMessage(`{}`)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.st.BatchPublish(b.ctx, store.BatchPublishParams{BatchSeq: bt.Seq, Total: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.get(t, bt).Betas; fmt.Sprint(got) != "[a-2025 b-2026]" {
+		t.Fatalf("batch betas %v", got)
+	}
+	c := b.claim(t, "o", 1, t0)
+	if len(c) != 1 || fmt.Sprint(c[0].Betas) != "[a-2025 b-2026]" {
+		t.Fatalf("claimed %+v", c)
+	}
+}
