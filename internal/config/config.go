@@ -62,6 +62,7 @@ type Backend struct {
 	Concurrency           int  `toml:"concurrency"`
 	MaxConcurrency        int  `toml:"max_concurrency"`
 	FixedConcurrency      bool `toml:"fixed_concurrency"`
+	HalveOn429            bool `toml:"halve_on_429"`
 	RequestsPerMinute     int  `toml:"requests_per_minute"`
 	InputTokensPerMinute  int  `toml:"input_tokens_per_minute"`
 	OutputTokensPerMinute int  `toml:"output_tokens_per_minute"`
@@ -239,7 +240,7 @@ func (c *Config) Build(defaultConcurrency int, getenv func(string) string) (*Bui
 			continue
 		}
 		lim := ratelimit.New(inner, ratelimit.Limits{
-			Concurrency: conc, MaxConcurrency: b.MaxConcurrency, Fixed: b.FixedConcurrency,
+			Concurrency: conc, MaxConcurrency: b.MaxConcurrency, Fixed: b.FixedConcurrency, HalveOn429: b.HalveOn429,
 			RequestsPerMinute: b.RequestsPerMinute, InputTokensPerMinute: b.InputTokensPerMinute, OutputTokensPerMinute: b.OutputTokensPerMinute,
 		})
 		out.Limiters[b.Name] = lim

@@ -30,6 +30,9 @@ type Limits struct {
 	MaxConcurrency int
 	// Fixed turns adaptive concurrency off: Concurrency is then the limit.
 	Fixed bool
+	// HalveOn429 makes a 429 halve the limit, as a 529 does (classic AIMD),
+	// instead of stepping it towards what the upstream accepted.
+	HalveOn429 bool
 	// RequestsPerMinute, InputTokensPerMinute and OutputTokensPerMinute are
 	// the upstream's limits.
 	RequestsPerMinute     int
@@ -61,11 +64,17 @@ type Limiter struct {
 	window    time.Duration
 	wmax      float64 // calls the upstream accepted when it last throttled; 0 before
 	paused    time.Time
-	rpm       *bucket
-	itpm      *bucket
-	otpm      *bucket
-	throttled int64
-	lastErr   string
+	// spacing, until spacingUntil, is the least time between two calls
+	// while the upstream's requests budget runs low; nextAt is the earliest
+	// the next call may go.
+	spacing      time.Duration
+	spacingUntil time.Time
+	nextAt       time.Time
+	rpm          *bucket
+	itpm         *bucket
+	otpm         *bucket
+	throttled    int64
+	lastErr      string
 }
 
 // New wraps inner.
@@ -147,12 +156,17 @@ func (l *Limiter) acquire(ctx context.Context, inTok, outTok int) error {
 		wait := time.Duration(0)
 		if l.paused.After(now) {
 			wait = l.paused.Sub(now)
+		} else if l.nextAt.After(now) {
+			wait = l.nextAt.Sub(now)
 		} else if float64(l.inFlight) < l.limit {
 			wait = max(l.rpm.wait(1, now), l.itpm.wait(inTok, now), l.otpm.wait(outTok, now))
 			if wait == 0 {
 				l.rpm.take(1, now)
 				l.itpm.take(inTok, now)
 				l.otpm.take(outTok, now)
+				if now.Before(l.spacingUntil) {
+					l.nextAt = now.Add(l.spacing)
+				}
 				l.inFlight++
 				l.mu.Unlock()
 				return nil
@@ -233,7 +247,7 @@ func (l *Limiter) cut(now time.Time, typ string) {
 	accepted := float64(max(1, l.inFlight))
 	l.wmax = accepted
 	l.successes = 0
-	if typ == backend.ErrOverloaded {
+	if typ == backend.ErrOverloaded || l.limits.HalveOn429 {
 		if now.Sub(l.cutAt) >= l.window {
 			l.cutAt = now
 			l.limit = max(1, l.limit/2)
@@ -270,24 +284,31 @@ func (l *Limiter) grow() {
 	l.limit = min(l.limit, float64(l.limits.MaxConcurrency))
 }
 
-// observe reads anthropic-ratelimit-* headers: when the upstream says a
-// budget is spent until a reset time, pause until then instead of being
-// told with a 429.
+// observe reads anthropic-ratelimit-* headers to pace before a limit is
+// hit: when the requests budget runs low (under a tenth of its limit), the
+// remaining requests are spread evenly until its reset; when any budget is
+// spent, the backend pauses until that budget's reset instead of being told
+// with a 429.
 func (l *Limiter) observe(h http.Header) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
 	for _, kind := range []string{"requests", "input-tokens", "output-tokens", "tokens"} {
-		rem := h.Get("anthropic-ratelimit-" + kind + "-remaining")
-		if rem == "" {
+		rem, err := strconv.ParseInt(h.Get("anthropic-ratelimit-"+kind+"-remaining"), 10, 64)
+		if err != nil {
 			continue
 		}
-		n, err := strconv.ParseInt(rem, 10, 64)
-		if err != nil || n > 0 {
+		reset, err := time.Parse(time.RFC3339, h.Get("anthropic-ratelimit-"+kind+"-reset"))
+		if err != nil || !reset.After(now) {
 			continue
 		}
-		if reset, err := time.Parse(time.RFC3339, h.Get("anthropic-ratelimit-"+kind+"-reset")); err == nil && reset.After(now) {
+		if rem <= 0 {
 			l.paused = maxTime(l.paused, reset)
+			continue
+		}
+		limit, _ := strconv.ParseInt(h.Get("anthropic-ratelimit-"+kind+"-limit"), 10, 64)
+		if kind == "requests" && limit > 0 && rem*10 < limit {
+			l.spacing, l.spacingUntil = reset.Sub(now)/time.Duration(rem), reset
 		}
 	}
 }

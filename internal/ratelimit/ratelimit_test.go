@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -169,7 +170,7 @@ func BenchmarkWrongGuess(b *testing.B) {
 			for range b.N {
 				f := &fake{capacity: c, latency: lat}
 				// start == c is the baseline: a fixed, perfect guess.
-				l := New(f, Limits{Concurrency: start, Fixed: start == c})
+				l := New(f, Limits{Concurrency: start, Fixed: start == c, HalveOn429: os.Getenv("HALVE_ON_429") != ""})
 				t0 := time.Now()
 				var wg sync.WaitGroup
 				for range n {
@@ -181,5 +182,43 @@ func BenchmarkWrongGuess(b *testing.B) {
 				b.ReportMetric(float64(f.rejected.Load())/float64(f.calls.Load()), "throttled_share")
 			}
 		})
+	}
+}
+
+func TestLowRequestsBudgetSpreadsCalls(t *testing.T) {
+	t.Parallel()
+	h := http.Header{}
+	h.Set("anthropic-ratelimit-requests-limit", "1000")
+	h.Set("anthropic-ratelimit-requests-remaining", "5") // under a tenth
+	h.Set("anthropic-ratelimit-requests-reset", time.Now().Add(500*time.Millisecond).UTC().Format(time.RFC3339Nano))
+	f := &fake{latency: time.Millisecond, header: h}
+	l := New(f, Limits{Concurrency: 10})
+	run(t, l, 1) // learns the budget
+	start := time.Now()
+	run(t, l, 3)
+	// 5 left over 500ms: one call every ~100ms.
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Fatalf("3 calls on a nearly spent budget took %s; they should be spread out", took)
+	}
+}
+
+func TestHalveOn429(t *testing.T) {
+	t.Parallel()
+	l := New(&fake{}, Limits{Concurrency: 32, HalveOn429: true})
+	l.inFlight = 1
+	l.release(time.Now(), 1, 1, nil, &backend.Error{Type: backend.ErrRateLimit})
+	if got := l.Stats().Concurrency; got != 16 {
+		t.Fatalf("limit %d after a 429 with HalveOn429, want 16", got)
+	}
+	l2 := New(&fake{}, Limits{Concurrency: 32})
+	l2.inFlight = 21
+	l2.release(time.Now(), 1, 1, nil, &backend.Error{Type: backend.ErrRateLimit})
+	if got := l2.Stats().Concurrency; got != 31 {
+		t.Fatalf("limit %d after a 429 by default, want one step down to 31", got)
+	}
+	l2.inFlight = 1
+	l2.release(time.Now(), 1, 1, nil, &backend.Error{Type: backend.ErrOverloaded})
+	if got := l2.Stats().Concurrency; got != 15 {
+		t.Fatalf("limit %d after a 529, want halved to 15", got)
 	}
 }
