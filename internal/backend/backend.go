@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net/http"
 	"path"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -158,4 +160,40 @@ func (r *Router) Lookup(model string) (Backend, error) {
 		}
 	}
 	return nil, &Error{Type: ErrInvalidRequest, Status: 400, Message: fmt.Sprintf("model: no backend serves %q", model)}
+}
+
+// MaxRetryAfter bounds what an upstream may ask us to wait, so a broken
+// header cannot park a request for days.
+const MaxRetryAfter = time.Hour
+
+// RetryAfter reads retry-after-ms (preferred, as the SDKs do) or
+// retry-after in seconds or as an HTTP date, bounded to [0, MaxRetryAfter].
+// An unparsable header counts as absent.
+func RetryAfter(h http.Header, now time.Time) time.Duration {
+	if v := strings.TrimSpace(h.Get("Retry-After-Ms")); v != "" {
+		if ms, err := strconv.ParseFloat(v, 64); err == nil {
+			return durationOf(ms, time.Millisecond)
+		}
+	}
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.ParseFloat(v, 64); err == nil {
+		return durationOf(s, time.Second)
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return min(max(t.Sub(now), 0), MaxRetryAfter)
+	}
+	return 0
+}
+
+func durationOf(n float64, unit time.Duration) time.Duration {
+	if n != n || n <= 0 { // NaN or not in the future
+		return 0
+	}
+	if n*float64(unit) >= float64(MaxRetryAfter) {
+		return MaxRetryAfter
+	}
+	return time.Duration(n * float64(unit))
 }

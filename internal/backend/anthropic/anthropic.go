@@ -49,9 +49,6 @@ const (
 )
 
 const (
-	// maxRetryAfter bounds what an upstream may ask us to wait, so a broken
-	// or hostile header cannot park a request for days.
-	maxRetryAfter = time.Hour
 	// maxBody bounds how much of one response is held in memory. A Message is
 	// far smaller; anything bigger is a broken upstream.
 	maxBody = 64 << 20
@@ -243,7 +240,7 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 
 // response turns a fully read upstream response into the call's result.
 func (b *Backend) response(ex *exchange) (json.RawMessage, error) {
-	retryAfter := parseRetryAfter(ex.header, time.Now())
+	retryAfter := backend.RetryAfter(ex.header, time.Now())
 	if ex.status >= 200 && ex.status < 300 {
 		return b.message(ex)
 	}
@@ -358,41 +355,6 @@ func parseEnvelope(body []byte) (typ, msg string) {
 	}
 	return env.Error.Type, env.Error.Message
 }
-
-// parseRetryAfter reads retry-after-ms (preferred, as the SDKs do) or
-// retry-after in seconds or as an HTTP date, bounded to [0, maxRetryAfter].
-// An unparsable header counts as absent.
-func parseRetryAfter(h http.Header, now time.Time) time.Duration {
-	if v := strings.TrimSpace(h.Get("Retry-After-Ms")); v != "" {
-		if ms, err := strconv.ParseFloat(v, 64); err == nil {
-			return durationOf(ms, time.Millisecond)
-		}
-	}
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.ParseFloat(v, 64); err == nil {
-		return durationOf(s, time.Second)
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return clampRetry(t.Sub(now))
-	}
-	return 0
-}
-
-// durationOf converts n units to a duration without overflowing.
-func durationOf(n float64, unit time.Duration) time.Duration {
-	if n != n || n <= 0 { // NaN or not in the future
-		return 0
-	}
-	if n*float64(unit) >= float64(maxRetryAfter) {
-		return maxRetryAfter
-	}
-	return time.Duration(n * float64(unit))
-}
-
-func clampRetry(d time.Duration) time.Duration { return min(max(d, 0), maxRetryAfter) }
 
 // joinBetas comma-joins the non-empty beta values, as the TS and Python SDKs
 // send them.

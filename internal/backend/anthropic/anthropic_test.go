@@ -680,8 +680,8 @@ func TestParseRetryAfter(t *testing.T) {
 			for k, v := range tt.header {
 				h.Set(k, v)
 			}
-			if got := parseRetryAfter(h, now); got != tt.want {
-				t.Errorf("parseRetryAfter(%v) = %v, want %v", tt.header, got, tt.want)
+			if got := backend.RetryAfter(h, now); got != tt.want {
+				t.Errorf("RetryAfter(%v) = %v, want %v", tt.header, got, tt.want)
 			}
 		})
 	}

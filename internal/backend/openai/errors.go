@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -21,7 +20,7 @@ func (b *Backend) statusError(status int, header http.Header, body []byte) error
 	if msg == "" {
 		msg = fmt.Sprintf("upstream %s answered HTTP %d %s", b.name, status, http.StatusText(status))
 	}
-	e := &backend.Error{Status: status, Message: clip(b.redact(msg)), RetryAfter: retryAfter(header, time.Now())}
+	e := &backend.Error{Status: status, Message: clip(b.redact(msg)), RetryAfter: backend.RetryAfter(header, time.Now())}
 	switch {
 	case status == 400 || status == 422:
 		e.Type = backend.ErrInvalidRequest
@@ -123,31 +122,6 @@ func upstreamMessage(body []byte) (msg, code string) {
 		return strings.Join(parts, "; "), ""
 	}
 	return "", ""
-}
-
-// retryAfter reads how long the upstream asked us to wait: OpenAI's
-// retry-after-ms first, since it is the more precise, then the standard
-// Retry-After in seconds or as an HTTP date. Zero means no usable hint.
-func retryAfter(h http.Header, now time.Time) time.Duration {
-	if v := strings.TrimSpace(h.Get("Retry-After-Ms")); v != "" {
-		if ms, err := strconv.ParseFloat(v, 64); err == nil && ms > 0 && ms < 1e12 {
-			return time.Duration(ms * float64(time.Millisecond))
-		}
-	}
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseFloat(v, 64); err == nil {
-		if secs > 0 && secs < 1e9 {
-			return time.Duration(secs * float64(time.Second))
-		}
-		return 0
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(t.Sub(now), 0)
-	}
-	return 0
 }
 
 // clip bounds an upstream message at a rune boundary.

@@ -923,7 +923,7 @@ func TestRetryAfterParsing(t *testing.T) {
 		if tt.secs != "" {
 			h.Set("retry-after", tt.secs)
 		}
-		if got := retryAfter(h, now); got != tt.want {
+		if got := backend.RetryAfter(h, now); got != tt.want {
 			t.Errorf("retryAfter(ms=%q, s=%q) = %s, want %s", tt.ms, tt.secs, got, tt.want)
 		}
 	}
