@@ -7,12 +7,12 @@ package batch
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/batchd/batchd/internal/ids"
 	"github.com/batchd/batchd/internal/store"
 )
 
@@ -140,23 +140,9 @@ func mapStore(err error, id string) error {
 	return err
 }
 
-const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
 // NewID returns prefix followed by "01" and 22 random base-62 characters,
 // the shape of Anthropic's ids (msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d).
-func NewID(prefix string) string {
-	b := make([]byte, 0, len(prefix)+24)
-	b = append(b, prefix...)
-	b = append(b, '0', '1')
-	var buf [22]byte
-	if _, err := rand.Read(buf[:]); err != nil {
-		panic(err) // crypto/rand never fails on supported platforms
-	}
-	for _, c := range buf {
-		b = append(b, base62[int(c)%62])
-	}
-	return string(b)
-}
+func NewID(prefix string) string { return ids.New(prefix) }
 
 // Get returns one batch of the workspace.
 func (s *Service) Get(ctx context.Context, workspace, id string) (*store.Batch, error) {

@@ -301,6 +301,69 @@ type UpstreamBatchAbandonParams struct {
 	Now time.Time
 }
 
+// Event types, in Anthropic's webhook naming.
+const (
+	EventBatchCreated   = "message_batch.created"
+	EventBatchCanceling = "message_batch.canceling"
+	EventBatchEnded     = "message_batch.ended"
+)
+
+// Event is one change of a batch, written to the outbox in the transaction
+// that made the change.
+type Event struct {
+	Seq       int64 // orders a workspace's events
+	ID        string
+	Workspace string
+	BatchID   string
+	Type      string
+	CreatedAt time.Time
+	// Batch is the batch as the change left it.
+	Batch *Batch
+}
+
+// EventsListParams pages a workspace's events in order.
+type EventsListParams struct {
+	Workspace string
+	AfterSeq  int64
+	Limit     int
+}
+
+// WebhookEndpoint is a receiver of a workspace's events.
+type WebhookEndpoint struct {
+	ID          string
+	Workspace   string
+	URL         string
+	Description string
+	// EventTypes filters the events sent; empty means all.
+	EventTypes []string
+	// Secret is sealed (encrypted with the server key); so is
+	// PreviousSecret, which signs too until PreviousExpiresAt (rotation).
+	Secret            string
+	PreviousSecret    string
+	PreviousExpiresAt *time.Time
+	Enabled           bool
+	DisabledReason    string
+	FailingSince      *time.Time
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+}
+
+// WebhookEndpointUpdateParams changes an endpoint; nil fields stay.
+type WebhookEndpointUpdateParams struct {
+	Workspace   string
+	ID          string
+	Now         time.Time
+	URL         *string
+	Description *string
+	EventTypes  *[]string
+	Enabled     *bool
+	// DisabledReason goes with Enabled = false.
+	DisabledReason string
+	// Rotate replaces the secret, keeping the old one until PreviousUntil.
+	Rotate        *string
+	PreviousUntil time.Time
+}
+
 // Store is every storage verb batchd needs.
 type Store interface {
 	BatchInsert(ctx context.Context, p BatchInsertParams) (*Batch, error)
@@ -361,6 +424,17 @@ type Store interface {
 	// written; it fails with ErrConflict while any of its requests is
 	// unsettled.
 	UpstreamBatchDelete(ctx context.Context, id int64) error
+
+	// EventsList pages a workspace's events after AfterSeq, oldest first.
+	EventsList(ctx context.Context, p EventsListParams) ([]*Event, error)
+
+	WebhookEndpointCreate(ctx context.Context, e *WebhookEndpoint) error
+	WebhookEndpointGet(ctx context.Context, workspace, id string) (*WebhookEndpoint, error)
+	WebhookEndpointList(ctx context.Context, workspace string) ([]*WebhookEndpoint, error)
+	WebhookEndpointUpdate(ctx context.Context, p WebhookEndpointUpdateParams) (*WebhookEndpoint, error)
+	WebhookEndpointDelete(ctx context.Context, workspace, id string) error
+	// DeliveriesPending counts an endpoint's deliveries not yet settled.
+	DeliveriesPending(ctx context.Context, endpointID string) (int, error)
 
 	KeyCreate(ctx context.Context, p KeyCreateParams) (*Key, error)
 	KeyList(ctx context.Context) ([]*Key, error)

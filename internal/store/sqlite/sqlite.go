@@ -11,6 +11,7 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -21,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/batchd/batchd/internal/ids"
 	"github.com/batchd/batchd/internal/store"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -396,7 +398,10 @@ func (s *Store) BatchPublish(ctx context.Context, p store.BatchPublishParams) (*
 		var err error
 		b, err = scanBatch(tx.QueryRowContext(ctx, `UPDATE batches SET status = 'in_progress', total = ?
 			WHERE seq = ? AND status = 'creating' RETURNING `+batchCols, p.Total, p.BatchSeq))
-		return err
+		if err != nil {
+			return err
+		}
+		return recordEvent(ctx, tx, b, store.EventBatchCreated, b.CreatedAt)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("publish batch: %w", err)
@@ -560,6 +565,9 @@ func (s *Store) settle(ctx context.Context, tx *sql.Tx, seq int64, d counts, now
 	}
 	b, err := scanBatch(s.stmt(ctx, tx, qEndIfDone).QueryRowContext(ctx, micros(now), seq))
 	if err == nil {
+		if err := recordEvent(ctx, tx, b, store.EventBatchEnded, now); err != nil {
+			return nil, err
+		}
 		return &store.BatchChange{Batch: b, Ended: true}, nil
 	}
 	if !errors.Is(err, store.ErrNotFound) {
@@ -588,8 +596,12 @@ func (s *Store) BatchCancel(ctx context.Context, p store.BatchCancelParams) (*st
 			ch = &store.BatchChange{Batch: b}
 			return nil
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE batches SET status = 'canceling', cancel_initiated_at = ? WHERE seq = ?`,
-			micros(p.Now), b.Seq); err != nil {
+		canceling, err := scanBatch(tx.QueryRowContext(ctx, `UPDATE batches SET status = 'canceling', cancel_initiated_at = ?
+			WHERE seq = ? RETURNING `+batchCols, micros(p.Now), b.Seq))
+		if err != nil {
+			return err
+		}
+		if err := recordEvent(ctx, tx, canceling, store.EventBatchCanceling, p.Now); err != nil {
 			return err
 		}
 		n, err := settlePending(ctx, tx, b.Seq, `'canceled'`, `NULL`, "")
@@ -617,6 +629,213 @@ func settlePending(ctx context.Context, tx *sql.Tx, seq int64, typeExpr, resultE
 	n, _ := res.RowsAffected()
 	if _, err := tx.ExecContext(ctx, `DELETE FROM tasks WHERE batch_seq = ? AND state = 0`+strings.ReplaceAll(cond, "t.", ""), seq); err != nil {
 		return 0, err
+	}
+	return n, nil
+}
+
+// recordEvent writes the event of a batch change to the outbox, with one
+// delivery per enabled endpoint of the workspace that wants its type, in
+// the transaction of the change itself: the change and its notification
+// commit together or not at all. The (batch, type) key makes a replayed
+// transition write nothing.
+func recordEvent(ctx context.Context, tx *sql.Tx, b *store.Batch, typ string, now time.Time) error {
+	data, err := json.Marshal(b)
+	if err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO events (id, workspace, batch_id, type, created_at, data) VALUES (?, ?, ?, ?, ?, ?)`,
+		ids.New("evt_"), b.Workspace, b.ID, typ, micros(now), data)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return nil
+	}
+	seq, err := res.LastInsertId()
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO deliveries (event_seq, endpoint_id, next_at)
+		SELECT ?, id, ? FROM webhook_endpoints WHERE workspace = ? AND enabled = 1
+		AND (event_types = '' OR instr(',' || event_types || ',', ',' || ? || ',') > 0)`, seq, micros(now), b.Workspace, typ)
+	return err
+}
+
+// EventsList implements store.Store.
+func (s *Store) EventsList(ctx context.Context, p store.EventsListParams) ([]*store.Event, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT seq, id, workspace, batch_id, type, created_at, data FROM events
+		WHERE workspace = ? AND seq > ? ORDER BY seq LIMIT ?`, p.Workspace, p.AfterSeq, p.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("list events: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Event
+	for rows.Next() {
+		var e store.Event
+		var created int64
+		var data []byte
+		if err := rows.Scan(&e.Seq, &e.ID, &e.Workspace, &e.BatchID, &e.Type, &created, &data); err != nil {
+			return nil, fmt.Errorf("list events: %w", err)
+		}
+		e.CreatedAt = fromMicros(created)
+		e.Batch = new(store.Batch)
+		if err := json.Unmarshal(data, e.Batch); err != nil {
+			return nil, fmt.Errorf("list events: %s: %w", e.ID, err)
+		}
+		out = append(out, &e)
+	}
+	return out, rows.Err()
+}
+
+const endpointCols = `id, workspace, url, description, event_types, secret, coalesce(previous_secret, ''), previous_expires_at,
+	enabled, disabled_reason, failing_since, created_at, updated_at`
+
+func scanEndpoint(row scanner) (*store.WebhookEndpoint, error) {
+	var (
+		e                store.WebhookEndpoint
+		types            string
+		prevExp, failing sql.NullInt64
+		created, updated int64
+		enabled          int
+	)
+	err := row.Scan(&e.ID, &e.Workspace, &e.URL, &e.Description, &types, &e.Secret, &e.PreviousSecret, &prevExp,
+		&enabled, &e.DisabledReason, &failing, &created, &updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	e.EventTypes = splitBetas(types)
+	e.PreviousExpiresAt, e.FailingSince = fromNullMicros(prevExp), fromNullMicros(failing)
+	e.Enabled = enabled == 1
+	e.CreatedAt, e.UpdatedAt = fromMicros(created), fromMicros(updated)
+	return &e, nil
+}
+
+// WebhookEndpointCreate implements store.Store.
+func (s *Store) WebhookEndpointCreate(ctx context.Context, e *store.WebhookEndpoint) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO webhook_endpoints (id, workspace, url, description, event_types, secret, enabled, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)`, e.ID, e.Workspace, e.URL, e.Description, strings.Join(e.EventTypes, ","), e.Secret,
+			micros(e.CreatedAt), micros(e.CreatedAt))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("create webhook endpoint: %w", err)
+	}
+	e.Enabled, e.UpdatedAt = true, e.CreatedAt
+	return nil
+}
+
+// WebhookEndpointGet implements store.Store.
+func (s *Store) WebhookEndpointGet(ctx context.Context, workspace, id string) (*store.WebhookEndpoint, error) {
+	e, err := scanEndpoint(s.r.QueryRowContext(ctx, `SELECT `+endpointCols+` FROM webhook_endpoints WHERE id = ? AND workspace = ?`, id, workspace))
+	if err != nil {
+		return nil, fmt.Errorf("get webhook endpoint: %w", err)
+	}
+	return e, nil
+}
+
+// WebhookEndpointList implements store.Store.
+func (s *Store) WebhookEndpointList(ctx context.Context, workspace string) ([]*store.WebhookEndpoint, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+endpointCols+` FROM webhook_endpoints WHERE workspace = ? ORDER BY created_at, id`, workspace)
+	if err != nil {
+		return nil, fmt.Errorf("list webhook endpoints: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.WebhookEndpoint
+	for rows.Next() {
+		e, err := scanEndpoint(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list webhook endpoints: %w", err)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// WebhookEndpointUpdate implements store.Store.
+func (s *Store) WebhookEndpointUpdate(ctx context.Context, p store.WebhookEndpointUpdateParams) (*store.WebhookEndpoint, error) {
+	var e *store.WebhookEndpoint
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if e, err = scanEndpoint(tx.QueryRowContext(ctx, `SELECT `+endpointCols+` FROM webhook_endpoints WHERE id = ? AND workspace = ?`, p.ID, p.Workspace)); err != nil {
+			return err
+		}
+		if p.URL != nil {
+			e.URL = *p.URL
+		}
+		if p.Description != nil {
+			e.Description = *p.Description
+		}
+		if p.EventTypes != nil {
+			e.EventTypes = *p.EventTypes
+		}
+		if p.Enabled != nil {
+			e.Enabled = *p.Enabled
+			e.DisabledReason = ""
+			if !e.Enabled {
+				e.DisabledReason = p.DisabledReason
+			} else {
+				e.FailingSince = nil // a fresh start after a disable
+			}
+		}
+		var prevExp any
+		if p.Rotate != nil {
+			e.PreviousSecret, e.Secret = e.Secret, *p.Rotate
+			t := p.PreviousUntil
+			e.PreviousExpiresAt = &t
+		}
+		if e.PreviousExpiresAt != nil {
+			prevExp = micros(*e.PreviousExpiresAt)
+		}
+		var failing any
+		if e.FailingSince != nil {
+			failing = micros(*e.FailingSince)
+		}
+		enabled := 0
+		if e.Enabled {
+			enabled = 1
+		}
+		e.UpdatedAt = p.Now
+		_, err = tx.ExecContext(ctx, `UPDATE webhook_endpoints SET url = ?, description = ?, event_types = ?, secret = ?,
+			previous_secret = nullif(?, ''), previous_expires_at = ?, enabled = ?, disabled_reason = ?, failing_since = ?, updated_at = ?
+			WHERE id = ?`, e.URL, e.Description, strings.Join(e.EventTypes, ","), e.Secret, e.PreviousSecret, prevExp, enabled,
+			e.DisabledReason, failing, micros(p.Now), e.ID)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("update webhook endpoint: %w", err)
+	}
+	return e, nil
+}
+
+// WebhookEndpointDelete implements store.Store. Its pending deliveries go
+// with it.
+func (s *Store) WebhookEndpointDelete(ctx context.Context, workspace, id string) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM webhook_endpoints WHERE id = ? AND workspace = ?`, id, workspace)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return store.ErrNotFound
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM deliveries WHERE endpoint_id = ? AND state IN (0, 1)`, id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("delete webhook endpoint: %w", err)
+	}
+	return nil
+}
+
+// DeliveriesPending implements store.Store.
+func (s *Store) DeliveriesPending(ctx context.Context, endpointID string) (int, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM deliveries WHERE endpoint_id = ? AND state IN (0, 1)`, endpointID).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count deliveries: %w", err)
 	}
 	return n, nil
 }

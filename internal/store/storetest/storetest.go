@@ -879,3 +879,93 @@ func testBetas(t *testing.T, b *bundle) {
 		t.Fatalf("claimed %+v", c)
 	}
 }
+
+func testEvents(t *testing.T, b *bundle) {
+	all := &store.WebhookEndpoint{ID: "whep_all", Workspace: "w", URL: "https://a.example/hook", Secret: "sealed-a", CreatedAt: t0}
+	endedOnly := &store.WebhookEndpoint{ID: "whep_ended", Workspace: "w", URL: "https://b.example/hook", Secret: "sealed-b",
+		EventTypes: []string{store.EventBatchEnded}, CreatedAt: t0}
+	other := &store.WebhookEndpoint{ID: "whep_other", Workspace: "x", URL: "https://c.example/hook", Secret: "sealed-c", CreatedAt: t0}
+	for _, e := range []*store.WebhookEndpoint{all, endedOnly, other} {
+		if err := b.st.WebhookEndpointCreate(b.ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bt := b.batch(t, "w", 2, t0)
+	c := b.claim(t, "o", 1, t0)
+	if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: t0.Add(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	b.complete(t, "o", t0.Add(2*time.Second), succeed(c[0]))
+	b.complete(t, "o", t0.Add(3*time.Second), succeed(c[0])) // replayed: no second end
+	events, err := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, e := range events {
+		types = append(types, e.Type)
+		if e.BatchID != bt.ID || e.Batch == nil || e.Batch.ID != bt.ID || e.ID == "" {
+			t.Fatalf("event %+v", e)
+		}
+	}
+	if fmt.Sprint(types) != "[message_batch.created message_batch.canceling message_batch.ended]" {
+		t.Fatalf("events %v", types)
+	}
+	if last := events[2].Batch; last.Status != store.StatusEnded || last.Counts.Succeeded != 1 || last.Counts.Canceled != 1 || last.EndedAt == nil {
+		t.Fatalf("the ended event must carry the final batch: %+v", last)
+	}
+	if later, _ := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", AfterSeq: events[1].Seq, Limit: 100}); len(later) != 1 {
+		t.Fatalf("events after the second: %d", len(later))
+	}
+	if foreign, _ := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "x", Limit: 100}); len(foreign) != 0 {
+		t.Fatalf("another workspace sees %d events", len(foreign))
+	}
+	for id, want := range map[string]int{"whep_all": 3, "whep_ended": 1, "whep_other": 0} {
+		if n, err := b.st.DeliveriesPending(b.ctx, id); err != nil || n != want {
+			t.Fatalf("%s: %d deliveries (%v), want %d", id, n, err, want)
+		}
+	}
+}
+
+func testEndpoints(t *testing.T, b *bundle) {
+	e := &store.WebhookEndpoint{ID: "whep_1", Workspace: "w", URL: "https://a.example/hook", Description: "prod", Secret: "s1", CreatedAt: t0}
+	if err := b.st.WebhookEndpointCreate(b.ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.st.WebhookEndpointGet(b.ctx, "x", "whep_1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("foreign get: %v", err)
+	}
+	off, reason := false, "receiver answered 410 Gone"
+	got, err := b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: "whep_1", Now: t0.Add(time.Second), Enabled: &off, DisabledReason: reason})
+	if err != nil || got.Enabled || got.DisabledReason != reason {
+		t.Fatalf("disable: %+v %v", got, err)
+	}
+	bt := b.batch(t, "w", 1, t0)
+	_ = bt
+	if n, _ := b.st.DeliveriesPending(b.ctx, "whep_1"); n != 0 {
+		t.Fatalf("a disabled endpoint got %d deliveries", n)
+	}
+	on, secret2 := true, "s2"
+	got, err = b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: "whep_1", Now: t0.Add(2 * time.Second),
+		Enabled: &on, Rotate: &secret2, PreviousUntil: t0.Add(time.Hour)})
+	if err != nil || !got.Enabled || got.DisabledReason != "" || got.Secret != "s2" || got.PreviousSecret != "s1" || !got.PreviousExpiresAt.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("enable and rotate: %+v %v", got, err)
+	}
+	read, err := b.st.WebhookEndpointGet(b.ctx, "w", "whep_1")
+	if err != nil || read.Secret != "s2" || read.PreviousSecret != "s1" || read.Description != "prod" {
+		t.Fatalf("after update: %+v %v", read, err)
+	}
+	list, err := b.st.WebhookEndpointList(b.ctx, "w")
+	if err != nil || len(list) != 1 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	if err := b.st.WebhookEndpointDelete(b.ctx, "x", "whep_1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("foreign delete: %v", err)
+	}
+	if err := b.st.WebhookEndpointDelete(b.ctx, "w", "whep_1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.st.WebhookEndpointGet(b.ctx, "w", "whep_1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get after delete: %v", err)
+	}
+}
