@@ -364,6 +364,68 @@ type WebhookEndpointUpdateParams struct {
 	PreviousUntil time.Time
 }
 
+// Delivery states.
+const (
+	DeliveryPending   = "pending"
+	DeliveryInFlight  = "in_flight"
+	DeliverySucceeded = "succeeded"
+	DeliveryFailed    = "failed"
+)
+
+// Delivery is one event on its way to one endpoint.
+type Delivery struct {
+	ID       int64
+	State    string
+	Attempt  int // the attempt a claim is for (1 first), or attempts made so far
+	NextAt   time.Time
+	Event    *Event
+	Endpoint *WebhookEndpoint
+}
+
+// DeliveriesClaimParams leases due deliveries of enabled endpoints, and
+// those whose lease lapsed (their deliverer died).
+type DeliveriesClaimParams struct {
+	Owner      string
+	Limit      int
+	Now        time.Time
+	LeaseUntil time.Time
+}
+
+// AttemptRecord is what one attempt met.
+type AttemptRecord struct {
+	Status     int
+	ErrorClass string
+	Duration   time.Duration
+	Response   []byte // the first 16 KB of the response body
+}
+
+// DeliveryRecordParams records an attempt held under Owner's lease and
+// what follows from it.
+type DeliveryRecordParams struct {
+	ID      int64
+	Owner   string
+	Attempt int
+	Now     time.Time
+	Record  AttemptRecord
+	// State is DeliverySucceeded, DeliveryFailed (for good) or
+	// DeliveryPending (retry at RetryAt).
+	State   string
+	RetryAt time.Time
+	// Disable, when set, disables the endpoint with this reason (410 Gone,
+	// or failing for too long).
+	Disable string
+}
+
+// Attempt is one logged attempt.
+type Attempt struct {
+	ID         int64
+	DeliveryID int64
+	EventID    string
+	Attempt    int
+	At         time.Time
+	AttemptRecord
+}
+
 // Store is every storage verb batchd needs.
 type Store interface {
 	BatchInsert(ctx context.Context, p BatchInsertParams) (*Batch, error)
@@ -435,6 +497,19 @@ type Store interface {
 	WebhookEndpointDelete(ctx context.Context, workspace, id string) error
 	// DeliveriesPending counts an endpoint's deliveries not yet settled.
 	DeliveriesPending(ctx context.Context, endpointID string) (int, error)
+	DeliveriesClaim(ctx context.Context, p DeliveriesClaimParams) ([]*Delivery, error)
+	// DeliveryRecord logs an attempt and moves the delivery on, guarded by
+	// the lease and the attempt number.
+	DeliveryRecord(ctx context.Context, p DeliveryRecordParams) error
+	// DeliveryNextDue is when the next pending delivery is due, zero if none.
+	DeliveryNextDue(ctx context.Context) (time.Time, error)
+	// DeliveryAttempts lists an endpoint's latest attempts, newest first.
+	DeliveryAttempts(ctx context.Context, workspace, endpointID string, limit int) ([]*Attempt, error)
+	// DeliveryResend makes one delivery due now again, whatever its state.
+	DeliveryResend(ctx context.Context, workspace string, deliveryID int64, now time.Time) error
+	// DeliveriesRecover makes an endpoint's failed deliveries of events
+	// since then due again, returning how many.
+	DeliveriesRecover(ctx context.Context, workspace, endpointID string, since, now time.Time) (int, error)
 
 	KeyCreate(ctx context.Context, p KeyCreateParams) (*Key, error)
 	KeyList(ctx context.Context) ([]*Key, error)

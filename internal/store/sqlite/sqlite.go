@@ -840,6 +840,201 @@ func (s *Store) DeliveriesPending(ctx context.Context, endpointID string) (int, 
 	return n, nil
 }
 
+var deliveryStates = []string{store.DeliveryPending, store.DeliveryInFlight, store.DeliverySucceeded, store.DeliveryFailed}
+
+func deliveryState(name string) int {
+	for i, s := range deliveryStates {
+		if s == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// DeliveriesClaim implements store.Store.
+func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimParams) ([]*store.Delivery, error) {
+	var out []*store.Delivery
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		out = nil
+		rows, err := tx.QueryContext(ctx, `UPDATE deliveries SET state = 1, lease_owner = ?, lease_expires = ?
+			WHERE id IN (
+				SELECT d.id FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled = 1
+				WHERE (d.state = 0 AND d.next_at <= ?) OR (d.state = 1 AND d.lease_expires < ?)
+				ORDER BY d.next_at LIMIT ?)
+			RETURNING id, attempts, event_seq, endpoint_id`, p.Owner, micros(p.LeaseUntil), micros(p.Now), micros(p.Now), p.Limit)
+		if err != nil {
+			return err
+		}
+		type claimed struct {
+			d        *store.Delivery
+			eventSeq int64
+			endpoint string
+		}
+		var cs []claimed
+		for rows.Next() {
+			c := claimed{d: &store.Delivery{State: store.DeliveryInFlight}}
+			if err := rows.Scan(&c.d.ID, &c.d.Attempt, &c.eventSeq, &c.endpoint); err != nil {
+				rows.Close()
+				return err
+			}
+			c.d.Attempt++
+			cs = append(cs, c)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, c := range cs {
+			var e store.Event
+			var created int64
+			var data []byte
+			err := tx.QueryRowContext(ctx, `SELECT seq, id, workspace, batch_id, type, created_at, data FROM events WHERE seq = ?`, c.eventSeq).
+				Scan(&e.Seq, &e.ID, &e.Workspace, &e.BatchID, &e.Type, &created, &data)
+			if err != nil {
+				return err
+			}
+			e.CreatedAt, e.Batch = fromMicros(created), new(store.Batch)
+			if err := json.Unmarshal(data, e.Batch); err != nil {
+				return err
+			}
+			ep, err := scanEndpoint(tx.QueryRowContext(ctx, `SELECT `+endpointCols+` FROM webhook_endpoints WHERE id = ?`, c.endpoint))
+			if err != nil {
+				return err
+			}
+			c.d.Event, c.d.Endpoint = &e, ep
+			out = append(out, c.d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim deliveries: %w", err)
+	}
+	return out, nil
+}
+
+// DeliveryRecord implements store.Store.
+func (s *Store) DeliveryRecord(ctx context.Context, p store.DeliveryRecordParams) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		state := deliveryState(p.State)
+		if state < 0 || state == 1 {
+			return fmt.Errorf("bad delivery state %q", p.State)
+		}
+		var endpoint string
+		err := tx.QueryRowContext(ctx, `UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, lease_owner = NULL, lease_expires = NULL
+			WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ? RETURNING endpoint_id`,
+			state, p.Attempt, micros(p.RetryAt), p.ID, p.Owner, p.Attempt-1).Scan(&endpoint)
+		if errors.Is(err, sql.ErrNoRows) {
+			return store.ErrConflict // no longer ours: the lease lapsed and another took it
+		}
+		if err != nil {
+			return err
+		}
+		r := p.Record
+		if _, err := tx.ExecContext(ctx, `INSERT INTO delivery_attempts (delivery_id, endpoint_id, attempt, at, status, error_class, duration_us, response)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, p.ID, endpoint, p.Attempt, micros(p.Now), r.Status, r.ErrorClass, r.Duration.Microseconds(), r.Response); err != nil {
+			return err
+		}
+		// The endpoint's health: failing since the first failure after a
+		// success, disabled when asked.
+		if p.State == store.DeliverySucceeded {
+			_, err = tx.ExecContext(ctx, `UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ?`, endpoint)
+		} else {
+			_, err = tx.ExecContext(ctx, `UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, ?) WHERE id = ?`, micros(p.Now), endpoint)
+		}
+		if err != nil {
+			return err
+		}
+		if p.Disable != "" {
+			_, err = tx.ExecContext(ctx, `UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?`, p.Disable, micros(p.Now), endpoint)
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("record delivery: %w", err)
+	}
+	return nil
+}
+
+// DeliveryNextDue implements store.Store.
+func (s *Store) DeliveryNextDue(ctx context.Context) (time.Time, error) {
+	var v sql.NullInt64
+	if err := s.r.QueryRowContext(ctx, `SELECT min(next_at) FROM deliveries WHERE state = 0`).Scan(&v); err != nil {
+		return time.Time{}, fmt.Errorf("next delivery: %w", err)
+	}
+	if !v.Valid {
+		return time.Time{}, nil
+	}
+	return fromMicros(v.Int64), nil
+}
+
+// DeliveryAttempts implements store.Store.
+func (s *Store) DeliveryAttempts(ctx context.Context, workspace, endpointID string, limit int) ([]*store.Attempt, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT a.id, a.delivery_id, e.id, a.attempt, a.at, a.status, a.error_class, a.duration_us, a.response
+		FROM delivery_attempts a JOIN webhook_endpoints w ON w.id = a.endpoint_id AND w.workspace = ?
+		JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.seq = d.event_seq
+		WHERE a.endpoint_id = ? ORDER BY a.id DESC LIMIT ?`, workspace, endpointID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list attempts: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Attempt
+	for rows.Next() {
+		var a store.Attempt
+		var at, dur int64
+		if err := rows.Scan(&a.ID, &a.DeliveryID, &a.EventID, &a.Attempt, &at, &a.Status, &a.ErrorClass, &dur, &a.Response); err != nil {
+			return nil, fmt.Errorf("list attempts: %w", err)
+		}
+		a.At, a.Duration = fromMicros(at), time.Duration(dur)*time.Microsecond
+		out = append(out, &a)
+	}
+	return out, rows.Err()
+}
+
+// DeliveryResend implements store.Store.
+func (s *Store) DeliveryResend(ctx context.Context, workspace string, deliveryID int64, now time.Time) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE deliveries SET state = 0, next_at = ?, lease_owner = NULL, lease_expires = NULL
+			WHERE id = ? AND state != 1 AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE workspace = ?)`, micros(now), deliveryID, workspace)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return store.ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("resend delivery: %w", err)
+	}
+	return nil
+}
+
+// DeliveriesRecover implements store.Store.
+func (s *Store) DeliveriesRecover(ctx context.Context, workspace, endpointID string, since, now time.Time) (int, error) {
+	n := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var owned int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM webhook_endpoints WHERE id = ? AND workspace = ?`, endpointID, workspace).Scan(&owned); err != nil {
+			return err
+		}
+		if owned == 0 {
+			return store.ErrNotFound
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE deliveries SET state = 0, next_at = ? WHERE endpoint_id = ? AND state = 3
+			AND event_seq IN (SELECT seq FROM events WHERE created_at >= ?)`, micros(now), endpointID, micros(since))
+		if err != nil {
+			return err
+		}
+		m, _ := res.RowsAffected()
+		n = int(m)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("recover deliveries: %w", err)
+	}
+	return n, nil
+}
+
 // BatchDelete implements store.Store.
 func (s *Store) BatchDelete(ctx context.Context, p store.BatchGetParams) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {

@@ -969,3 +969,105 @@ func testEndpoints(t *testing.T, b *bundle) {
 		t.Fatalf("get after delete: %v", err)
 	}
 }
+
+func testDeliveries(t *testing.T, b *bundle) {
+	ep := &store.WebhookEndpoint{ID: "whep_d", Workspace: "w", URL: "https://a.example/hook", Secret: "s", CreatedAt: t0}
+	if err := b.st.WebhookEndpointCreate(b.ctx, ep); err != nil {
+		t.Fatal(err)
+	}
+	bt := b.batch(t, "w", 1, t0) // writes message_batch.created, due at t0
+	claim := func(now time.Time) []*store.Delivery {
+		t.Helper()
+		ds, err := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d", Limit: 10, Now: now, LeaseUntil: now.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ds
+	}
+	ds := claim(t0)
+	if len(ds) != 1 || ds[0].Attempt != 1 || ds[0].Event.Type != store.EventBatchCreated || ds[0].Event.BatchID != bt.ID || ds[0].Endpoint.URL != ep.URL {
+		t.Fatalf("claim: %+v", ds)
+	}
+	if again := claim(t0); len(again) != 0 {
+		t.Fatal("a leased delivery was claimed twice")
+	}
+	d := ds[0]
+	fail := store.DeliveryRecordParams{ID: d.ID, Owner: "d", Attempt: 1, Now: t0, State: store.DeliveryPending, RetryAt: t0.Add(5 * time.Second),
+		Record: store.AttemptRecord{Status: 500, ErrorClass: "http_5xx", Duration: 3 * time.Millisecond, Response: []byte("boom")}}
+	if err := b.st.DeliveryRecord(b.ctx, fail); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.st.DeliveryRecord(b.ctx, fail); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("recording the same attempt twice: %v", err)
+	}
+	if e, _ := b.st.WebhookEndpointGet(b.ctx, "w", ep.ID); e.FailingSince == nil {
+		t.Fatal("a failure must mark the endpoint failing")
+	}
+	if got := claim(t0.Add(time.Second)); len(got) != 0 {
+		t.Fatal("claimed before the retry was due")
+	}
+	if due, _ := b.st.DeliveryNextDue(b.ctx); !due.Equal(t0.Add(5 * time.Second)) {
+		t.Fatalf("next due %v", due)
+	}
+	ds = claim(t0.Add(5 * time.Second))
+	if len(ds) != 1 || ds[0].Attempt != 2 {
+		t.Fatalf("retry claim: %+v", ds)
+	}
+	// The lease lapses (the deliverer died): another takes it over, and the
+	// first one's late record is refused.
+	ds2, _ := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d2", Limit: 10, Now: t0.Add(2 * time.Minute), LeaseUntil: t0.Add(3 * time.Minute)})
+	if len(ds2) != 1 || ds2[0].Attempt != 2 {
+		t.Fatalf("takeover: %+v", ds2)
+	}
+	late := store.DeliveryRecordParams{ID: d.ID, Owner: "d", Attempt: 2, Now: t0, State: store.DeliverySucceeded}
+	if err := b.st.DeliveryRecord(b.ctx, late); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("a lapsed lease recorded: %v", err)
+	}
+	ok := store.DeliveryRecordParams{ID: d.ID, Owner: "d2", Attempt: 2, Now: t0.Add(2 * time.Minute), State: store.DeliverySucceeded,
+		Record: store.AttemptRecord{Status: 204, Duration: time.Millisecond}}
+	if err := b.st.DeliveryRecord(b.ctx, ok); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := b.st.WebhookEndpointGet(b.ctx, "w", ep.ID); e.FailingSince != nil {
+		t.Fatal("a success must clear failing_since")
+	}
+	if n, _ := b.st.DeliveriesPending(b.ctx, ep.ID); n != 0 {
+		t.Fatalf("%d deliveries still pending", n)
+	}
+	atts, err := b.st.DeliveryAttempts(b.ctx, "w", ep.ID, 10)
+	if err != nil || len(atts) != 2 || atts[0].Status != 204 || atts[1].Status != 500 || string(atts[1].Response) != "boom" || atts[0].EventID == "" {
+		t.Fatalf("attempts: %+v %v", atts, err)
+	}
+	if foreign, _ := b.st.DeliveryAttempts(b.ctx, "x", ep.ID, 10); len(foreign) != 0 {
+		t.Fatal("another workspace sees the attempts")
+	}
+	// Resend one delivery: due again, same event.
+	if err := b.st.DeliveryResend(b.ctx, "w", d.ID, t0.Add(3*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	ds = claim(t0.Add(3 * time.Minute))
+	if len(ds) != 1 || ds[0].ID != d.ID || ds[0].Attempt != 3 {
+		t.Fatalf("resend: %+v", ds)
+	}
+	// Fail for good and disable: nothing is claimed for a disabled endpoint;
+	// recover brings failed deliveries back.
+	gone := store.DeliveryRecordParams{ID: d.ID, Owner: "d", Attempt: 3, Now: t0.Add(3 * time.Minute), State: store.DeliveryFailed,
+		Record: store.AttemptRecord{Status: 410, ErrorClass: "http_4xx"}, Disable: "receiver answered 410 Gone"}
+	if err := b.st.DeliveryRecord(b.ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := b.st.WebhookEndpointGet(b.ctx, "w", ep.ID); e.Enabled || e.DisabledReason == "" {
+		t.Fatalf("410 must disable: %+v", e)
+	}
+	if n, err := b.st.DeliveriesRecover(b.ctx, "w", ep.ID, t0, t0.Add(4*time.Minute)); err != nil || n != 1 {
+		t.Fatalf("recover: %d %v", n, err)
+	}
+	if got := claim(t0.Add(4 * time.Minute)); len(got) != 0 {
+		t.Fatal("claimed for a disabled endpoint")
+	}
+	on := true
+	b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: ep.ID, Now: t0, Enabled: &on})
+	if got := claim(t0.Add(4 * time.Minute)); len(got) != 1 {
+		t.Fatal("a re-enabled endpoint's recovered delivery is not due")
+	}
+}
