@@ -385,10 +385,13 @@ type Delivery struct {
 // DeliveriesClaimParams leases due deliveries of enabled endpoints, and
 // those whose lease lapsed (their deliverer died).
 type DeliveriesClaimParams struct {
-	Owner      string
-	Limit      int
-	Now        time.Time
-	LeaseUntil time.Time
+	Owner string
+	Limit int
+	// PerEndpoint caps one endpoint's deliveries in flight (0: no cap), so
+	// that a slow or dead receiver never takes every slot.
+	PerEndpoint int
+	Now         time.Time
+	LeaseUntil  time.Time
 }
 
 // AttemptRecord is what one attempt met.

@@ -856,12 +856,20 @@ func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimPara
 	var out []*store.Delivery
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		out = nil
+		per := p.PerEndpoint
+		if per <= 0 {
+			per = p.Limit
+		}
 		rows, err := tx.QueryContext(ctx, `UPDATE deliveries SET state = 1, lease_owner = ?, lease_expires = ?
 			WHERE id IN (
-				SELECT d.id FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled = 1
-				WHERE (d.state = 0 AND d.next_at <= ?) OR (d.state = 1 AND d.lease_expires < ?)
-				ORDER BY d.next_at LIMIT ?)
-			RETURNING id, attempts, event_seq, endpoint_id`, p.Owner, micros(p.LeaseUntil), micros(p.Now), micros(p.Now), p.Limit)
+				SELECT id FROM (
+					SELECT d.id, d.next_at,
+						row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_at, d.id) AS rn,
+						(SELECT count(*) FROM deliveries x WHERE x.endpoint_id = d.endpoint_id AND x.state = 1 AND x.lease_expires >= ?) AS busy
+					FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled = 1
+					WHERE (d.state = 0 AND d.next_at <= ?) OR (d.state = 1 AND d.lease_expires < ?))
+				WHERE rn + busy <= ? ORDER BY next_at LIMIT ?)
+			RETURNING id, attempts, event_seq, endpoint_id`, p.Owner, micros(p.LeaseUntil), micros(p.Now), micros(p.Now), micros(p.Now), per, p.Limit)
 		if err != nil {
 			return err
 		}

@@ -1071,3 +1071,41 @@ func testDeliveries(t *testing.T, b *bundle) {
 		t.Fatal("a re-enabled endpoint's recovered delivery is not due")
 	}
 }
+
+func testDeliveriesPerEndpoint(t *testing.T, b *bundle) {
+	dead := &store.WebhookEndpoint{ID: "whep_dead", Workspace: "w", URL: "https://dead.example/", Secret: "s", CreatedAt: t0}
+	healthy := &store.WebhookEndpoint{ID: "whep_ok", Workspace: "w", URL: "https://ok.example/", Secret: "s", CreatedAt: t0,
+		EventTypes: []string{store.EventBatchEnded}}
+	for _, e := range []*store.WebhookEndpoint{dead, healthy} {
+		if err := b.st.WebhookEndpointCreate(b.ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		b.batch(t, "w", 0, t0) // three message_batch.created, for the dead endpoint only
+	}
+	claim := func() map[string]int {
+		ds, err := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d", Limit: 10, PerEndpoint: 1, Now: t0, LeaseUntil: t0.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		for _, d := range ds {
+			got[d.Endpoint.ID]++
+		}
+		return got
+	}
+	if got := claim(); got["whep_dead"] != 1 {
+		t.Fatalf("first claim %v, want one for the dead endpoint", got)
+	}
+	if got := claim(); got["whep_dead"] != 0 {
+		t.Fatalf("a second claim took more of an endpoint already at its cap: %v", got)
+	}
+	bt := b.batch(t, "w", 1, t0)
+	c := b.claim(t, "o", 1, t0)
+	b.complete(t, "o", t0, succeed(c[0])) // message_batch.ended for both endpoints
+	_ = bt
+	if got := claim(); got["whep_ok"] != 1 || got["whep_dead"] != 0 {
+		t.Fatalf("the healthy endpoint must get its delivery while the dead one is at its cap: %v", got)
+	}
+}
