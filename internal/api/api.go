@@ -36,6 +36,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Backends lists the backends for GET /v1/backends; may be nil.
 	Backends func() []BackendInfo
+	// Webhooks enables the webhook endpoints API; may be nil.
+	Webhooks *Webhooks
 }
 
 // BackendInfo is one entry of GET /v1/backends, a batchd extension.
@@ -96,6 +98,7 @@ func New(cfg Config) *API {
 	a.handle("GET /v1/messages/batches/{id}/results", a.results)
 	a.handle("POST /v1/messages/batches/{id}/retry", a.retry)
 	a.handle("GET /v1/backends", a.backends)
+	a.handleWebhooks()
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"status":"ok"}`))

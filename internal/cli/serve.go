@@ -43,6 +43,7 @@ type serveConfig struct {
 	logFormat       string
 	cpuProfile      string
 	configPath      string
+	webhookAllow    []string
 }
 
 func newServeCommand() *cobra.Command {
@@ -60,6 +61,7 @@ func newServeCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address to listen on")
 	f.StringVar(&c.configPath, "config", "", "backends and routes (TOML); without it every model runs on the simulator")
+	f.StringArrayVar(&c.webhookAllow, "webhook-allow-cidr", nil, "a private range webhook receivers may be in (repeatable); others are refused")
 	f.StringVar(&c.dataDir, "data-dir", "./batchd-data", "directory of the SQLite database")
 	f.StringVar(&c.publicURL, "public-url", "", "base URL clients reach batchd at, for results_url (default: from each request's Host)")
 	f.IntVar(&c.concurrency, "concurrency", 64, "requests in flight per backend")
@@ -137,6 +139,15 @@ func serve(ctx context.Context, c serveConfig) error {
 		return err
 	}
 	defer unlock()
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	baseURL := c.publicURL
+	if baseURL == "" {
+		baseURL = "http://" + ln.Addr().String()
+	}
 	var backends *config.Config
 	if c.configPath != "" {
 		if backends, err = config.Load(c.configPath); err != nil {
@@ -162,6 +173,7 @@ func serve(ctx context.Context, c serveConfig) error {
 			RequestTimeout: c.requestTimeout,
 		},
 		SimLatency: c.simLatency,
+		Webhooks:   server.WebhookConfig{AllowCIDRs: c.webhookAllow, BaseURL: baseURL},
 		Logger:     log,
 	})
 	if err != nil {
@@ -180,10 +192,6 @@ func serve(ctx context.Context, c serveConfig) error {
 		log.Warn("no API keys exist: running open, any key is accepted (loopback only); create one with `batchd keys create`")
 	}
 
-	ln, err := net.Listen("tcp", c.addr)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
 	if err := srvParts.Start(ctx); err != nil {
 		ln.Close()
 		srvParts.Close(ctx)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/batchd/batchd/internal/api"
@@ -19,6 +20,7 @@ import (
 	"github.com/batchd/batchd/internal/dispatch"
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/sqlite"
+	"github.com/batchd/batchd/internal/webhook"
 )
 
 // Config is everything a server takes. Zero values take the defaults of
@@ -41,10 +43,28 @@ type Config struct {
 	// Getenv reads the environment variables that hold upstream keys
 	// (default os.Getenv).
 	Getenv func(string) string
+	// Webhooks configures webhook delivery.
+	Webhooks WebhookConfig
 	// Logger receives all logs (default: discard).
 	Logger *slog.Logger
 	// Now is the clock shared by every part (default time.Now).
 	Now func() time.Time
+}
+
+// WebhookConfig configures webhook delivery.
+type WebhookConfig struct {
+	// AllowCIDRs are private ranges receivers may live in
+	// (--webhook-allow-cidr); every other non-public address is refused.
+	AllowCIDRs []string
+	// Timeout bounds one delivery attempt (default 15s).
+	Timeout time.Duration
+	// PollInterval is the deliverer's longest sleep (default 1s).
+	PollInterval time.Duration
+	// Rand is the retry jitter's source (default math/rand/v2).
+	Rand func() float64
+	// BaseURL is where receivers fetch results from (results_url in
+	// message_batch.ended); default PublicURL.
+	BaseURL string
 }
 
 // Server is a running batchd, minus its listener.
@@ -54,7 +74,9 @@ type Server struct {
 	Dispatcher *dispatch.Dispatcher
 	// Delegators run the anthropic-batch backends, one each.
 	Delegators []*delegate.Delegator
-	handler    http.Handler
+	// Deliverer sends webhooks.
+	Deliverer *webhook.Deliverer
+	handler   http.Handler
 }
 
 // Open opens the store and builds every part; Start begins dispatching.
@@ -69,6 +91,26 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open server: %w", err)
 	}
+	key, err := webhook.LoadOrCreateKey(filepath.Join(cfg.DataDir, "webhook.key"))
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("open server: %w", err)
+	}
+	sealer, err := webhook.NewSealer(key)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("open server: %w", err)
+	}
+	guard, err := webhook.NewGuard(webhook.GuardConfig{AllowCIDRs: cfg.Webhooks.AllowCIDRs})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("open server: --webhook-allow-cidr: %w", err)
+	}
+	deliverer := webhook.NewDeliverer(webhook.DelivererConfig{
+		Store: st, Sealer: sealer, Guard: guard, BaseURL: strings.TrimRight(cmp.Or(cfg.Webhooks.BaseURL, cfg.PublicURL), "/"),
+		Timeout: cfg.Webhooks.Timeout, PollInterval: cfg.Webhooks.PollInterval, Rand: cfg.Webhooks.Rand,
+		Logger: cfg.Logger, Now: cfg.Now,
+	})
 	bcfg := cfg.Backends
 	if bcfg == nil {
 		bcfg = config.Default(cfg.SimLatency)
@@ -85,6 +127,16 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	dc.RescueAllAtStart = true // one process owns an SQLite data dir
 	dc.Logger = cfg.Logger
 	dc.Now = cfg.Now
+	// Every change the dispatcher commits may have written webhook events.
+	onChange := dc.OnChange
+	dc.OnChange = func(ch *store.BatchChange) {
+		if onChange != nil {
+			onChange(ch)
+		}
+		if ch.Ended {
+			deliverer.Wake()
+		}
+	}
 	var delegators []*delegate.Delegator
 	for _, c := range built.Delegated {
 		dc.Delegated = append(dc.Delegated, c.Name)
@@ -101,12 +153,14 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	bc := cfg.Batch
 	bc.Now = cfg.Now
 	bc.OnCreated = func() {
+		deliverer.Wake()
 		disp.Wake()
 		for _, d := range delegators {
 			d.Wake()
 		}
 	}
 	bc.OnCanceled = func(seq int64) {
+		deliverer.Wake()
 		disp.Canceled(seq)
 		for _, d := range delegators {
 			d.Canceled(seq)
@@ -114,8 +168,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	bc.Route = disp.Route
 	svc := batch.NewService(st, bc)
-	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built)})
-	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, handler: h}, nil
+	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built),
+		Webhooks: &api.Webhooks{Store: st, Sealer: sealer, Guard: guard, Now: cfg.Now}})
+	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, handler: h}, nil
 }
 
 // Handler is the HTTP API.
@@ -137,6 +192,7 @@ func (s *Server) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	s.Deliverer.Start(ctx)
 	return nil
 }
 
@@ -148,6 +204,7 @@ func (s *Server) Close(ctx context.Context) error {
 		d.Stop(ctx)
 	}
 	s.Dispatcher.Stop(ctx)
+	s.Deliverer.Stop(ctx)
 	return s.Store.Close()
 }
 

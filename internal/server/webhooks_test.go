@@ -1,0 +1,154 @@
+package server_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2/option"
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/batchd/batchd/internal/server"
+)
+
+// receiver is a webhook receiver that records what it got.
+type receiver struct {
+	mu     sync.Mutex
+	got    []delivery
+	status int
+}
+
+type delivery struct {
+	header http.Header
+	body   []byte
+}
+
+func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	rc.mu.Lock()
+	rc.got = append(rc.got, delivery{r.Header.Clone(), body})
+	status := rc.status
+	rc.mu.Unlock()
+	if status == 0 {
+		status = 204
+	}
+	w.WriteHeader(status)
+}
+
+func (rc *receiver) deliveries() []delivery {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]delivery(nil), rc.got...)
+}
+
+// TestWebhooksEndToEnd: an endpoint created through the API receives the
+// batch's events, signed; the official Standard Webhooks library and the
+// Anthropic SDK's Unwrap verify them; the ended event carries the final
+// counts and results_url; the secret is shown once and logged never.
+func TestWebhooksEndToEnd(t *testing.T) {
+	t.Parallel()
+	rc := &receiver{}
+	recv := httptest.NewServer(rc)
+	t.Cleanup(recv.Close)
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	ts := newTestServer(t, withConfig(func(c *server.Config) {
+		c.PublicURL = "https://batchd.example"
+		c.Webhooks = server.WebhookConfig{AllowCIDRs: []string{"127.0.0.0/8"}, PollInterval: 10 * time.Millisecond}
+		c.Logger = slog.New(slog.NewTextHandler(lockedWriter{&logs, &logMu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}))
+
+	r := do(t, "POST", ts.URL+"/v1/webhooks/endpoints", `{"url":"`+recv.URL+`/hook","description":"ci"}`)
+	var ep struct {
+		ID     string `json:"id"`
+		Secret string `json:"secret"`
+	}
+	if r.Status != 200 || json.Unmarshal(r.Body, &ep) != nil || !strings.HasPrefix(ep.Secret, "whsec_") {
+		t.Fatalf("create endpoint: %d %s", r.Status, r.Body)
+	}
+	for _, path := range []string{"/v1/webhooks/endpoints", "/v1/webhooks/endpoints/" + ep.ID} {
+		if r := do(t, "GET", ts.URL+path, nil); r.Status != 200 || bytes.Contains(r.Body, []byte(ep.Secret)) || bytes.Contains(r.Body, []byte(`"secret"`)) {
+			t.Fatalf("GET %s shows the secret or fails: %d %s", path, r.Status, r.Body)
+		}
+	}
+
+	b := createRaw(t, ts.URL, createBody(t, nRequests("w", 3, "hello")...))
+	waitEndedRaw(t, ts.URL, b.ID, 10*time.Second)
+	waitFor(t, 10*time.Second, "the created and ended webhooks", func() bool { return len(rc.deliveries()) >= 2 })
+
+	wh, err := standardwebhooks.NewWebhook(ep.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := map[string]bool{}
+	for _, d := range rc.deliveries() {
+		if err := wh.Verify(d.body, d.header); err != nil {
+			t.Fatalf("standard webhooks verification: %v\n%s", err, d.body)
+		}
+		client := newClient(ts.URL, "test", option.WithWebhookKey(ep.Secret))
+		ev, err := client.Beta.Webhooks.Unwrap(d.body, d.header)
+		if err != nil {
+			t.Fatalf("Anthropic SDK Unwrap: %v", err)
+		}
+		var env struct {
+			Type string `json:"type"`
+			ID   string `json:"id"`
+			Data struct {
+				Type          string  `json:"type"`
+				ID            string  `json:"id"`
+				ResultsURL    *string `json:"results_url"`
+				RequestCounts struct {
+					Succeeded int `json:"succeeded"`
+				} `json:"request_counts"`
+			} `json:"data"`
+		}
+		json.Unmarshal(d.body, &env)
+		if env.Type != "event" || env.ID != ev.ID || d.header.Get("webhook-id") != env.ID || env.Data.ID != b.ID {
+			t.Fatalf("envelope %s, headers %v", d.body, d.header)
+		}
+		types[env.Data.Type] = true
+		if env.Data.Type == "message_batch.ended" {
+			if env.Data.RequestCounts.Succeeded != 3 || env.Data.ResultsURL == nil || *env.Data.ResultsURL != "https://batchd.example/v1/messages/batches/"+b.ID+"/results" {
+				t.Fatalf("ended event: %s", d.body)
+			}
+		}
+	}
+	if !types["message_batch.created"] || !types["message_batch.ended"] {
+		t.Fatalf("event types %v", types)
+	}
+	if r := do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+ep.ID+"/attempts", nil); r.Status != 200 || !bytes.Contains(r.Body, []byte(`"status":204`)) {
+		t.Fatalf("attempts: %d %s", r.Status, r.Body)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if strings.Contains(logs.String(), ep.Secret) || strings.Contains(logs.String(), strings.TrimPrefix(ep.Secret, "whsec_")) {
+		t.Fatal("the webhook secret appears in the logs")
+	}
+}
+
+// TestWebhookEndpointValidation: a URL on a blocked network is refused at
+// creation with a clear error; unknown event types are named.
+func TestWebhookEndpointValidation(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t)
+	for body, want := range map[string]string{
+		`{"url":"http://127.0.0.1:9/hook"}`:                 "url:",
+		`{"url":"http://169.254.169.254/latest/meta-data"}`: "url:",
+		`{"url":"ftp://example.com/hook"}`:                  "url:",
+		`{}`:                                                "url: Field required",
+		`{"url":"https://example.com/h","event_types":["nope.type"]}`: `event_types.0: "nope.type"`,
+		`{"url":"https://example.com/h","colour":1}`:                  "body:",
+	} {
+		r := do(t, "POST", ts.URL+"/v1/webhooks/endpoints", body)
+		wantError(t, r, 400, "invalid_request_error", want)
+	}
+	r := do(t, "GET", ts.URL+"/v1/webhooks/endpoints/whep_nope", nil)
+	wantError(t, r, 404, "not_found_error", "whep_nope")
+}

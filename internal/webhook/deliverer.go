@@ -1,0 +1,296 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/batchd/batchd/internal/ids"
+	"github.com/batchd/batchd/internal/store"
+)
+
+// DelivererConfig configures a Deliverer. Zero values take the defaults
+// noted.
+type DelivererConfig struct {
+	Store  store.Store
+	Sealer *Sealer
+	Guard  *Guard
+	// BaseURL is where clients reach batchd, for results_url in
+	// message_batch.ended payloads.
+	BaseURL string
+	// Owner names this process in leases (default: a random id).
+	Owner string
+	// Concurrency caps attempts in flight (default 32), PerEndpoint those
+	// to one endpoint (default 4): a slow or dead receiver holds at most
+	// PerEndpoint slots, never the others'.
+	Concurrency int
+	PerEndpoint int
+	// Timeout bounds one attempt (default 15s).
+	Timeout time.Duration
+	// PollInterval is the longest the deliverer sleeps when nothing wakes
+	// it (default 1s).
+	PollInterval time.Duration
+	// DisableAfter disables an endpoint that has failed continuously this
+	// long (default 5 days).
+	DisableAfter time.Duration
+	Logger       *slog.Logger
+	Now          func() time.Time
+	// Rand returns a uniform value in [0, 1) for jitter (default
+	// math/rand/v2).
+	Rand func() float64
+}
+
+// Deliverer sends the outbox's deliveries: it claims due ones under a
+// lease, signs and posts them, and records each attempt.
+type Deliverer struct {
+	cfg    DelivererConfig
+	log    *slog.Logger
+	client interface {
+		attempt(ctx context.Context, url string, h map[string][]string, body []byte) Result
+	}
+	wake     chan struct{}
+	mu       sync.Mutex
+	inFlight int
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+type guardedClient struct {
+	g       *Guard
+	timeout time.Duration
+}
+
+func (c guardedClient) attempt(ctx context.Context, url string, h map[string][]string, body []byte) Result {
+	return Attempt(ctx, c.g.Client(c.timeout), url, h, body)
+}
+
+// NewDeliverer returns a deliverer; Start runs it.
+func NewDeliverer(cfg DelivererConfig) *Deliverer {
+	if cfg.Owner == "" {
+		cfg.Owner = ids.New("deliverer_")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 32
+	}
+	if cfg.PerEndpoint <= 0 {
+		cfg.PerEndpoint = 4
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 15 * time.Second
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	if cfg.DisableAfter <= 0 {
+		cfg.DisableAfter = 5 * 24 * time.Hour
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	return &Deliverer{cfg: cfg, log: cfg.Logger.With("component", "webhook"), client: guardedClient{cfg.Guard, cfg.Timeout}, wake: make(chan struct{}, 1)}
+}
+
+// Wake tells the deliverer that deliveries may be due.
+func (d *Deliverer) Wake() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Start runs the deliverer in the background until Stop.
+func (d *Deliverer) Start(ctx context.Context) {
+	ctx, d.cancel = context.WithCancel(ctx)
+	d.done = make(chan struct{})
+	go d.loop(ctx)
+}
+
+// Stop stops claiming and waits for attempts in flight (until ctx ends;
+// their leases then lapse and they are sent again, with the same
+// webhook-id).
+func (d *Deliverer) Stop(ctx context.Context) {
+	if d.cancel == nil {
+		return
+	}
+	d.cancel()
+	select {
+	case <-d.done:
+	case <-ctx.Done():
+	}
+}
+
+func (d *Deliverer) loop(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		close(d.done)
+	}()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wake:
+		case <-timer.C:
+		}
+		for ctx.Err() == nil {
+			d.mu.Lock()
+			free := d.cfg.Concurrency - d.inFlight
+			d.mu.Unlock()
+			if free <= 0 {
+				break
+			}
+			now := d.cfg.Now()
+			ds, err := d.cfg.Store.DeliveriesClaim(ctx, store.DeliveriesClaimParams{
+				Owner: d.cfg.Owner, Limit: free, PerEndpoint: d.cfg.PerEndpoint, Now: now, LeaseUntil: now.Add(2*d.cfg.Timeout + time.Minute),
+			})
+			if err != nil {
+				if ctx.Err() == nil {
+					d.log.Error("claim deliveries", "err", err)
+				}
+				break
+			}
+			for _, del := range ds {
+				d.mu.Lock()
+				d.inFlight++
+				d.mu.Unlock()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					d.deliver(context.WithoutCancel(ctx), del)
+					d.mu.Lock()
+					d.inFlight--
+					d.mu.Unlock()
+					d.Wake()
+				}()
+			}
+			if len(ds) < free {
+				break
+			}
+		}
+		wait := d.cfg.PollInterval
+		if due, err := d.cfg.Store.DeliveryNextDue(ctx); err == nil && !due.IsZero() {
+			wait = min(wait, max(due.Sub(d.cfg.Now()), 5*time.Millisecond))
+		}
+		timer.Reset(wait)
+	}
+}
+
+// deliver makes one attempt and records what follows from it.
+func (d *Deliverer) deliver(ctx context.Context, del *store.Delivery) {
+	ep := del.Endpoint
+	now := d.cfg.Now()
+	body, err := Payload(del.Event, d.cfg.BaseURL)
+	var res Result
+	if err == nil {
+		var secrets []string
+		secrets, err = d.secrets(ep, now)
+		if err == nil {
+			var sig string
+			if sig, err = SignatureHeader(secrets, del.Event.ID, now, body); err == nil {
+				res = d.client.attempt(ctx, ep.URL, Headers(del.Event.ID, now, sig), body)
+			}
+		}
+	}
+	if err != nil {
+		// Our own failure (a secret that no longer opens, say): log it as
+		// an attempt so the operator sees it, and retry on schedule.
+		d.log.Error("prepare delivery", "delivery", del.ID, "endpoint", ep.ID, "err", err)
+		res = Result{ErrorClass: ClassInvalid, Error: err.Error()}
+	}
+	rec := store.DeliveryRecordParams{
+		ID: del.ID, Owner: d.cfg.Owner, Attempt: del.Attempt, Now: d.cfg.Now(),
+		Record: store.AttemptRecord{Status: res.Status, ErrorClass: res.ErrorClass, Duration: res.Duration, Response: res.Body},
+	}
+	switch {
+	case res.OK:
+		rec.State = store.DeliverySucceeded
+	case res.Gone:
+		rec.State, rec.Disable = store.DeliveryFailed, "the receiver answered 410 Gone"
+	default:
+		delay, more := res.NextDelay(del.Attempt, d.cfg.Rand)
+		if more {
+			rec.State, rec.RetryAt = store.DeliveryPending, rec.Now.Add(delay)
+		} else {
+			rec.State = store.DeliveryFailed
+		}
+		if ep.FailingSince != nil && rec.Now.Sub(*ep.FailingSince) >= d.cfg.DisableAfter {
+			rec.Disable = "failing continuously since " + ep.FailingSince.UTC().Format(time.RFC3339)
+		}
+	}
+	if err := d.cfg.Store.DeliveryRecord(ctx, rec); err != nil && !errors.Is(err, store.ErrConflict) {
+		d.log.Error("record delivery", "delivery", del.ID, "err", err)
+	}
+}
+
+// secrets are the endpoint's current secret and, during a rotation's grace
+// period, the previous one: receivers holding either verify.
+func (d *Deliverer) secrets(ep *store.WebhookEndpoint, now time.Time) ([]string, error) {
+	cur, err := d.cfg.Sealer.Open(ep.Secret)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{cur}
+	if ep.PreviousSecret != "" && ep.PreviousExpiresAt != nil && now.Before(*ep.PreviousExpiresAt) {
+		prev, err := d.cfg.Sealer.Open(ep.PreviousSecret)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, prev)
+	}
+	return out, nil
+}
+
+// Payload is an event in Anthropic's webhook envelope:
+// {"type":"event","id":"evt_…","created_at":"…","data":{"type":"message_batch.ended","id":"msgbatch_…",…}}.
+// The data carries the batch as the change left it; results_url is set
+// once it has ended.
+func Payload(e *store.Event, baseURL string) ([]byte, error) {
+	b := e.Batch
+	ts := func(t *time.Time) *string {
+		if t == nil {
+			return nil
+		}
+		s := t.UTC().Format(wireTime)
+		return &s
+	}
+	data := struct {
+		Type              string       `json:"type"`
+		ID                string       `json:"id"`
+		ProcessingStatus  string       `json:"processing_status"`
+		RequestCounts     store.Counts `json:"request_counts"`
+		CreatedAt         string       `json:"created_at"`
+		ExpiresAt         string       `json:"expires_at"`
+		EndedAt           *string      `json:"ended_at"`
+		CancelInitiatedAt *string      `json:"cancel_initiated_at"`
+		ResultsURL        *string      `json:"results_url"`
+	}{
+		Type: e.Type, ID: b.ID, ProcessingStatus: b.Status, RequestCounts: b.Counts,
+		CreatedAt: b.CreatedAt.UTC().Format(wireTime), ExpiresAt: b.ExpiresAt.UTC().Format(wireTime),
+		EndedAt: ts(b.EndedAt), CancelInitiatedAt: ts(b.CancelInitiatedAt),
+	}
+	if b.Status == store.StatusEnded && baseURL != "" {
+		u := baseURL + "/v1/messages/batches/" + b.ID + "/results"
+		data.ResultsURL = &u
+	}
+	return json.Marshal(struct {
+		Type      string `json:"type"`
+		ID        string `json:"id"`
+		CreatedAt string `json:"created_at"`
+		Data      any    `json:"data"`
+	}{"event", e.ID, e.CreatedAt.UTC().Format(wireTime), data})
+}
+
+// wireTime is Anthropic's timestamp format: RFC 3339 with microseconds.
+const wireTime = "2006-01-02T15:04:05.000000Z07:00"
