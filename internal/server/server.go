@@ -65,6 +65,8 @@ type WebhookConfig struct {
 	// BaseURL is where receivers fetch results from (results_url in
 	// message_batch.ended); default PublicURL.
 	BaseURL string
+	// Delay overrides the retry schedule (tests compress it).
+	Delay func(r webhook.Result, attempt int) (time.Duration, bool)
 }
 
 // Server is a running batchd, minus its listener.
@@ -108,7 +110,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	deliverer := webhook.NewDeliverer(webhook.DelivererConfig{
 		Store: st, Sealer: sealer, Guard: guard, BaseURL: strings.TrimRight(cmp.Or(cfg.Webhooks.BaseURL, cfg.PublicURL), "/"),
-		Timeout: cfg.Webhooks.Timeout, PollInterval: cfg.Webhooks.PollInterval, Rand: cfg.Webhooks.Rand,
+		Timeout: cfg.Webhooks.Timeout, PollInterval: cfg.Webhooks.PollInterval, Rand: cfg.Webhooks.Rand, Delay: cfg.Webhooks.Delay,
 		Logger: cfg.Logger, Now: cfg.Now,
 	})
 	bcfg := cfg.Backends

@@ -3,12 +3,14 @@ package server_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/batchd/batchd/internal/server"
+	"github.com/batchd/batchd/internal/webhook"
 )
 
 // receiver is a webhook receiver that records what it got.
@@ -151,4 +154,122 @@ func TestWebhookEndpointValidation(t *testing.T) {
 	}
 	r := do(t, "GET", ts.URL+"/v1/webhooks/endpoints/whep_nope", nil)
 	wantError(t, r, 404, "not_found_error", "whep_nope")
+}
+
+// fastSchedule is the real schedule a thousand times faster.
+func fastSchedule(r webhook.Result, attempt int) (time.Duration, bool) {
+	d, ok := r.NextDelay(attempt, func() float64 { return 0.5 })
+	return d / 1000, ok
+}
+
+func webhookServer(t *testing.T, mutate ...func(*server.Config)) *testServer {
+	t.Helper()
+	return newTestServer(t, withConfig(func(c *server.Config) {
+		c.Webhooks = server.WebhookConfig{AllowCIDRs: []string{"127.0.0.0/8"}, PollInterval: 10 * time.Millisecond,
+			Timeout: 300 * time.Millisecond, Delay: fastSchedule}
+		for _, m := range mutate {
+			m(c)
+		}
+	}))
+}
+
+func addEndpoint(t *testing.T, ts *testServer, url string) (id, secret string) {
+	t.Helper()
+	r := do(t, "POST", ts.URL+"/v1/webhooks/endpoints", `{"url":"`+url+`","event_types":["message_batch.ended"]}`)
+	var ep struct{ ID, Secret string }
+	if r.Status != 200 || json.Unmarshal(r.Body, &ep) != nil {
+		t.Fatalf("create endpoint: %d %s", r.Status, r.Body)
+	}
+	return ep.ID, ep.Secret
+}
+
+// TestWebhookRetriesUntilDelivered: a receiver failing twice (500, then a
+// 429 with Retry-After) gets the same event a third time, with the same
+// webhook-id and a fresh signature; the attempt log shows all three.
+func TestWebhookRetriesUntilDelivered(t *testing.T) {
+	t.Parallel()
+	var n atomic.Int64
+	rc := &receiver{}
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch n.Add(1) {
+		case 1:
+			w.WriteHeader(500)
+			return
+		case 2:
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(429)
+			return
+		}
+		rc.ServeHTTP(w, r)
+	}))
+	t.Cleanup(recv.Close)
+	ts := webhookServer(t)
+	id, secret := addEndpoint(t, ts, recv.URL)
+	b := createRaw(t, ts.URL, createBody(t, nRequests("r", 1, "hi")...))
+	waitEndedRaw(t, ts.URL, b.ID, 10*time.Second)
+	waitFor(t, 20*time.Second, "the third attempt", func() bool { return len(rc.deliveries()) == 1 })
+	d := rc.deliveries()[0]
+	wh, _ := standardwebhooks.NewWebhook(secret)
+	if err := wh.Verify(d.body, d.header); err != nil {
+		t.Fatal(err)
+	}
+	r := do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id+"/attempts", nil)
+	var atts struct {
+		Data []struct {
+			Attempt int    `json:"attempt"`
+			Status  int    `json:"status"`
+			EventID string `json:"event_id"`
+		} `json:"data"`
+	}
+	json.Unmarshal(r.Body, &atts)
+	if len(atts.Data) != 3 || atts.Data[0].Status != 204 || atts.Data[1].Status != 429 || atts.Data[2].Status != 500 ||
+		atts.Data[0].EventID != d.header.Get("webhook-id") || atts.Data[2].EventID != atts.Data[0].EventID {
+		t.Fatalf("attempts %s", r.Body)
+	}
+}
+
+// TestWebhook410DisablesEndpoint: a receiver answering 410 Gone disables
+// its endpoint, with the reason; enable brings it back.
+func TestWebhook410DisablesEndpoint(t *testing.T) {
+	t.Parallel()
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(410) }))
+	t.Cleanup(recv.Close)
+	ts := webhookServer(t)
+	id, _ := addEndpoint(t, ts, recv.URL)
+	b := createRaw(t, ts.URL, createBody(t, nRequests("r", 1, "hi")...))
+	waitEndedRaw(t, ts.URL, b.ID, 10*time.Second)
+	var ep struct {
+		Enabled        bool    `json:"enabled"`
+		DisabledReason *string `json:"disabled_reason"`
+	}
+	waitFor(t, 10*time.Second, "the endpoint to be disabled", func() bool {
+		json.Unmarshal(do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id, nil).Body, &ep)
+		return !ep.Enabled
+	})
+	if ep.DisabledReason == nil || !strings.Contains(*ep.DisabledReason, "410") {
+		t.Fatalf("disabled without the reason: %+v", ep)
+	}
+	if r := do(t, "POST", ts.URL+"/v1/webhooks/endpoints/"+id+"/enable", nil); r.Status != 200 || !bytes.Contains(r.Body, []byte(`"enabled":true`)) {
+		t.Fatalf("enable: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestDeadEndpointDoesNotDelayAHealthyOne: of two endpoints, one hangs
+// past the timeout on every attempt; the other still gets each batch's
+// webhook promptly.
+func TestDeadEndpointDoesNotDelayAHealthyOne(t *testing.T) {
+	t.Parallel()
+	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { time.Sleep(2 * time.Second) }))
+	t.Cleanup(dead.Close)
+	rc := &receiver{}
+	healthy := httptest.NewServer(rc)
+	t.Cleanup(healthy.Close)
+	ts := webhookServer(t)
+	addEndpoint(t, ts, dead.URL)
+	addEndpoint(t, ts, healthy.URL)
+	const batches = 12
+	for i := range batches {
+		createRaw(t, ts.URL, createBody(t, nRequests(fmt.Sprint("b", i), 1, "hi")...))
+	}
+	waitFor(t, 10*time.Second, "every ended webhook at the healthy receiver", func() bool { return len(rc.deliveries()) == batches })
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"time"
 
@@ -42,6 +43,10 @@ type DelivererConfig struct {
 	// Rand returns a uniform value in [0, 1) for jitter (default
 	// math/rand/v2).
 	Rand func() float64
+	// Delay decides the wait before the next attempt after a failed one,
+	// false when the schedule is spent (default Result.NextDelay: the
+	// research schedule, 0 s to 24 h). Tests compress it.
+	Delay func(r Result, attempt int) (time.Duration, bool)
 }
 
 // Deliverer sends the outbox's deliveries: it claims due ones under a
@@ -59,13 +64,12 @@ type Deliverer struct {
 	done     chan struct{}
 }
 
-type guardedClient struct {
-	g       *Guard
-	timeout time.Duration
-}
+// guardedClient is one SSRF-guarded HTTP client for every attempt, so that
+// connections to a receiver are reused.
+type guardedClient struct{ c *http.Client }
 
 func (c guardedClient) attempt(ctx context.Context, url string, h map[string][]string, body []byte) Result {
-	return Attempt(ctx, c.g.Client(c.timeout), url, h, body)
+	return Attempt(ctx, c.c, url, h, body)
 }
 
 // NewDeliverer returns a deliverer; Start runs it.
@@ -97,7 +101,11 @@ func NewDeliverer(cfg DelivererConfig) *Deliverer {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Float64
 	}
-	return &Deliverer{cfg: cfg, log: cfg.Logger.With("component", "webhook"), client: guardedClient{cfg.Guard, cfg.Timeout}, wake: make(chan struct{}, 1)}
+	if cfg.Delay == nil {
+		rnd := cfg.Rand
+		cfg.Delay = func(r Result, attempt int) (time.Duration, bool) { return r.NextDelay(attempt, rnd) }
+	}
+	return &Deliverer{cfg: cfg, log: cfg.Logger.With("component", "webhook"), client: guardedClient{cfg.Guard.Client(cfg.Timeout)}, wake: make(chan struct{}, 1)}
 }
 
 // Wake tells the deliverer that deliveries may be due.
@@ -219,7 +227,7 @@ func (d *Deliverer) deliver(ctx context.Context, del *store.Delivery) {
 	case res.Gone:
 		rec.State, rec.Disable = store.DeliveryFailed, "the receiver answered 410 Gone"
 	default:
-		delay, more := res.NextDelay(del.Attempt, d.cfg.Rand)
+		delay, more := d.cfg.Delay(res, del.Attempt)
 		if more {
 			rec.State, rec.RetryAt = store.DeliveryPending, rec.Now.Add(delay)
 		} else {
