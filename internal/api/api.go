@@ -38,6 +38,8 @@ type Config struct {
 	Backends func() []BackendInfo
 	// Webhooks enables the webhook endpoints API; may be nil.
 	Webhooks *Webhooks
+	// Events enables the live event streams; may be nil.
+	Events EventSource
 }
 
 // BackendInfo is one entry of GET /v1/backends, a batchd extension.
@@ -99,6 +101,7 @@ func New(cfg Config) *API {
 	a.handle("POST /v1/messages/batches/{id}/retry", a.retry)
 	a.handle("GET /v1/backends", a.backends)
 	a.handleWebhooks()
+	a.handleEvents()
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"status":"ok"}`))

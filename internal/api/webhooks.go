@@ -24,6 +24,8 @@ type Webhooks struct {
 	Guard *webhook.Guard
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Wake tells the deliverer an event is due now; may be nil.
+	Wake func()
 }
 
 // eventTypes are the types an endpoint may subscribe to.
@@ -46,6 +48,7 @@ func (a *API) handleWebhooks() {
 	a.handle("GET /v1/webhooks/endpoints/{id}/attempts", a.endpointAttempts)
 	a.handle("POST /v1/webhooks/endpoints/{id}/recover", a.endpointRecover)
 	a.handle("POST /v1/webhooks/deliveries/{id}/resend", a.deliveryResend)
+	a.handle("POST /v1/webhooks/endpoints/{id}/test", a.endpointTest)
 }
 
 // WebhookEndpoint is the wire form of an endpoint; Secret is set only in
@@ -339,4 +342,21 @@ func (a *API) deliveryResend(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, map[string]any{"id": id, "state": store.DeliveryPending})
+}
+
+// endpointTest sends a webhook.test event to one endpoint, through the same
+// outbox and deliverer as real events.
+func (a *API) endpointTest(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	evID, deliveryID, err := a.cfg.Webhooks.Store.EventTestInsert(r.Context(), workspace(r), id, a.cfg.Webhooks.Now())
+	if errors.Is(err, store.ErrNotFound) {
+		return endpointNotFound(id)
+	}
+	if err != nil {
+		return err
+	}
+	if a.cfg.Webhooks.Wake != nil {
+		a.cfg.Webhooks.Wake()
+	}
+	return writeJSON(w, map[string]any{"id": evID, "delivery_id": deliveryID})
 }

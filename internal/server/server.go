@@ -171,7 +171,8 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	bc.Route = disp.Route
 	svc := batch.NewService(st, bc)
 	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built),
-		Webhooks: &api.Webhooks{Store: st, Sealer: sealer, Guard: guard, Now: cfg.Now}})
+		Webhooks: &api.Webhooks{Store: st, Sealer: sealer, Guard: guard, Now: cfg.Now, Wake: deliverer.Wake},
+		Events:   st})
 	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, handler: h}, nil
 }
 

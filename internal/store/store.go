@@ -324,9 +324,14 @@ type Event struct {
 // EventsListParams pages a workspace's events in order.
 type EventsListParams struct {
 	Workspace string
-	AfterSeq  int64
-	Limit     int
+	// BatchID, when set, keeps only that batch's events.
+	BatchID  string
+	AfterSeq int64
+	Limit    int
 }
+
+// EventTest is the type of the event a user sends to check an endpoint.
+const EventTest = "webhook.test"
 
 // WebhookEndpoint is a receiver of a workspace's events.
 type WebhookEndpoint struct {
@@ -492,6 +497,9 @@ type Store interface {
 
 	// EventsList pages a workspace's events after AfterSeq, oldest first.
 	EventsList(ctx context.Context, p EventsListParams) ([]*Event, error)
+	// EventTestInsert writes a webhook.test event with one delivery, to the
+	// given endpoint only, returning the event id and the delivery id.
+	EventTestInsert(ctx context.Context, workspace, endpointID string, now time.Time) (string, int64, error)
 
 	WebhookEndpointCreate(ctx context.Context, e *WebhookEndpoint) error
 	WebhookEndpointGet(ctx context.Context, workspace, id string) (*WebhookEndpoint, error)

@@ -266,6 +266,15 @@ func (d *Deliverer) secrets(ep *store.WebhookEndpoint, now time.Time) ([]string,
 // once it has ended.
 func Payload(e *store.Event, baseURL string) ([]byte, error) {
 	b := e.Batch
+	if b == nil {
+		// An event of no batch: webhook.test.
+		return json.Marshal(struct {
+			Type      string `json:"type"`
+			ID        string `json:"id"`
+			CreatedAt string `json:"created_at"`
+			Data      any    `json:"data"`
+		}{"event", e.ID, e.CreatedAt.UTC().Format(wireTime), map[string]string{"type": e.Type}})
+	}
 	ts := func(t *time.Time) *string {
 		if t == nil {
 			return nil

@@ -663,8 +663,13 @@ func recordEvent(ctx context.Context, tx *sql.Tx, b *store.Batch, typ string, no
 
 // EventsList implements store.Store.
 func (s *Store) EventsList(ctx context.Context, p store.EventsListParams) ([]*store.Event, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT seq, id, workspace, batch_id, type, created_at, data FROM events
-		WHERE workspace = ? AND seq > ? ORDER BY seq LIMIT ?`, p.Workspace, p.AfterSeq, p.Limit)
+	q := `SELECT seq, id, workspace, batch_id, type, created_at, data FROM events WHERE workspace = ? AND seq > ?`
+	args := []any{p.Workspace, p.AfterSeq}
+	if p.BatchID != "" {
+		q += ` AND batch_id = ?`
+		args = append(args, p.BatchID)
+	}
+	rows, err := s.r.QueryContext(ctx, q+` ORDER BY seq LIMIT ?`, append(args, p.Limit)...)
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}
@@ -678,13 +683,44 @@ func (s *Store) EventsList(ctx context.Context, p store.EventsListParams) ([]*st
 			return nil, fmt.Errorf("list events: %w", err)
 		}
 		e.CreatedAt = fromMicros(created)
-		e.Batch = new(store.Batch)
-		if err := json.Unmarshal(data, e.Batch); err != nil {
+		if err := json.Unmarshal(data, &e.Batch); err != nil {
 			return nil, fmt.Errorf("list events: %s: %w", e.ID, err)
 		}
 		out = append(out, &e)
 	}
 	return out, rows.Err()
+}
+
+// EventTestInsert implements store.Store.
+func (s *Store) EventTestInsert(ctx context.Context, workspace, endpointID string, now time.Time) (string, int64, error) {
+	evID := ids.New("evt_")
+	var deliveryID int64
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM webhook_endpoints WHERE id = ? AND workspace = ?`, endpointID, workspace).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return store.ErrNotFound
+		}
+		// A test event belongs to no batch; its batch_id is its own id,
+		// which keeps the (batch, type) key unique.
+		res, err := tx.ExecContext(ctx, `INSERT INTO events (id, workspace, batch_id, type, created_at, data) VALUES (?, ?, ?, ?, ?, 'null')`,
+			evID, workspace, evID, store.EventTest, micros(now))
+		if err != nil {
+			return err
+		}
+		seq, err := res.LastInsertId()
+		if err != nil {
+			return err
+		}
+		return tx.QueryRowContext(ctx, `INSERT INTO deliveries (event_seq, endpoint_id, next_at) VALUES (?, ?, ?) RETURNING id`,
+			seq, endpointID, micros(now)).Scan(&deliveryID)
+	})
+	if err != nil {
+		return "", 0, fmt.Errorf("insert test event: %w", err)
+	}
+	return evID, deliveryID, nil
 }
 
 const endpointCols = `id, workspace, url, description, event_types, secret, coalesce(previous_secret, ''), previous_expires_at,
@@ -901,8 +937,8 @@ func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimPara
 			if err != nil {
 				return err
 			}
-			e.CreatedAt, e.Batch = fromMicros(created), new(store.Batch)
-			if err := json.Unmarshal(data, e.Batch); err != nil {
+			e.CreatedAt = fromMicros(created)
+			if err := json.Unmarshal(data, &e.Batch); err != nil {
 				return err
 			}
 			ep, err := scanEndpoint(tx.QueryRowContext(ctx, `SELECT `+endpointCols+` FROM webhook_endpoints WHERE id = ?`, c.endpoint))

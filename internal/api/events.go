@@ -1,0 +1,216 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/store"
+	"github.com/batchd/batchd/internal/webhook"
+)
+
+// EventSource reads the outbox for the live event streams.
+type EventSource interface {
+	EventsList(ctx context.Context, p store.EventsListParams) ([]*store.Event, error)
+}
+
+// Stream timings: how often the store is read for new events and progress
+// (at most this many progress events a second, per batch), and how often
+// an idle stream sends a comment so that proxies keep it open.
+const (
+	streamTick      = 250 * time.Millisecond
+	streamKeepalive = 15 * time.Second
+)
+
+func (a *API) handleEvents() {
+	if a.cfg.Events == nil {
+		return
+	}
+	a.handle("GET /v1/messages/batches/{id}/events", a.batchEvents)
+	a.handle("GET /v1/events", a.workspaceEvents)
+}
+
+// progress is the live-counts event of the streams.
+type progress struct {
+	Type             string       `json:"type"`
+	ID               string       `json:"id"`
+	ProcessingStatus string       `json:"processing_status"`
+	RequestCounts    store.Counts `json:"request_counts"`
+}
+
+// sse writes Server-Sent Events.
+type sse struct {
+	w        http.ResponseWriter
+	f        http.Flusher
+	lastSent time.Time
+}
+
+func startSSE(w http.ResponseWriter) (*sse, error) {
+	f, ok := w.(http.Flusher)
+	if !ok {
+		return nil, fmt.Errorf("event stream: the connection cannot stream")
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	f.Flush()
+	return &sse{w: w, f: f, lastSent: time.Now()}, nil
+}
+
+// send writes one event; id is omitted when empty.
+func (s *sse) send(id, event string, data []byte) error {
+	var err error
+	if id != "" {
+		_, err = fmt.Fprintf(s.w, "id: %s\n", id)
+	}
+	if err == nil {
+		_, err = fmt.Fprintf(s.w, "event: %s\ndata: %s\n\n", event, data)
+	}
+	s.f.Flush()
+	s.lastSent = time.Now()
+	return err
+}
+
+func (s *sse) keepalive() error {
+	if time.Since(s.lastSent) < streamKeepalive {
+		return nil
+	}
+	_, err := fmt.Fprint(s.w, ": keepalive\n\n")
+	s.f.Flush()
+	s.lastSent = time.Now()
+	return err
+}
+
+// lastEventID is where a reconnecting client resumes (the Last-Event-ID
+// header, or ?after= for clients that cannot set headers).
+func lastEventID(r *http.Request) int64 {
+	v := r.Header.Get("Last-Event-ID")
+	if v == "" {
+		v = r.URL.Query().Get("after")
+	}
+	n, _ := strconv.ParseInt(v, 10, 64)
+	return n
+}
+
+// batchEvents streams one batch's events and its progress, and ends after
+// the batch's message_batch.ended event.
+func (a *API) batchEvents(w http.ResponseWriter, r *http.Request) error {
+	ws, id := workspace(r), r.PathValue("id")
+	b, err := a.svc.Get(r.Context(), ws, id)
+	if err != nil {
+		return err
+	}
+	s, err := startSSE(w)
+	if err != nil {
+		return err
+	}
+	after := lastEventID(r)
+	var last progress
+	ticker := time.NewTicker(streamTick)
+	defer ticker.Stop()
+	for {
+		events, err := a.cfg.Events.EventsList(r.Context(), store.EventsListParams{Workspace: ws, BatchID: id, AfterSeq: after, Limit: 100})
+		if err != nil {
+			return nil // the status is sent: end the stream
+		}
+		ended := false
+		for _, e := range events {
+			if err := a.sendEvent(s, r, e); err != nil {
+				return nil
+			}
+			after = e.Seq
+			ended = ended || e.Type == store.EventBatchEnded
+		}
+		if p := (progress{"progress", b.ID, b.Status, b.Counts}); p != last && !ended {
+			data, _ := json.Marshal(p)
+			if s.send("", "progress", data) != nil {
+				return nil
+			}
+			last = p
+		}
+		if ended {
+			return nil
+		}
+		if s.keepalive() != nil {
+			return nil
+		}
+		select {
+		case <-r.Context().Done():
+			return nil
+		case <-ticker.C:
+		}
+		if b, err = a.svc.Get(r.Context(), ws, id); err != nil {
+			return nil // deleted meanwhile
+		}
+	}
+}
+
+// workspaceEvents streams every event of the workspace, and the progress
+// of its batches in progress, until the client goes away.
+func (a *API) workspaceEvents(w http.ResponseWriter, r *http.Request) error {
+	ws := workspace(r)
+	s, err := startSSE(w)
+	if err != nil {
+		return err
+	}
+	after := lastEventID(r)
+	last := map[string]progress{}
+	ticker := time.NewTicker(streamTick)
+	defer ticker.Stop()
+	for {
+		events, err := a.cfg.Events.EventsList(r.Context(), store.EventsListParams{Workspace: ws, AfterSeq: after, Limit: 500})
+		if err != nil {
+			return nil
+		}
+		for _, e := range events {
+			if err := a.sendEvent(s, r, e); err != nil {
+				return nil
+			}
+			after = e.Seq
+			if e.Type == store.EventBatchEnded {
+				delete(last, e.BatchID)
+			}
+		}
+		page, err := a.svc.List(r.Context(), ws, batch.ListParams{Limit: 100})
+		if err != nil {
+			return nil
+		}
+		for _, b := range page.Batches {
+			if b.Status == store.StatusEnded {
+				continue
+			}
+			p := progress{"progress", b.ID, b.Status, b.Counts}
+			if last[b.ID] == p {
+				continue
+			}
+			data, _ := json.Marshal(p)
+			if s.send("", "progress", data) != nil {
+				return nil
+			}
+			last[b.ID] = p
+		}
+		if s.keepalive() != nil {
+			return nil
+		}
+		select {
+		case <-r.Context().Done():
+			return nil
+		case <-ticker.C:
+		}
+	}
+}
+
+// sendEvent writes an outbox event in the same envelope webhooks carry.
+func (a *API) sendEvent(s *sse, r *http.Request, e *store.Event) error {
+	data, err := webhook.Payload(e, a.baseURL(r))
+	if err != nil {
+		return err
+	}
+	return s.send(strconv.FormatInt(e.Seq, 10), e.Type, data)
+}
