@@ -111,7 +111,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	deliverer := webhook.NewDeliverer(webhook.DelivererConfig{
 		Store: st, Sealer: sealer, Guard: guard, BaseURL: strings.TrimRight(cmp.Or(cfg.Webhooks.BaseURL, cfg.PublicURL), "/"),
 		Timeout: cfg.Webhooks.Timeout, PollInterval: cfg.Webhooks.PollInterval, Rand: cfg.Webhooks.Rand, Delay: cfg.Webhooks.Delay,
-		Logger: cfg.Logger, Now: cfg.Now,
+		Logger: cfg.Logger, Now: cfg.Now, ReleaseAtStart: true, // one process owns an SQLite data dir
 	})
 	bcfg := cfg.Backends
 	if bcfg == nil {
@@ -195,7 +195,13 @@ func (s *Server) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	s.Deliverer.Start(ctx)
+	if err := s.Deliverer.Start(ctx); err != nil {
+		for _, d := range s.Delegators {
+			d.Stop(ctx)
+		}
+		s.Dispatcher.Stop(ctx)
+		return err
+	}
 	return nil
 }
 

@@ -509,6 +509,10 @@ type Store interface {
 	// DeliveriesPending counts an endpoint's deliveries not yet settled.
 	DeliveriesPending(ctx context.Context, endpointID string) (int, error)
 	DeliveriesClaim(ctx context.Context, p DeliveriesClaimParams) ([]*Delivery, error)
+	// DeliveriesRelease returns every in-flight delivery to pending, for a
+	// store only one process can open (SQLite) at start: whoever held them
+	// is gone.
+	DeliveriesRelease(ctx context.Context) (int, error)
 	// DeliveryRecord logs an attempt and moves the delivery on, guarded by
 	// the lease and the attempt number.
 	DeliveryRecord(ctx context.Context, p DeliveryRecordParams) error

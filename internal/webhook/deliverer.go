@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -43,6 +44,10 @@ type DelivererConfig struct {
 	// Rand returns a uniform value in [0, 1) for jitter (default
 	// math/rand/v2).
 	Rand func() float64
+	// ReleaseAtStart returns in-flight deliveries to pending at Start, for
+	// a store only one process opens (SQLite): their sender is gone, and
+	// they are resent at once, with the same webhook-id.
+	ReleaseAtStart bool
 	// Delay decides the wait before the next attempt after a failed one,
 	// false when the schedule is spent (default Result.NextDelay: the
 	// research schedule, 0 s to 24 h). Tests compress it.
@@ -117,10 +122,16 @@ func (d *Deliverer) Wake() {
 }
 
 // Start runs the deliverer in the background until Stop.
-func (d *Deliverer) Start(ctx context.Context) {
+func (d *Deliverer) Start(ctx context.Context) error {
+	if d.cfg.ReleaseAtStart {
+		if _, err := d.cfg.Store.DeliveriesRelease(ctx); err != nil {
+			return fmt.Errorf("start deliverer: %w", err)
+		}
+	}
 	ctx, d.cancel = context.WithCancel(ctx)
 	d.done = make(chan struct{})
 	go d.loop(ctx)
+	return nil
 }
 
 // Stop stops claiming and waits for attempts in flight (until ctx ends;

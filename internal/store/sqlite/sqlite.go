@@ -956,6 +956,24 @@ func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimPara
 	return out, nil
 }
 
+// DeliveriesRelease implements store.Store.
+func (s *Store) DeliveriesRelease(ctx context.Context) (int, error) {
+	n := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE deliveries SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE state = 1`)
+		if err != nil {
+			return err
+		}
+		m, _ := res.RowsAffected()
+		n = int(m)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("release deliveries: %w", err)
+	}
+	return n, nil
+}
+
 // DeliveryRecord implements store.Store.
 func (s *Store) DeliveryRecord(ctx context.Context, p store.DeliveryRecordParams) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
