@@ -122,7 +122,7 @@ func TestWebhookSurvivesSIGKILL(t *testing.T) {
 				t.Fatal(err)
 			}
 			var env struct {
-				ID   string `json:"id"`
+				ID   string              `json:"id"`
 				Data struct{ ID string } `json:"data"`
 			}
 			json.Unmarshal(got[0].body, &env)
