@@ -273,3 +273,76 @@ func TestDeadEndpointDoesNotDelayAHealthyOne(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "every ended webhook at the healthy receiver", func() bool { return len(rc.deliveries()) == batches })
 }
+
+// TestWebhookExhaustionThenRecover: a receiver down for every attempt
+// leaves the delivery failed; once it is back, recover sends it again,
+// with the same webhook-id.
+func TestWebhookExhaustionThenRecover(t *testing.T) {
+	t.Parallel()
+	var healthy atomic.Bool
+	rc := &receiver{}
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !healthy.Load() {
+			w.WriteHeader(503)
+			return
+		}
+		rc.ServeHTTP(w, r)
+	}))
+	t.Cleanup(recv.Close)
+	// Three quick attempts, then failed for good.
+	threeTries := func(r webhook.Result, attempt int) (time.Duration, bool) { return 10 * time.Millisecond, attempt < 3 }
+	ts := webhookServer(t, func(c *server.Config) { c.Webhooks.Delay = threeTries })
+	id, _ := addEndpoint(t, ts, recv.URL)
+	since := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	b := createRaw(t, ts.URL, createBody(t, nRequests("r", 1, "hi")...))
+	waitEndedRaw(t, ts.URL, b.ID, 10*time.Second)
+	waitFor(t, 10*time.Second, "three failed attempts", func() bool {
+		return strings.Count(string(do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id+"/attempts", nil).Body), `"status":503`) == 3
+	})
+	time.Sleep(100 * time.Millisecond) // no fourth attempt may follow
+	if n := strings.Count(string(do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id+"/attempts", nil).Body), `"attempt":`); n != 3 {
+		t.Fatalf("%d attempts after the schedule was spent", n)
+	}
+	healthy.Store(true)
+	r := do(t, "POST", ts.URL+"/v1/webhooks/endpoints/"+id+"/recover", `{"since":"`+since+`"}`)
+	if r.Status != 200 || !bytes.Contains(r.Body, []byte(`"recovered":1`)) {
+		t.Fatalf("recover: %d %s", r.Status, r.Body)
+	}
+	waitFor(t, 10*time.Second, "the recovered delivery", func() bool { return len(rc.deliveries()) == 1 })
+}
+
+// TestWebhookEndpointFailingFiveDaysIsDisabled: with a clock that runs
+// ahead, an endpoint that has failed for five days is disabled, reason
+// given.
+func TestWebhookEndpointFailingFiveDaysIsDisabled(t *testing.T) {
+	t.Parallel()
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
+	t.Cleanup(recv.Close)
+	var offset atomic.Int64 // the clock's lead over real time
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	hourly := func(r webhook.Result, attempt int) (time.Duration, bool) { return time.Hour, true }
+	ts := webhookServer(t, func(c *server.Config) { c.Now = now; c.Webhooks.Delay = hourly })
+	id, _ := addEndpoint(t, ts, recv.URL)
+	b := createRaw(t, ts.URL, createBody(t, nRequests("r", 1, "hi")...))
+	waitEndedRaw(t, ts.URL, b.ID, 10*time.Second)
+	var ep struct {
+		Enabled        bool    `json:"enabled"`
+		FailingSince   *string `json:"failing_since"`
+		DisabledReason *string `json:"disabled_reason"`
+	}
+	waitFor(t, 10*time.Second, "the first failure", func() bool {
+		json.Unmarshal(do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id, nil).Body, &ep)
+		return ep.FailingSince != nil
+	})
+	if !ep.Enabled {
+		t.Fatal("disabled after one failure")
+	}
+	offset.Store(int64(5*24*time.Hour + time.Hour)) // five days on: the next attempt is due, and fails
+	waitFor(t, 10*time.Second, "the endpoint to be disabled", func() bool {
+		json.Unmarshal(do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id, nil).Body, &ep)
+		return !ep.Enabled
+	})
+	if ep.DisabledReason == nil || !strings.Contains(*ep.DisabledReason, "failing continuously since") {
+		t.Fatalf("reason %v", ep.DisabledReason)
+	}
+}
