@@ -346,3 +346,52 @@ func TestWebhookEndpointFailingFiveDaysIsDisabled(t *testing.T) {
 		t.Fatalf("reason %v", ep.DisabledReason)
 	}
 }
+
+// TestWebhookLostAckAndRedirect: a receiver that took the event but whose
+// answer was lost gets it again with the same webhook-id (its idempotency
+// key); a 3xx is a failure and is never followed.
+func TestWebhookLostAckAndRedirect(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int64
+	var ids []string
+	var mu sync.Mutex
+	target := &receiver{}
+	targetSrv := httptest.NewServer(target)
+	t.Cleanup(targetSrv.Close)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		ids = append(ids, r.Header.Get("webhook-id"))
+		mu.Unlock()
+		switch calls.Add(1) {
+		case 1: // processed, but the acknowledgement never arrives
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			conn.Close()
+		case 2:
+			http.Redirect(w, r, targetSrv.URL, http.StatusFound)
+		default:
+			w.WriteHeader(200)
+		}
+	}))
+	t.Cleanup(recv.Close)
+	ts := webhookServer(t, func(c *server.Config) {
+		c.Webhooks.Delay = func(r webhook.Result, attempt int) (time.Duration, bool) { return 10 * time.Millisecond, true }
+	})
+	id, _ := addEndpoint(t, ts, recv.URL)
+	b := createRaw(t, ts.URL, createBody(t, nRequests("r", 1, "hi")...))
+	waitEndedRaw(t, ts.URL, b.ID, 10*time.Second)
+	waitFor(t, 10*time.Second, "three attempts", func() bool {
+		return strings.Count(string(do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id+"/attempts", nil).Body), `"attempt":`) == 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ids) != 3 || ids[0] != ids[1] || ids[1] != ids[2] || ids[0] == "" {
+		t.Fatalf("webhook-ids %v, want one id on every attempt", ids)
+	}
+	if len(target.deliveries()) != 0 {
+		t.Fatal("a redirect was followed")
+	}
+	body := string(do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id+"/attempts", nil).Body)
+	if !strings.Contains(body, `"error_class":"http_3xx"`) || !strings.Contains(body, `"error_class":"connection"`) {
+		t.Fatalf("attempts %s", body)
+	}
+}
