@@ -16,6 +16,7 @@ import (
 // EventSource reads the outbox for the live event streams.
 type EventSource interface {
 	EventsList(ctx context.Context, p store.EventsListParams) ([]*store.Event, error)
+	EventsLast(ctx context.Context, workspace string) (int64, error)
 }
 
 // Stream timings: how often the store is read for new events and progress
@@ -88,14 +89,18 @@ func (s *sse) keepalive() error {
 }
 
 // lastEventID is where a reconnecting client resumes (the Last-Event-ID
-// header, or ?after= for clients that cannot set headers).
-func lastEventID(r *http.Request) int64 {
+// header, or ?after= for clients that cannot set headers); ok is false
+// when the client named no position.
+func lastEventID(r *http.Request) (seq int64, ok bool) {
 	v := r.Header.Get("Last-Event-ID")
 	if v == "" {
 		v = r.URL.Query().Get("after")
 	}
+	if v == "" {
+		return 0, false
+	}
 	n, _ := strconv.ParseInt(v, 10, 64)
-	return n
+	return n, true
 }
 
 // batchEvents streams one batch's events and its progress, and ends after
@@ -110,7 +115,7 @@ func (a *API) batchEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	after := lastEventID(r)
+	after, _ := lastEventID(r) // a batch's stream starts with its first event
 	var last progress
 	ticker := time.NewTicker(streamTick)
 	defer ticker.Stop()
@@ -151,15 +156,24 @@ func (a *API) batchEvents(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
-// workspaceEvents streams every event of the workspace, and the progress
-// of its batches in progress, until the client goes away.
+// workspaceEvents streams the workspace's events from now on (or after
+// Last-Event-ID), and the progress of its batches in progress, until the
+// client goes away.
 func (a *API) workspaceEvents(w http.ResponseWriter, r *http.Request) error {
 	ws := workspace(r)
+	after, ok := lastEventID(r)
+	if !ok {
+		// A new subscriber gets what happens from now on, not the
+		// workspace's history (?after=0 asks for all of it).
+		var err error
+		if after, err = a.cfg.Events.EventsLast(r.Context(), ws); err != nil {
+			return err
+		}
+	}
 	s, err := startSSE(w)
 	if err != nil {
 		return err
 	}
-	after := lastEventID(r)
 	last := map[string]progress{}
 	ticker := time.NewTicker(streamTick)
 	defer ticker.Stop()

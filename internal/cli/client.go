@@ -43,6 +43,8 @@ func addClientCommands(root *cobra.Command) {
 		newWaitCommand(),
 		newResultsCommand(),
 		newRetryCommand(),
+		newWebhooksCommand(),
+		newListenCommand(),
 	)
 }
 

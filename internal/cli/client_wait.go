@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -28,12 +29,16 @@ func newWaitCommand() *cobra.Command {
 		Short: "Wait for batches to end; exit 0 if every request succeeded, 2 otherwise",
 		Long: `Wait for batches to end, one after the other, showing progress on stderr.
 
+Against batchd, wait follows each batch's event stream
+(GET /v1/messages/batches/{id}/events), reconnecting if it drops; against
+other servers it polls every --interval.
+
 Exits 0 when every request succeeded and 2 when a batch ended with any
 errored, canceled or expired request.`,
 		Args: cobra.MinimumNArgs(1),
 	}
 	conn := addConnFlags(cmd)
-	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "poll interval")
+	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "poll interval (and first reconnection delay of the event stream)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, stop := signalContext(cmd)
 		defer stop()
@@ -77,18 +82,27 @@ type progressReporter interface {
 	done(b *anthropic.MessageBatch)
 }
 
-// watchBatch polls the batch until it has ended and returns it, passing
-// every observation to report. All waiting goes through here, so a push
-// mechanism (server-sent events) can replace the polling in one place.
+// watchBatch waits until the batch has ended and returns it, passing every
+// observation to report. It follows the batch's event stream when the server
+// offers one (batchd does) and polls otherwise; both feed the same display.
 func watchBatch(ctx context.Context, client *anthropic.Client, id string, interval time.Duration, report progressReporter) (ended *anthropic.MessageBatch, err error) {
 	defer func() { report.done(ended) }()
+	ended, err = streamBatch(ctx, client, id, interval, report.update)
+	if errors.Is(err, errNoEventStream) {
+		return pollBatch(ctx, client, id, interval, report.update)
+	}
+	return ended, err
+}
+
+// pollBatch GETs the batch every interval until it has ended.
+func pollBatch(ctx context.Context, client *anthropic.Client, id string, interval time.Duration, update func(*anthropic.MessageBatch)) (*anthropic.MessageBatch, error) {
 	failures := 0
 	for {
 		batch, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{})
 		switch {
 		case getErr == nil:
 			failures = 0
-			report.update(batch)
+			update(batch)
 			if batch.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
 				return batch, nil
 			}
@@ -105,6 +119,113 @@ func watchBatch(ctx context.Context, client *anthropic.Client, id string, interv
 		case <-time.After(interval):
 		}
 	}
+}
+
+// streamBatch follows GET /v1/messages/batches/{id}/events until the batch
+// has ended, reconnecting with Last-Event-ID when the stream drops. It
+// returns an error wrapping errNoEventStream when the server has no stream
+// (or keeps closing it without a word), so that the caller polls instead.
+func streamBatch(ctx context.Context, client *anthropic.Client, id string, interval time.Duration, update func(*anthropic.MessageBatch)) (*anthropic.MessageBatch, error) {
+	path := "v1/messages/batches/" + url.PathEscape(id) + "/events"
+	var (
+		lastID     string
+		serverWait time.Duration
+		failures   int // connections in a row that failed or said nothing
+	)
+	for {
+		stream, err := openEventStream(ctx, client, path, lastID)
+		if err == nil {
+			var ended *anthropic.MessageBatch
+			var got bool
+			ended, got, err = readBatchEvents(stream, id, update)
+			lastID = stream.LastEventID()
+			if r := stream.Retry(); r > 0 {
+				serverWait = r
+			}
+			stream.Close()
+			if ended != nil {
+				return finalBatch(ctx, client, ended, update), nil
+			}
+			if got {
+				failures = 0
+			}
+		}
+		switch {
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case errors.Is(err, errNoEventStream):
+			return nil, err
+		case err != nil && apiStatus(err) != 0 && !transient(err):
+			return nil, fmt.Errorf("stream events of batch %s: %w", id, concise(err))
+		}
+		// The stream dropped or could not be opened. Maybe the batch ended
+		// unseen: ask, which also keeps the display fresh.
+		if batch, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{}); getErr == nil {
+			update(batch)
+			if batch.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
+				return batch, nil
+			}
+		} else if ctx.Err() != nil {
+			return nil, ctx.Err()
+		} else if !transient(getErr) {
+			return nil, fmt.Errorf("get batch %s: %w", id, concise(getErr))
+		}
+		failures++
+		if failures > maxPollFailures {
+			if err != nil { // transient, as others returned above
+				return nil, fmt.Errorf("stream events of batch %s: %w", id, concise(err))
+			}
+			// Streams that open and close without an event: a proxy in
+			// the way, say. Polling still works.
+			return nil, fmt.Errorf("%w: the batch's event stream keeps closing without events", errNoEventStream)
+		}
+		if err := sleepCtx(ctx, sseBackoff(interval, serverWait, failures-1)); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// readBatchEvents reads one connection's events, passing each observation
+// of batch id to update. It returns the batch once an event says it ended,
+// and whether any event came.
+func readBatchEvents(stream *eventStream, id string, update func(*anthropic.MessageBatch)) (ended *anthropic.MessageBatch, got bool, err error) {
+	for {
+		ev, err := stream.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			return nil, got, err
+		}
+		got = true
+		// A malformed event costs one update: when the stream closes, the
+		// batch is fetched anyway.
+		b, err := batchOfEvent(ev)
+		if err != nil || b == nil || b.ID != id {
+			continue
+		}
+		m := b.messageBatch()
+		if m.ProcessingStatus == "" && b.Type == "message_batch.ended" {
+			m.ProcessingStatus = anthropic.MessageBatchProcessingStatusEnded
+		}
+		if m.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
+			return m, got, nil
+		}
+		if b.RequestCounts != nil {
+			update(m)
+		}
+	}
+}
+
+// finalBatch fetches the ended batch, which has every field (the summary
+// wants created_at), and falls back to what the event said.
+func finalBatch(ctx context.Context, client *anthropic.Client, ended *anthropic.MessageBatch, update func(*anthropic.MessageBatch)) *anthropic.MessageBatch {
+	if batch, err := client.Messages.Batches.Get(ctx, ended.ID, anthropic.MessageBatchGetParams{}); err == nil &&
+		batch.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
+		ended = batch
+	}
+	update(ended)
+	return ended
 }
 
 // transient reports whether err may go away by itself: no response at all,

@@ -111,7 +111,7 @@ func TestWorkspaceEventStream(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t)
 	b := createRaw(t, ts.URL, createBody(t, nRequests("w", 2, "hi")...))
-	events := readSSE(t, ts.URL+"/v1/events", nil, func(e sseEvent) bool {
+	events := readSSE(t, ts.URL+"/v1/events?after=0", nil, func(e sseEvent) bool {
 		return e.event == "message_batch.ended" && strings.Contains(e.data, b.ID)
 	})
 	if events[0].event != "message_batch.created" || !strings.Contains(events[0].data, b.ID) {
@@ -119,4 +119,28 @@ func TestWorkspaceEventStream(t *testing.T) {
 	}
 	r := do(t, "GET", ts.URL+"/v1/messages/batches/msgbatch_nope/events", nil)
 	wantError(t, r, 404, "not_found_error")
+}
+
+// TestWorkspaceStreamStartsNow: without Last-Event-ID the workspace stream
+// carries only what happens after the subscription, not the history.
+func TestWorkspaceStreamStartsNow(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t)
+	old := createRaw(t, ts.URL, createBody(t, nRequests("old", 1, "hi")...))
+	waitEndedRaw(t, ts.URL, old.ID, 10*time.Second)
+	var fresh wireBatch
+	go func() {
+		time.Sleep(300 * time.Millisecond) // after the subscription below
+		fresh = createRaw(t, ts.URL, createBody(t, nRequests("new", 1, "hi")...))
+	}()
+	events := readSSE(t, ts.URL+"/v1/events", nil, func(e sseEvent) bool { return e.event == "message_batch.ended" })
+	for _, e := range events {
+		if strings.Contains(e.data, old.ID) {
+			t.Fatalf("the stream replayed an earlier batch's event: %+v", e)
+		}
+	}
+	if len(events) == 0 || !strings.Contains(events[0].data, "msgbatch_") {
+		t.Fatalf("events %+v", events)
+	}
+	_ = fresh
 }

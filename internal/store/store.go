@@ -497,6 +497,8 @@ type Store interface {
 
 	// EventsList pages a workspace's events after AfterSeq, oldest first.
 	EventsList(ctx context.Context, p EventsListParams) ([]*Event, error)
+	// EventsLast is the sequence of a workspace's latest event, 0 if none.
+	EventsLast(ctx context.Context, workspace string) (int64, error)
 	// EventTestInsert writes a webhook.test event with one delivery, to the
 	// given endpoint only, returning the event id and the delivery id.
 	EventTestInsert(ctx context.Context, workspace, endpointID string, now time.Time) (string, int64, error)

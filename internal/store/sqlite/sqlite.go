@@ -691,6 +691,15 @@ func (s *Store) EventsList(ctx context.Context, p store.EventsListParams) ([]*st
 	return out, rows.Err()
 }
 
+// EventsLast implements store.Store.
+func (s *Store) EventsLast(ctx context.Context, workspace string) (int64, error) {
+	var v sql.NullInt64
+	if err := s.r.QueryRowContext(ctx, `SELECT max(seq) FROM events WHERE workspace = ?`, workspace).Scan(&v); err != nil {
+		return 0, fmt.Errorf("last event: %w", err)
+	}
+	return v.Int64, nil
+}
+
 // EventTestInsert implements store.Store.
 func (s *Store) EventTestInsert(ctx context.Context, workspace, endpointID string, now time.Time) (string, int64, error) {
 	evID := ids.New("evt_")
