@@ -128,10 +128,11 @@ func TestWorkspaceStreamStartsNow(t *testing.T) {
 	ts := newTestServer(t)
 	old := createRaw(t, ts.URL, createBody(t, nRequests("old", 1, "hi")...))
 	waitEndedRaw(t, ts.URL, old.ID, 10*time.Second)
-	var fresh wireBatch
+	created := make(chan struct{})
 	go func() {
+		defer close(created)
 		time.Sleep(300 * time.Millisecond) // after the subscription below
-		fresh = createRaw(t, ts.URL, createBody(t, nRequests("new", 1, "hi")...))
+		createRaw(t, ts.URL, createBody(t, nRequests("new", 1, "hi")...))
 	}()
 	events := readSSE(t, ts.URL+"/v1/events", nil, func(e sseEvent) bool { return e.event == "message_batch.ended" })
 	for _, e := range events {
@@ -139,8 +140,8 @@ func TestWorkspaceStreamStartsNow(t *testing.T) {
 			t.Fatalf("the stream replayed an earlier batch's event: %+v", e)
 		}
 	}
+	<-created
 	if len(events) == 0 || !strings.Contains(events[0].data, "msgbatch_") {
 		t.Fatalf("events %+v", events)
 	}
-	_ = fresh
 }
