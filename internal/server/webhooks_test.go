@@ -213,7 +213,12 @@ func TestWebhookRetriesUntilDelivered(t *testing.T) {
 	if err := wh.Verify(d.body, d.header); err != nil {
 		t.Fatal(err)
 	}
-	r := do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id+"/attempts", nil)
+	// The receiver has it; the attempt's record follows a moment later.
+	var r response
+	waitFor(t, 10*time.Second, "the third attempt's record", func() bool {
+		r = do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id+"/attempts", nil)
+		return bytes.Count(r.Body, []byte(`"attempt":`)) == 3
+	})
 	var atts struct {
 		Data []struct {
 			Attempt int    `json:"attempt"`
