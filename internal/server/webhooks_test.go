@@ -401,3 +401,51 @@ func TestWebhookLostAckAndRedirect(t *testing.T) {
 		t.Fatalf("attempts %s", body)
 	}
 }
+
+// TestWebhookRotationAndTestEvent: after a rotation both secrets verify
+// during the grace period (two signatures); a test event reaches only the
+// endpoint it names; resend sends a delivery again with the same id.
+func TestWebhookRotationAndTestEvent(t *testing.T) {
+	t.Parallel()
+	rc := &receiver{}
+	recv := httptest.NewServer(rc)
+	t.Cleanup(recv.Close)
+	ts := webhookServer(t)
+	id, oldSecret := addEndpoint(t, ts, recv.URL)
+	r := do(t, "POST", ts.URL+"/v1/webhooks/endpoints/"+id+"/rotate", `{"grace_period_seconds":3600}`)
+	var rotated struct{ Secret string }
+	if r.Status != 200 || json.Unmarshal(r.Body, &rotated) != nil || rotated.Secret == "" || rotated.Secret == oldSecret {
+		t.Fatalf("rotate: %d %s", r.Status, r.Body)
+	}
+	r = do(t, "POST", ts.URL+"/v1/webhooks/endpoints/"+id+"/test", nil)
+	var test struct {
+		ID         string `json:"id"`
+		DeliveryID int64  `json:"delivery_id"`
+	}
+	if r.Status != 200 || json.Unmarshal(r.Body, &test) != nil || !strings.HasPrefix(test.ID, "evt_") {
+		t.Fatalf("test: %d %s", r.Status, r.Body)
+	}
+	waitFor(t, 10*time.Second, "the test event", func() bool { return len(rc.deliveries()) == 1 })
+	d := rc.deliveries()[0]
+	if sigs := strings.Fields(d.header.Get("webhook-signature")); len(sigs) != 2 {
+		t.Fatalf("want two signatures during the grace period, got %q", d.header.Get("webhook-signature"))
+	}
+	for _, secret := range []string{oldSecret, rotated.Secret} {
+		wh, _ := standardwebhooks.NewWebhook(secret)
+		if err := wh.Verify(d.body, d.header); err != nil {
+			t.Fatalf("a receiver holding one of the secrets cannot verify: %v", err)
+		}
+	}
+	if !strings.Contains(string(d.body), `"type":"webhook.test"`) || d.header.Get("webhook-id") != test.ID {
+		t.Fatalf("test event %s", d.body)
+	}
+	r = do(t, "POST", ts.URL+"/v1/webhooks/deliveries/"+fmt.Sprint(test.DeliveryID)+"/resend", nil)
+	if r.Status != 200 {
+		t.Fatalf("resend: %d %s", r.Status, r.Body)
+	}
+	waitFor(t, 10*time.Second, "the resent event", func() bool { return len(rc.deliveries()) == 2 })
+	if again := rc.deliveries()[1]; again.header.Get("webhook-id") != test.ID {
+		t.Fatalf("resent with webhook-id %s, want %s", again.header.Get("webhook-id"), test.ID)
+	}
+	wantError(t, do(t, "POST", ts.URL+"/v1/webhooks/deliveries/999999/resend", nil), 404, "not_found_error")
+}
