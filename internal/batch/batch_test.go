@@ -1,11 +1,14 @@
 package batch
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 func TestCheckCustomID(t *testing.T) {
@@ -72,10 +75,44 @@ func TestParamsModel(t *testing.T) {
 		`{"tools":[{"input_schema":{"properties":{"model":{}}}}],"model":"m3"}`:      "m3",
 		`{"model":7}`: "",
 		`{}`:          "",
+		`{"messages":[{"role":"user","content":"a \"model\": \"x\" inside"}], "model" : "m4"}`: "m4",
+		`{"stop_sequences":["model"],"model":"m5"}`:                                            "m5",
+		`{"metadata":{"model":"inner"},"model":"m6"}`:                                          "m6",
+		`{"model":"esc\u0061ped"}`:                                                             "escaped",
+		`{"text":"\\","model":"m7"}`:                                                           "m7",
 	}
 	for params, want := range tests {
 		if got := paramsModel([]byte(params)); got != want {
 			t.Errorf("paramsModel(%s) = %q, want %q", params, got, want)
 		}
 	}
+}
+
+func BenchmarkParamsModel(b *testing.B) {
+	pad := strings.Repeat("lorem ipsum dolor sit amet ", 93)
+	params := []byte(`{"max_tokens":32,"messages":[{"role":"user","content":"` + pad + `"}],"model":"claude-sim"}`)
+	b.SetBytes(int64(len(params)))
+	for b.Loop() {
+		if paramsModel(params) != "claude-sim" {
+			b.Fatal("wrong model")
+		}
+	}
+}
+
+// FuzzParamsModel: the fast scan agrees with a real decoder on every valid
+// JSON object.
+func FuzzParamsModel(f *testing.F) {
+	for _, s := range []string{`{"model":"a"}`, `{"x":{"model":"b"},"model":"c"}`, `{"model":"d\"e"}`, `{"a":"\\","model":"f"}`, `[1]`, `{"model":null}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		// What create accepts: valid JSON under jsontext's rules (UTF-8
+		// included), an object.
+		if !jsontext.Value(s).IsValid() || !json.Valid([]byte(s)) || !strings.HasPrefix(strings.TrimSpace(s), "{") {
+			return
+		}
+		if fast, slow := paramsModel([]byte(s)), paramsModelSlow([]byte(s)); fast != slow {
+			t.Fatalf("%s: fast %q, decoder %q", s, fast, slow)
+		}
+	})
 }
