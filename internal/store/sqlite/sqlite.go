@@ -1182,12 +1182,40 @@ func (s *Store) BatchesArchive(ctx context.Context, p store.BatchesArchiveParams
 			}
 		}
 		n = len(seqs)
-		return nil
+		return pruneEvents(ctx, tx, p.CreatedBefore)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("archive batches: %w", err)
 	}
 	return n, nil
+}
+
+// pruneEvents deletes events older than the retention, with their
+// deliveries and attempts, a bounded chunk per sweep.
+func pruneEvents(ctx context.Context, tx *sql.Tx, before time.Time) error {
+	seqs, err := querySeqs(ctx, tx, `SELECT seq FROM events WHERE created_at <= ? ORDER BY created_at LIMIT 1000`, micros(before))
+	if err != nil || len(seqs) == 0 {
+		return err
+	}
+	list := make([]byte, 0, 8*len(seqs))
+	list = append(list, '[')
+	for i, seq := range seqs {
+		if i > 0 {
+			list = append(list, ',')
+		}
+		list = strconv.AppendInt(list, seq, 10)
+	}
+	list = append(list, ']')
+	for _, q := range []string{
+		`DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_seq IN (SELECT value FROM json_each(?)))`,
+		`DELETE FROM deliveries WHERE event_seq IN (SELECT value FROM json_each(?))`,
+		`DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))`,
+	} {
+		if _, err := tx.ExecContext(ctx, q, string(list)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // BatchNextExpiry implements store.Store.

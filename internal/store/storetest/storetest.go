@@ -555,6 +555,10 @@ func testArchive(t *testing.T, b *bundle) {
 	if got := b.get(t, old); got.ArchivedAt == nil || got.Counts.Canceled != 2 {
 		t.Fatalf("archived batch: %+v", got)
 	}
+	// Its events (created at t0, older than the retention) are pruned too.
+	if evs, _ := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", BatchID: old.ID, Limit: 10}); len(evs) != 0 {
+		t.Fatalf("%d events of an archived batch remain", len(evs))
+	}
 	if got := b.get(t, running); got.ArchivedAt != nil {
 		t.Fatal("archived a running batch")
 	}
