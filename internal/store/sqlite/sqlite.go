@@ -241,6 +241,25 @@ func (s *Store) migrate(ctx context.Context) error {
 	return nil
 }
 
+// execAffected runs one statement in a write transaction and returns how
+// many rows it changed.
+func (s *Store) execAffected(ctx context.Context, action, q string, args ...any) (int, error) {
+	n := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		m, _ := res.RowsAffected()
+		n = int(m)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", action, err)
+	}
+	return n, nil
+}
+
 // tx runs fn in a write transaction.
 func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
@@ -967,20 +986,7 @@ func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimPara
 
 // DeliveriesRelease implements store.Store.
 func (s *Store) DeliveriesRelease(ctx context.Context) (int, error) {
-	n := 0
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE deliveries SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE state = 1`)
-		if err != nil {
-			return err
-		}
-		m, _ := res.RowsAffected()
-		n = int(m)
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("release deliveries: %w", err)
-	}
-	return n, nil
+	return s.execAffected(ctx, "release deliveries", `UPDATE deliveries SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE state = 1`)
 }
 
 // DeliveryRecord implements store.Store.
@@ -1521,15 +1527,9 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 
 // RequestsHeartbeat implements store.Store.
 func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeatParams) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE tasks SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
-			micros(p.LeaseUntil), p.Owner)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("heartbeat: %w", err)
-	}
-	return nil
+	_, err := s.execAffected(ctx, "heartbeat", `UPDATE tasks SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
+		micros(p.LeaseUntil), p.Owner)
+	return err
 }
 
 // RequestsRescue implements store.Store.
