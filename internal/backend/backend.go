@@ -197,3 +197,64 @@ func durationOf(n float64, unit time.Duration) time.Duration {
 	}
 	return time.Duration(n * float64(unit))
 }
+
+// UpstreamError names an Anthropic API error answer: the error type and
+// message from its envelope ({"type":"error","error":{"type","message"}}),
+// except that the HTTP status decides whether it is worth retrying — the
+// envelope only names the error within that class, so a 5xx is never made
+// permanent, nor a 4xx retried, on the body's word alone. msg is "" when
+// the body is no envelope.
+func UpstreamError(status int, body []byte) (typ, msg string, transient bool) {
+	fallback, transient := classifyStatus(status)
+	typ, msg = parseEnvelope(body)
+	if typ == "" || IsTransientType(typ) != transient {
+		typ = fallback
+	}
+	return typ, msg, transient
+}
+
+// classifyStatus maps an HTTP error status to the Anthropic error type used
+// when the body names none, and whether it is worth retrying.
+func classifyStatus(status int) (typ string, transient bool) {
+	switch status {
+	case 400:
+		return ErrInvalidRequest, false
+	case 401:
+		return ErrAuthentication, false
+	case 402:
+		return ErrBilling, false
+	case 403:
+		return ErrPermission, false
+	case 404:
+		return ErrNotFound, false
+	case 408:
+		return ErrTimeout, true
+	case 413:
+		return ErrRequestTooLarge, false
+	case 429:
+		return ErrRateLimit, true
+	case 529:
+		return ErrOverloaded, true
+	}
+	if status >= 500 {
+		return ErrAPI, true
+	}
+	// Anthropic documents invalid_request_error for "other 4XX status codes".
+	return ErrInvalidRequest, false
+}
+
+// parseEnvelope reads {"type":"error","error":{"type","message"}}; it
+// returns empty strings for anything else.
+func parseEnvelope(body []byte) (typ, msg string) {
+	var env struct {
+		Type  string `json:"type"`
+		Error *struct {
+			Type    string `json:"type"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &env) != nil || env.Type != "error" || env.Error == nil {
+		return "", ""
+	}
+	return env.Error.Type, env.Error.Message
+}

@@ -90,27 +90,9 @@ func (c *client) do(ctx context.Context, method, path string, body io.Reader, si
 	}
 	defer res.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
-	var env struct {
-		Error *struct {
-			Type    string `json:"type"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	typ, msg := "", ""
-	if json.Unmarshal(data, &env) == nil && env.Error != nil {
-		typ, msg = env.Error.Type, env.Error.Message
-	}
-	// The status decides whether to retry, as in the anthropic backend.
-	transient := res.StatusCode == 408 || res.StatusCode == 429 || res.StatusCode >= 500
-	if typ == "" || backend.IsTransientType(typ) != transient {
-		typ = backend.ErrInvalidRequest
-		if transient {
-			typ = backend.ErrAPI
-		}
-		if res.StatusCode == 404 {
-			typ = backend.ErrNotFound
-		}
-	}
+	// The same rules as the anthropic backend: the status decides whether
+	// to retry.
+	typ, msg, _ := backend.UpstreamError(res.StatusCode, data)
 	if msg == "" {
 		msg = "HTTP " + strconv.Itoa(res.StatusCode)
 	}

@@ -252,14 +252,7 @@ func (b *Backend) response(ex *exchange) (json.RawMessage, error) {
 		return nil, b.fail(backend.ErrAPI, ex.status, retryAfter, msg)
 	}
 
-	fallback, transient := classifyStatus(ex.status)
-	typ, msg := parseEnvelope(ex.body)
-	// The status decides whether the error is worth retrying; the envelope
-	// only names it within that class, so a 5xx is never made permanent and
-	// a 4xx never retried on the upstream's word alone.
-	if typ == "" || backend.IsTransientType(typ) != transient {
-		typ = fallback
-	}
+	typ, msg, _ := backend.UpstreamError(ex.status, ex.body)
 	if msg == "" {
 		msg = fmt.Sprintf("upstream: HTTP %d without an error envelope", ex.status)
 	}
@@ -308,52 +301,6 @@ func (b *Backend) message(ex *exchange) (json.RawMessage, error) {
 func (b *Backend) fail(typ string, status int, retryAfter time.Duration, msg string) *backend.Error {
 	msg = b.redact.Replace(msg)
 	return &backend.Error{Type: typ, Status: status, RetryAfter: retryAfter, Message: msg}
-}
-
-// classifyStatus maps an HTTP error status to the Anthropic error type used
-// when the body names none, and whether it is worth retrying.
-func classifyStatus(status int) (typ string, transient bool) {
-	switch status {
-	case 400:
-		return backend.ErrInvalidRequest, false
-	case 401:
-		return backend.ErrAuthentication, false
-	case 402:
-		return backend.ErrBilling, false
-	case 403:
-		return backend.ErrPermission, false
-	case 404:
-		return backend.ErrNotFound, false
-	case 408:
-		return backend.ErrTimeout, true
-	case 413:
-		return backend.ErrRequestTooLarge, false
-	case 429:
-		return backend.ErrRateLimit, true
-	case 529:
-		return backend.ErrOverloaded, true
-	}
-	if status >= 500 {
-		return backend.ErrAPI, true
-	}
-	// Anthropic documents invalid_request_error for "other 4XX status codes".
-	return backend.ErrInvalidRequest, false
-}
-
-// parseEnvelope reads {"type":"error","error":{"type","message"}}; it
-// returns empty strings for anything else.
-func parseEnvelope(body []byte) (typ, msg string) {
-	var env struct {
-		Type  string `json:"type"`
-		Error *struct {
-			Type    string `json:"type"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(body, &env) != nil || env.Type != "error" || env.Error == nil {
-		return "", ""
-	}
-	return env.Error.Type, env.Error.Message
 }
 
 // joinBetas comma-joins the non-empty beta values, as the TS and Python SDKs
