@@ -190,6 +190,7 @@ type directives struct {
 // Do answers one request. The reply depends only on call.Params, never on the
 // attempt number or the clock, so a retried request yields the same bytes.
 func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, error) {
+	start := time.Now()
 	var req request
 	if err := json.Unmarshal(call.Params, &req); err != nil {
 		return nil, decodeError(err)
@@ -241,35 +242,46 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 		}
 	}
 
-	// Latency comes first so failing attempts are as slow as successful ones,
-	// which is what makes retry and timeout behaviour testable.
+	// Every attempt, failing or not, takes the latency, measured from the
+	// call: the work of building the answer happens inside it, so a
+	// request of latency L takes L, not L plus the simulator's own time.
 	lat := b.latency
 	if d.hasLatency {
 		lat = d.latency
 	}
-	if lat > 0 {
-		t := time.NewTimer(lat)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
-		}
-	}
-	if d.errType != "" {
-		return nil, &backend.Error{Type: d.errType, Status: backend.StatusForType(d.errType), Message: "simulated " + d.errType}
-	}
-	if attempt := max(call.Attempt, 1); attempt <= d.fail {
-		return nil, &backend.Error{
+	var msg json.RawMessage
+	var err error
+	switch attempt := max(call.Attempt, 1); {
+	case d.errType != "":
+		err = &backend.Error{Type: d.errType, Status: backend.StatusForType(d.errType), Message: "simulated " + d.errType}
+	case attempt <= d.fail:
+		err = &backend.Error{
 			Type:    backend.ErrOverloaded,
 			Status:  backend.StatusForType(backend.ErrOverloaded),
 			Message: fmt.Sprintf("simulated %s (attempt %d of %d failing)", backend.ErrOverloaded, attempt, d.fail),
 		}
+	default:
+		msg = answer(call.Params, model, last, chars, req.MaxTokens, req.StopSequences)
 	}
+	if lat > 0 {
+		if left := lat - time.Since(start); left > 0 {
+			t := time.NewTimer(left)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			case <-t.C:
+			}
+		}
+	}
+	return msg, err
+}
 
-	sum := sha256.Sum256(call.Params)
+// answer builds the Message for params: deterministic, from their hash.
+func answer(params json.RawMessage, model string, last *content, chars int, maxTokens int64, stops []string) json.RawMessage {
+	sum := sha256.Sum256(params)
 	text, words := generate(last, splitmix(binary.LittleEndian.Uint64(sum[24:])))
-	text, words, reason, stopSeq := truncate(text, words, req.MaxTokens, req.StopSequences)
+	text, words, reason, stopSeq := truncate(text, words, maxTokens, stops)
 	inTokens := max((chars+3)/4, 1)
 	outTokens := max(words, 1)
 
@@ -295,7 +307,7 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 	out = append(out, `,"output_tokens":`...)
 	out = strconv.AppendInt(out, int64(outTokens), 10)
 	out = append(out, `,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"service_tier":"batch"}}`...)
-	return out, nil
+	return out
 }
 
 // generate writes the full, uncut reply: the quoted prompt echo, then
