@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 
@@ -102,15 +103,8 @@ func (c *client) do(ctx context.Context, method, path string, body io.Reader, si
 // create sends one upstream batch, streaming its body from reqs, with
 // their batch's anthropic-beta values (an upstream batch never mixes two
 // of our batches).
-func (c *client) create(ctx context.Context, reqs []store.ClaimedRequest) (*upstreamBatch, error) {
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(writeBody(pw, reqs)) }()
-	defer pr.Close()
-	var betas []string
-	if len(reqs) > 0 {
-		betas = reqs[0].Betas
-	}
-	res, err := c.do(ctx, http.MethodPost, "", pr, bodySize(reqs), betas...)
+func (c *client) create(ctx context.Context, items *os.File, size int64, betas []string) (*upstreamBatch, error) {
+	res, err := c.do(ctx, http.MethodPost, "", createBody(items, size), size, betas...)
 	if err != nil {
 		return nil, err
 	}
@@ -178,39 +172,30 @@ func itemSize(c store.ClaimedRequest) int64 {
 	return int64(len(itemHead)+len(customID(c.ID))+len(itemMid)+len(c.Params)+len(itemTail)) + 1
 }
 
-// bodySize is the exact length of writeBody's output, so the body is sent
-// with a Content-Length though it is streamed.
-func bodySize(reqs []store.ClaimedRequest) int64 {
-	n := int64(len(bodyHead) + len(bodyTail))
-	for _, c := range reqs {
-		n += itemSize(c)
-	}
-	if len(reqs) > 0 {
-		n-- // no comma before the first
-	}
-	return n
+// createBody is {"requests":[…]} around the items spooled to a file, of
+// size bytes in all; each call reads the file from its start, so a retried
+// create sends the same bytes.
+func createBody(items *os.File, size int64) io.Reader {
+	return io.MultiReader(strings.NewReader(bodyHead), io.NewSectionReader(items, 0, size-int64(len(bodyHead)+len(bodyTail))),
+		strings.NewReader(bodyTail))
 }
 
-// writeBody writes {"requests":[...]} with params exactly as stored.
-func writeBody(w io.Writer, reqs []store.ClaimedRequest) error {
+// appendItem writes one request of a create body (params exactly as
+// stored), after a comma unless it is the first.
+func appendItem(w io.Writer, c store.ClaimedRequest, first bool) error {
 	buf := make([]byte, 0, 64)
-	buf = append(buf, bodyHead...)
-	for i, c := range reqs {
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		buf = append(buf, itemHead...)
-		buf = append(buf, customID(c.ID)...)
-		buf = append(buf, itemMid...)
-		if _, err := w.Write(buf); err != nil {
-			return err
-		}
-		if _, err := w.Write(c.Params); err != nil {
-			return err
-		}
-		buf = append(buf[:0], itemTail...)
+	if !first {
+		buf = append(buf, ',')
 	}
-	buf = append(buf, bodyTail...)
-	_, err := w.Write(buf)
+	buf = append(buf, itemHead...)
+	buf = append(buf, customID(c.ID)...)
+	buf = append(buf, itemMid...)
+	if _, err := w.Write(buf); err != nil {
+		return err
+	}
+	if _, err := w.Write(c.Params); err != nil {
+		return err
+	}
+	_, err := w.Write([]byte(itemTail))
 	return err
 }

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -284,22 +285,27 @@ func sleep(ctx context.Context, d time.Duration, kick <-chan struct{}) bool {
 // a time, and delegates them.
 func (d *Delegator) claimLoop(ctx context.Context) {
 	for ctx.Err() == nil {
-		now := d.cfg.Now()
-		claimed, err := d.st.RequestsClaim(ctx, store.RequestsClaimParams{
-			// The lease only has to last until the intent is recorded:
-			// RequestsRescue skips delegated requests.
-			Backend: d.cfg.Name, Owner: d.owner, Limit: d.cfg.MaxBatchRequests, Now: now, LeaseUntil: now.Add(time.Hour),
-		})
-		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Error("claim failed", "err", err)
+		b := &builder{d: d, open: map[int64]*group{}}
+		for ctx.Err() == nil {
+			now := d.cfg.Now()
+			limit := min(claimChunk, d.cfg.MaxBatchRequests)
+			claimed, err := d.st.RequestsClaim(ctx, store.RequestsClaimParams{
+				// The lease only has to last until the intent is recorded:
+				// RequestsRescue skips delegated requests.
+				Backend: d.cfg.Name, Owner: d.owner, Limit: limit, Now: now, LeaseUntil: now.Add(time.Hour),
+			})
+			if err != nil {
+				if ctx.Err() == nil {
+					d.log.Error("claim failed", "err", err)
+				}
+				break
 			}
-		} else if len(claimed) > 0 {
-			d.delegate(ctx, claimed)
-			if len(claimed) == d.cfg.MaxBatchRequests {
-				continue // more may be waiting
+			b.add(ctx, claimed)
+			if len(claimed) < limit {
+				break
 			}
 		}
+		b.flush(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -309,19 +315,31 @@ func (d *Delegator) claimLoop(ctx context.Context) {
 	}
 }
 
-// group is the requests of one upstream batch to be.
+// claimChunk is how many requests one claim takes: their params are
+// spooled to the upstream batch's body file at once, so memory holds one
+// chunk, however large the upstream batch.
+const claimChunk = 1000
+
+// group is the requests of one upstream batch to be, and its create body
+// spooled to a temporary file.
 type group struct {
 	ub   *store.UpstreamBatch
-	reqs []store.ClaimedRequest
+	reqs []store.ClaimedRequest // without their params, which are in body
+	body *os.File
+	size int64 // bytes of the whole create body
 }
 
-// delegate splits claimed requests into upstream batches, records every
-// intent first, then creates them one at a time.
-func (d *Delegator) delegate(ctx context.Context, claimed []store.ClaimedRequest) {
-	var groups []*group
+// builder fills groups, one open per batch of ours, from claimed chunks.
+type builder struct {
+	d    *Delegator
+	open map[int64]*group
+}
+
+// add spools claimed requests into their batch's open group, sending a
+// group as soon as the next request would not fit the upstream's limits.
+func (b *builder) add(ctx context.Context, claimed []store.ClaimedRequest) {
+	d := b.d
 	var settle []store.Outcome
-	open := map[int64]*group{} // the group being filled, per batch
-	var size map[*group]int64 = map[*group]int64{}
 	for _, c := range claimed {
 		if typ := d.unsent(c); typ != "" {
 			settle = append(settle, outcome(c, typ, nil))
@@ -332,39 +350,65 @@ func (d *Delegator) delegate(ctx context.Context, claimed []store.ClaimedRequest
 			settle = append(settle, errored(c, backend.ErrRequestTooLarge, fmt.Sprintf("request is %d bytes, more than an upstream batch may hold (%d)", n, d.cfg.MaxBatchBytes)))
 			continue
 		}
-		g := open[c.BatchSeq]
-		if g == nil || len(g.reqs) >= d.cfg.MaxBatchRequests || size[g]+n > d.cfg.MaxBatchBytes {
-			g = &group{}
-			size[g] = int64(len(bodyHead) + len(bodyTail))
-			open[c.BatchSeq] = g
-			groups = append(groups, g)
+		g := b.open[c.BatchSeq]
+		if g != nil && (len(g.reqs) >= d.cfg.MaxBatchRequests || g.size+n > d.cfg.MaxBatchBytes) {
+			delete(b.open, c.BatchSeq)
+			b.send(ctx, g)
+			g = nil
 		}
-		g.reqs = append(g.reqs, c)
-		size[g] += n
-	}
-	d.write(ctx, settle)
-	for _, g := range groups {
-		ids := make([]int64, len(g.reqs))
-		for i, c := range g.reqs {
-			ids[i] = c.ID
+		if g == nil {
+			f, err := os.CreateTemp("", "batchd-upstream-*.json")
+			if err != nil {
+				d.log.Error("spool upstream batch", "err", err) // the leases lapse; claimed again later
+				continue
+			}
+			g = &group{body: f, size: int64(len(bodyHead) + len(bodyTail))}
+			b.open[c.BatchSeq] = g
 		}
-		ub, err := d.st.UpstreamBatchInsert(ctx, store.UpstreamBatchInsertParams{
-			Backend: d.cfg.Name, Owner: d.owner, BatchSeq: g.reqs[0].BatchSeq, RequestIDs: ids, Now: d.cfg.Now(),
-		})
-		if err != nil {
-			// The leases lapse and the requests are rescued and claimed again.
-			d.log.Error("record upstream batch failed", "err", err, "requests", len(ids))
-			g.reqs = nil
+		if err := appendItem(g.body, c, len(g.reqs) == 0); err != nil {
+			d.log.Error("spool upstream batch", "err", err)
 			continue
 		}
-		g.ub = ub
+		g.size += n
+		c.Params = nil
+		g.reqs = append(g.reqs, c)
 	}
-	for i, g := range groups {
-		if g.ub != nil {
-			d.send(ctx, g)
-		}
-		groups[i] = nil // release its params
+	d.write(ctx, settle)
+}
+
+// flush sends every open group.
+func (b *builder) flush(ctx context.Context) {
+	for seq, g := range b.open {
+		delete(b.open, seq)
+		b.send(ctx, g)
 	}
+}
+
+// send records the group's intent, then creates it upstream.
+func (b *builder) send(ctx context.Context, g *group) {
+	d := b.d
+	defer func() {
+		g.body.Close()
+		os.Remove(g.body.Name())
+	}()
+	if len(g.reqs) == 0 {
+		return
+	}
+	g.size-- // itemSize counts a comma the first item does not have
+	ids := make([]int64, len(g.reqs))
+	for i, c := range g.reqs {
+		ids[i] = c.ID
+	}
+	ub, err := d.st.UpstreamBatchInsert(ctx, store.UpstreamBatchInsertParams{
+		Backend: d.cfg.Name, Owner: d.owner, BatchSeq: g.reqs[0].BatchSeq, RequestIDs: ids, Now: d.cfg.Now(),
+	})
+	if err != nil {
+		// The leases lapse and the requests are rescued and claimed again.
+		d.log.Error("record upstream batch failed", "err", err, "requests", len(ids))
+		return
+	}
+	g.ub = ub
+	d.send(ctx, g)
 }
 
 // unsent is the result type of a claimed request that must not be sent any
@@ -391,7 +435,7 @@ func (d *Delegator) send(ctx context.Context, g *group) {
 		// A create already on its way is let finish when stopping: cut off,
 		// the upstream may create a batch whose id is never recorded.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.Timeout)
-		b, err := d.up.create(cctx, g.reqs)
+		b, err := d.up.create(cctx, g.body, g.size, g.reqs[0].Betas)
 		cancel()
 		if err == nil {
 			if err := d.started(ctx, g.ub, b.ID); err != nil {
