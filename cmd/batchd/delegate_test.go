@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -43,9 +44,12 @@ backend = "upstream"
 
 	const n = 10
 	b := createBatch(t, p.URL, bodyReader(n, func(i int) string { return fmt.Sprint("delegated ", i) }))
-	// Wait until all three upstream batches exist, then kill without warning.
+	// Wait until all three upstream batches exist and batchd has recorded
+	// their ids (it logs each after recording it), then kill without
+	// warning. A kill between the upstream's answer and the local record
+	// is the documented crash window, in which requests are sent twice.
 	deadline := time.Now().Add(20 * time.Second)
-	for upstreamRequests(t, up.URL) < n {
+	for upstreamRequests(t, up.URL) < n || strings.Count(p.Logs(), "created upstream batch") < 3 {
 		if time.Now().After(deadline) {
 			t.Fatalf("upstream batches not created; upstream holds %d requests", upstreamRequests(t, up.URL))
 		}

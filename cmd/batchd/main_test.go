@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -43,6 +44,7 @@ func TestMain(m *testing.M) {
 type proc struct {
 	cmd  *exec.Cmd
 	URL  string
+	mu   sync.Mutex // guards logs, written by the reading goroutine
 	logs *strings.Builder
 	done chan struct{}
 }
@@ -68,7 +70,9 @@ func startServe(tb testing.TB, dataDir string, flags ...string) *proc {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			line := sc.Text()
+			p.mu.Lock()
 			p.logs.WriteString(line + "\n")
+			p.mu.Unlock()
 			if m := listenRE.FindStringSubmatch(line); m != nil {
 				urlc <- m[1]
 			}
@@ -79,13 +83,20 @@ func startServe(tb testing.TB, dataDir string, flags ...string) *proc {
 	select {
 	case p.URL = <-urlc:
 	case <-p.done:
-		tb.Fatalf("batchd serve exited before listening:\n%s", p.logs.String())
+		tb.Fatalf("batchd serve exited before listening:\n%s", p.Logs())
 	case <-time.After(30 * time.Second):
 		cmd.Process.Kill()
 		tb.Fatal("batchd serve did not start listening")
 	}
 	tb.Cleanup(func() { p.kill(syscall.SIGKILL) })
 	return p
+}
+
+// Logs is what the process has written to stderr so far.
+func (p *proc) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
 }
 
 func (p *proc) kill(sig syscall.Signal) {

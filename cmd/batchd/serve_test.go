@@ -30,8 +30,8 @@ func TestServeOpenOnlyOnLoopback(t *testing.T) {
 		t.Fatalf("want a refusal, got err=%v stderr=%s", err, stderr)
 	}
 	p := startServe(t, dir)
-	if !strings.Contains(p.logs.String(), "running open") {
-		t.Fatalf("open mode not announced:\n%s", p.logs.String())
+	if !strings.Contains(p.Logs(), "running open") {
+		t.Fatalf("open mode not announced:\n%s", p.Logs())
 	}
 }
 
@@ -96,8 +96,8 @@ func TestGracefulShutdown(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	p.kill(syscall.SIGTERM)
-	if !strings.Contains(p.logs.String(), "stopped") {
-		t.Fatalf("no clean stop:\n%s", p.logs.String())
+	if !strings.Contains(p.Logs(), "stopped") {
+		t.Fatalf("no clean stop:\n%s", p.Logs())
 	}
 	p2 := startServe(t, dir, "--concurrency", "4")
 	end := waitEnded(t, p2.URL, b.ID, 30*time.Second)
