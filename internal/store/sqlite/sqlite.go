@@ -1069,21 +1069,12 @@ func (s *Store) DeliveryAttempts(ctx context.Context, workspace, endpointID stri
 
 // DeliveryResend implements store.Store.
 func (s *Store) DeliveryResend(ctx context.Context, workspace string, deliveryID int64, now time.Time) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE deliveries SET state = 0, next_at = ?, lease_owner = NULL, lease_expires = NULL
-			WHERE id = ? AND state != 1 AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE workspace = ?)`, micros(now), deliveryID, workspace)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return store.ErrNotFound
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("resend delivery: %w", err)
+	n, err := s.execAffected(ctx, "resend delivery", `UPDATE deliveries SET state = 0, next_at = ?, lease_owner = NULL, lease_expires = NULL
+		WHERE id = ? AND state != 1 AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE workspace = ?)`, micros(now), deliveryID, workspace)
+	if err == nil && n == 0 {
+		err = fmt.Errorf("resend delivery: %w", store.ErrNotFound)
 	}
-	return nil
+	return err
 }
 
 // DeliveriesRecover implements store.Store.
@@ -1831,20 +1822,11 @@ func idsJSON(ids []int64) string {
 
 // UpstreamBatchStart implements store.Store.
 func (s *Store) UpstreamBatchStart(ctx context.Context, p store.UpstreamBatchStartParams) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE upstream_batches SET upstream_id = ? WHERE id = ? AND upstream_id IS NULL`, p.UpstreamID, p.ID)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return store.ErrConflict
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("start upstream batch: %w", err)
+	n, err := s.execAffected(ctx, "start upstream batch", `UPDATE upstream_batches SET upstream_id = ? WHERE id = ? AND upstream_id IS NULL`, p.UpstreamID, p.ID)
+	if err == nil && n == 0 {
+		err = fmt.Errorf("start upstream batch: %w", store.ErrConflict)
 	}
-	return nil
+	return err
 }
 
 // UpstreamBatchesList implements store.Store.
