@@ -281,7 +281,7 @@ func (f *fakeServer) results(w http.ResponseWriter, r *http.Request) {
 	f.queries = append(f.queries, r.URL.RawQuery)
 	done := f.finished(b)
 	if done < len(b.requests) && r.URL.Query().Get("partial") != "true" {
-		writeFakeError(w, http.StatusBadRequest, "invalid_request_error", "batch has not finished processing")
+		writeFakeError(w, http.StatusBadRequest, "invalid_request_error", "message batch has not finished processing; results are available once it has ended, or pass partial=true")
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-jsonl")
