@@ -307,6 +307,10 @@ func (f *fakeServer) retry(w http.ResponseWriter, r *http.Request) {
 			failed = append(failed, req)
 		}
 	}
+	if len(failed) == 0 { // as batchd answers
+		writeFakeError(w, http.StatusBadRequest, "invalid_request_error", "message batch "+b.id+" has no failed, canceled or expired requests to retry")
+		return
+	}
 	writeFakeJSON(w, f.wire(f.newBatch(failed)))
 }
 

@@ -45,6 +45,11 @@ submitted again.`,
 		defer stop()
 		client := conn.client()
 		ids, err := retryBatch(ctx, &client, args[0], *stateDir, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		if errors.Is(err, errNothingToRetry) {
+			// Not a failure: the batch is already as good as it gets.
+			fmt.Fprintf(cmd.ErrOrStderr(), "batch %s: %v\n", args[0], errNothingToRetry)
+			return nil
+		}
 		if err != nil || !wait {
 			return err
 		}
@@ -67,6 +72,14 @@ func retryBatch(ctx context.Context, client *anthropic.Client, id, stateDirFlag 
 			return nil, err
 		}
 		return []string{batch.ID}, nil
+	}
+	if apiStatus(err) == http.StatusBadRequest {
+		// The batch may have nothing to retry; its counts say so without
+		// matching the server's message.
+		if orig, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{}); getErr == nil &&
+			orig.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded && countsOf(orig).failed() == 0 {
+			return nil, errNothingToRetry
+		}
 	}
 	if s := apiStatus(err); s != http.StatusNotFound && s != http.StatusMethodNotAllowed {
 		return nil, fmt.Errorf("retry batch: %w", concise(err))
@@ -112,7 +125,7 @@ func retryFromLocalCopy(ctx context.Context, client *anthropic.Client, orig *ant
 		return nil, fmt.Errorf("retry batch: %w", err)
 	}
 	if len(failed) == 0 {
-		return nil, fmt.Errorf("retry batch %s: %w", orig.ID, errNothingToRetry)
+		return nil, errNothingToRetry
 	}
 
 	dir, err := batchesDir(stateDir)
