@@ -40,7 +40,7 @@ output_tokens,text,error_type,error_message).
 
 --partial asks a batchd server for the results so far of a batch that is still
 running; other servers ignore or reject it.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "", "write to FILE (atomically) instead of stdout")

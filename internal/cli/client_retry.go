@@ -34,7 +34,7 @@ batchd does this server-side. Servers without the retry endpoint (the
 Anthropic API) get the same from the local copy 'batchd submit' kept: the
 results are streamed, and the input lines of the failed custom_ids are
 submitted again.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	stateDir := addStateDirFlag(cmd)

@@ -66,7 +66,7 @@ The whole input is checked before anything is created. The IDs of the created
 batches are printed one per line on stdout; a copy of each batch's requests is
 kept in <state dir>/batches/<id>.jsonl so that 'batchd retry' works against
 servers without a retry endpoint.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSubmit(cmd, f, args[0])
 		},
@@ -549,7 +549,7 @@ func submitPending(ctx context.Context, client *anthropic.Client, stateDir strin
 		if _, err := fmt.Fprintln(out, batch.ID); err != nil {
 			return ids, err
 		}
-		fmt.Fprintf(errOut, "created %s: %d requests (input lines %d-%d)\n", batch.ID, p.requests, p.firstLine, p.lastLine)
+		fmt.Fprintf(errOut, "created %s: %s (input lines %d-%d)\n", batch.ID, plural(int64(p.requests), "request"), p.firstLine, p.lastLine)
 		if err := keepLocalCopy(stateDir, batch.ID, p); err != nil {
 			fmt.Fprintf(errOut, "warning: %v; 'batchd retry %s' will need the server's retry endpoint\n", err, batch.ID)
 		}

@@ -35,7 +35,7 @@ other servers it polls every --interval.
 
 Exits 0 when every request succeeded and 2 when a batch ended with any
 errored, canceled or expired request.`,
-		Args: cobra.MinimumNArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "poll interval (and first reconnection delay of the event stream)")
@@ -256,15 +256,23 @@ func batchOutcome(b *anthropic.MessageBatch) error {
 	if c.failed() == 0 {
 		return nil
 	}
-	return fmt.Errorf("batch %s: %d of %d requests did not succeed (errored %d, canceled %d, expired %d)",
-		b.ID, c.failed(), c.total(), c.errored, c.canceled, c.expired)
+	return fmt.Errorf("batch %s: %d of %s did not succeed (errored %d, canceled %d, expired %d)",
+		b.ID, c.failed(), plural(c.total(), "request"), c.errored, c.canceled, c.expired)
+}
+
+// plural is "1 request", "2 requests".
+func plural(n int64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // summaryLine describes an ended batch.
 func summaryLine(b *anthropic.MessageBatch) string {
 	c := countsOf(b)
-	line := fmt.Sprintf("%s ended: %d requests, succeeded %d, errored %d, canceled %d, expired %d",
-		b.ID, c.total(), c.succeeded, c.errored, c.canceled, c.expired)
+	line := fmt.Sprintf("%s ended: %s, succeeded %d, errored %d, canceled %d, expired %d",
+		b.ID, plural(c.total(), "request"), c.succeeded, c.errored, c.canceled, c.expired)
 	if !b.CreatedAt.IsZero() && !b.EndedAt.IsZero() {
 		line += fmt.Sprintf(" (took %s)", b.EndedAt.Sub(b.CreatedAt).Round(time.Second))
 	}

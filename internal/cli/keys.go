@@ -111,7 +111,7 @@ func newKeysCommand() *cobra.Command {
 	revoke := &cobra.Command{
 		Use:   "revoke ID|PREFIX",
 		Short: "Revoke a key; requests with it get 401 at once",
-		Args:  cobra.ExactArgs(1),
+		Args:  argsNamed,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := open(cmd, false)
 			if err != nil {
