@@ -212,9 +212,10 @@ func TestWaitOverSSE(t *testing.T) {
 			if conns != 3 || lastIDs[0] != "" || lastIDs[1] != "1" || lastIDs[2] != "1" || accepts[0] != "text/event-stream" {
 				t.Errorf("%d connections, Last-Event-IDs %q, Accept %q; want reconnections resuming after 1", conns, lastIDs, accepts)
 			}
-			// One GET after each drop, one for the full ended batch: no polling.
-			if gets != 3 {
-				t.Errorf("%d batch GETs, want 3", gets)
+			// One GET first, one after each drop, one for the full ended
+			// batch: no polling.
+			if gets != 4 {
+				t.Errorf("%d batch GETs, want 4", gets)
 			}
 		})
 	}
