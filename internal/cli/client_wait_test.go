@@ -157,8 +157,8 @@ func TestSubmitWait(t *testing.T) {
 	if n := len(strings.Fields(stdout)); n != 2 {
 		t.Errorf("stdout = %q, want two IDs", stdout)
 	}
-	if strings.Count(stderr, " ended: ") != 2 {
-		t.Errorf("stderr:\n%s", stderr)
+	if strings.Count(stderr, " ended: ") != 2 || !strings.Contains(stderr, "[batch 1 of 2] msgbatch_") || !strings.Contains(stderr, "[batch 2 of 2] msgbatch_") {
+		t.Errorf("stderr:\n%s\nwant two summaries, each saying which batch of 2", stderr)
 	}
 }
 
