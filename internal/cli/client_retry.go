@@ -43,6 +43,7 @@ submitted again.`,
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, stop := signalContext(cmd)
 		defer stop()
+		ctx = withNotices(ctx, cmd.ErrOrStderr())
 		client := conn.client()
 		ids, err := retryBatch(ctx, &client, args[0], *stateDir, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		if errors.Is(err, errNothingToRetry) {

@@ -111,6 +111,8 @@ func runSubmit(cmd *cobra.Command, f *submitFlags, input string) error {
 		return err
 	}
 	sweepPending(dir, time.Now().Add(-pendingMaxAge))
+	sweepLocalCopies(dir, time.Now().Add(-localCopyMaxAge))
+	ctx = withNotices(ctx, cmd.ErrOrStderr())
 
 	in := cmd.InOrStdin()
 	if input != "-" {
