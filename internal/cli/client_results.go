@@ -33,7 +33,7 @@ func newResultsCommand() *cobra.Command {
 		Long: `Stream a batch's results to stdout or, with -o, to a file that appears
 only once complete.
 
-Formats: jsonl (the API's lines, compact), text (custom_id, type and the
+Formats: jsonl (the server's lines, copied through as they are), text (custom_id, type and the
 message text or error message, tab-separated, with tabs, newlines and
 backslashes escaped), csv (custom_id,result_type,stop_reason,input_tokens,
 output_tokens,text,error_type,error_message).
