@@ -396,3 +396,43 @@ func TestStopWhileRefilling(t *testing.T) {
 		}
 	}
 }
+
+// countingStore counts the sweeper's expiry passes.
+type countingStore struct {
+	store.Store
+	expires atomic.Int64
+}
+
+func (c *countingStore) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) ([]*store.BatchChange, error) {
+	c.expires.Add(1)
+	return c.Store.BatchesExpire(ctx, p)
+}
+
+// TestSweeperRestsWhileExpiredBatchRuns: an expired batch whose last
+// request is still in flight (for up to the request timeout) does not make
+// the sweeper run again and again; before, the batch's past expiry was
+// always the next one due, and the sweeper ran every millisecond, each run
+// a handful of write transactions.
+func TestSweeperRestsWhileExpiredBatchRuns(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	cs := &countingStore{Store: st}
+	gate := newGateBackend()
+	// Long enough for t0 to be sent on a slow machine.
+	b := publish(t, st, time.Now(), 2*time.Second, prompts("t0", "t1")...)
+	d := startDispatcher(t, cs, gate, Config{Concurrency: 1, PollInterval: time.Hour, Lease: time.Hour})
+	d.Wake()
+	gate.nextStarted(t)
+	waitBatch(t, st, b, "t1 expires", func(b *store.Batch) bool { return b.Counts.Expired == 1 })
+	before := cs.expires.Load()
+	// The scenario is a span of time: the sweeper has nothing to do in it.
+	time.Sleep(300 * time.Millisecond)
+	if n := cs.expires.Load() - before; n > 2 {
+		t.Errorf("the sweeper ran %d times in 300ms with nothing to expire, want at most 2", n)
+	}
+	gate.release()
+	got := waitBatch(t, st, b, "the batch ends", func(b *store.Batch) bool { return b.Status == store.StatusEnded })
+	if want := (store.Counts{Succeeded: 1, Expired: 1}); got.Counts != want {
+		t.Errorf("counts %+v, want %+v", got.Counts, want)
+	}
+}
