@@ -8,8 +8,10 @@ package dispatch
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -137,6 +139,18 @@ type Dispatcher struct {
 	gateMu   sync.Mutex
 	gateShut bool
 	senders  sync.WaitGroup
+
+	withdrawals map[int64]*withdrawal // by batch seq; guarded by mu
+}
+
+// withdrawal withdraws the calls of one batch that wait inside a backend
+// (for its rate limits) once the batch is canceled or expires: a worker has
+// handed them over, but they are not sent yet.
+type withdrawal struct {
+	ch      chan struct{}
+	expires time.Time
+	users   int // calls in Do
+	closed  bool
 }
 
 // New returns a dispatcher over st, running requests on the backends of
@@ -152,6 +166,8 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		freed:     make(chan struct{}, 1),
 		byName:    map[string]*lane{},
 		canceling: map[int64]struct{}{},
+
+		withdrawals: map[int64]*withdrawal{},
 	}
 	total := 0
 	delegated := map[string]bool{}
@@ -256,6 +272,15 @@ func (d *Dispatcher) shutGate() {
 // minutes with a long request, and the batch should end as soon as nothing
 // of it is in flight.
 func (d *Dispatcher) settleUnsent() {
+	now := d.cfg.Now()
+	d.mu.Lock()
+	for seq, w := range d.withdrawals {
+		if _, canceling := d.canceling[seq]; !w.closed && (canceling || !now.Before(w.expires)) {
+			close(w.ch)
+			w.closed = true
+		}
+	}
+	d.mu.Unlock()
 	if !d.enter() {
 		return // stopping: the queues are left to leases
 	}
@@ -267,6 +292,35 @@ func (d *Dispatcher) settleUnsent() {
 		// All the jobs of a batch share what unsent looks at.
 		for _, j := range l.queue.take(func(j job) bool { return d.unsent(j.ClaimedRequest) != "" }) {
 			d.outcomes <- laneOutcome{unsentOutcome(j.ClaimedRequest, d.unsent(j.ClaimedRequest)), l}
+		}
+	}
+}
+
+// watch returns the channel that withdraws c's call, closed already if its
+// batch is canceling or expired; unwatch must follow the call.
+func (d *Dispatcher) watch(c store.ClaimedRequest) <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w := d.withdrawals[c.BatchSeq]
+	if w == nil {
+		w = &withdrawal{ch: make(chan struct{}), expires: c.ExpiresAt}
+		d.withdrawals[c.BatchSeq] = w
+		_, canceling := d.canceling[c.BatchSeq]
+		if canceling || !d.cfg.Now().Before(c.ExpiresAt) {
+			close(w.ch)
+			w.closed = true
+		}
+	}
+	w.users++
+	return w.ch
+}
+
+func (d *Dispatcher) unwatch(batchSeq int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if w := d.withdrawals[batchSeq]; w != nil {
+		if w.users--; w.users == 0 {
+			delete(d.withdrawals, batchSeq)
 		}
 	}
 }
@@ -558,11 +612,19 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
-		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas})
+		withdrawn := d.watch(c.ClaimedRequest)
+		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas, Withdrawn: withdrawn})
+		d.unwatch(c.BatchSeq)
 		cancel()
 		if runCtx.Err() != nil {
 			// Abandoned by Stop: the attempt did not really fail.
 			d.release(l, 1)
+			continue
+		}
+		if errors.Is(err, backend.ErrWithdrawn) {
+			// It waited in the backend for its rate limits, and its batch
+			// was canceled or expired meanwhile: it was never sent.
+			d.outcomes <- laneOutcome{unsentOutcome(c.ClaimedRequest, cmp.Or(d.unsent(c.ClaimedRequest), store.ResultCanceled)), l}
 			continue
 		}
 		d.outcomes <- laneOutcome{d.outcome(c.ClaimedRequest, msg, err), l}
