@@ -683,7 +683,7 @@ func TestBetaClient(t *testing.T) {
 		option.WithQuery("beta", "true"),
 		option.WithHeaderAdd("anthropic-beta", "message-batches-2024-09-24"),
 		option.WithHeaderAdd("anthropic-beta", "files-api-2025-04-14"))
-	betas := []anthropic.AnthropicBeta{anthropic.AnthropicBetaMessageBatches2024_09_24, "some-other-beta"}
+	betas := []anthropic.AnthropicBeta{"message-batches-2024-09-24", "some-other-beta"} // the beta old clients still send
 	bc := c.Beta.Messages.Batches
 
 	req := func(id, prompt string) anthropic.BetaMessageBatchNewParamsRequest {

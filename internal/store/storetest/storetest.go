@@ -137,6 +137,14 @@ func Run(t *testing.T, newStore NewStore) {
 		"ResultsPageInOrderAndSkipSucceeded": testResultsPaging,
 		"Keys":                               testKeys,
 		"UpstreamBatches":                    testUpstreamBatches,
+		"CompleteAndClaim":                   testCompleteAndClaim,
+		"ClaimByBackend":                     testClaimByBackend,
+		"Reroute":                            testReroute,
+		"Betas":                              testBetas,
+		"Events":                             testEvents,
+		"Endpoints":                          testEndpoints,
+		"Deliveries":                         testDeliveries,
+		"DeliveriesPerEndpoint":              testDeliveriesPerEndpoint,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
