@@ -69,13 +69,23 @@ func (s *Service) Create(ctx context.Context, workspace string, betas []string, 
 		return nil, mapStore(err, "")
 	}
 	total, err := s.ingest(ctx, b.Seq, &limitedReader{r: body, left: s.cfg.MaxBodyBytes})
+	return s.publish(ctx, b.Seq, total, err)
+}
+
+// publish ends the making of batch seq, by Create and Retry alike: when
+// filling it succeeded (fillErr nil) it becomes visible with total
+// requests; otherwise, or if publishing fails, it is discarded, so a failed
+// create leaves nothing behind.
+func (s *Service) publish(ctx context.Context, seq, total int64, fillErr error) (*store.Batch, error) {
+	err := fillErr
+	var b *store.Batch
 	if err == nil {
-		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: b.Seq, Total: total})
+		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: seq, Total: total})
 	}
 	if err != nil {
 		// Use a fresh context: the request's may be what failed.
-		if derr := s.store.BatchDiscard(context.WithoutCancel(ctx), b.Seq); derr != nil {
-			err = errors.Join(err, derr)
+		if derr := s.store.BatchDiscard(context.WithoutCancel(ctx), seq); derr != nil {
+			err = errors.Join(err, fmt.Errorf("discard batch: %w", derr))
 		}
 		return nil, err
 	}
