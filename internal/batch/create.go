@@ -68,7 +68,7 @@ func (s *Service) Create(ctx context.Context, workspace string, betas []string, 
 	if err != nil {
 		return nil, mapStore(err, "")
 	}
-	total, err := s.ingest(ctx, b.Seq, &limitedReader{r: body, left: s.cfg.MaxBodyBytes})
+	total, err := s.ingest(ctx, b.Seq, newBodyGuard(&limitedReader{r: body, left: s.cfg.MaxBodyBytes}, s.cfg.MaxParamsBytes))
 	return s.publish(ctx, b.Seq, total, err)
 }
 
@@ -275,9 +275,12 @@ func checkCustomID(id string) string {
 // syntaxError turns a decoder failure into the client's error; a body over
 // the size limit becomes a 413.
 func syntaxError(err error) error {
+	var domain *Error
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &domain): // the body guard's
+		return domain
 	case errors.Is(err, errBodyTooLarge):
 		return &Error{Kind: KindTooLarge, Message: "request body is too large for a message batch"}
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
