@@ -291,7 +291,7 @@ func (g *bodyGuard) startValue(at int64, drop func()) {
 		g.index++
 		return
 	case clsRequests:
-		if g.stack != nil && len(g.stack) == 1 {
+		if len(g.stack) == 1 {
 			g.inRequests = true // a '[' here opens the array; else the decoder refuses it
 		}
 		return
