@@ -35,6 +35,7 @@ type serveConfig struct {
 	maxAttempts     int
 	maxRequests     int
 	maxBodyBytes    int64
+	maxParamsBytes  int64
 	maxInProgress   int
 	retryBackoff    time.Duration
 	retryBackoffMax time.Duration
@@ -71,6 +72,7 @@ func newServeCommand() *cobra.Command {
 	f.IntVar(&c.maxAttempts, "max-attempts", 8, "attempts per request before a transient error becomes its result")
 	f.IntVar(&c.maxRequests, "max-requests", batch.DefaultMaxRequests, "requests per batch")
 	f.Int64Var(&c.maxBodyBytes, "max-body-bytes", batch.DefaultMaxBodyBytes, "bytes per create body (413 over it)")
+	f.Int64Var(&c.maxParamsBytes, "max-params-bytes", batch.DefaultMaxParamsBytes, "bytes of one request's params (413 naming requests.N.params over it)")
 	f.IntVar(&c.maxInProgress, "max-in-progress", batch.DefaultMaxInProgress, "unended batches per workspace (429 over it)")
 	f.DurationVar(&c.retryBackoff, "retry-backoff", time.Second, "first retry delay after a transient error, doubled per attempt")
 	f.DurationVar(&c.retryBackoffMax, "retry-backoff-max", 5*time.Minute, "cap on the retry delay")
@@ -159,11 +161,12 @@ func serve(ctx context.Context, c serveConfig) error {
 		DataDir:   c.dataDir,
 		PublicURL: c.publicURL,
 		Batch: batch.Config{
-			MaxRequests:   c.maxRequests,
-			MaxBodyBytes:  c.maxBodyBytes,
-			MaxInProgress: c.maxInProgress,
-			ExpireAfter:   c.expireAfter,
-			Retention:     c.retention,
+			MaxRequests:    c.maxRequests,
+			MaxBodyBytes:   c.maxBodyBytes,
+			MaxParamsBytes: c.maxParamsBytes,
+			MaxInProgress:  c.maxInProgress,
+			ExpireAfter:    c.expireAfter,
+			Retention:      c.retention,
 		},
 		Dispatch: dispatch.Config{
 			Concurrency:    c.concurrency,
