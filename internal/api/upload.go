@@ -24,10 +24,10 @@ const (
 // is never cut off while one that stops is, and the creating batch it
 // holds (which counts toward the in-progress cap) is discarded.
 type idleBody struct {
-	r     io.Reader
-	rc    *http.ResponseController
-	idle  time.Duration
-	now   func() time.Time
+	r       io.Reader
+	rc      *http.ResponseController
+	idle    time.Duration
+	now     func() time.Time
 	unset   bool // the connection cannot take deadlines
 	stalled bool
 }
