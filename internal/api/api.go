@@ -324,7 +324,9 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	b, err := a.svc.Idempotent(r.Context(), workspace(r), r.Header.Get("Idempotency-Key"), body,
-		func(body io.Reader) (*store.Batch, error) { return a.svc.Create(r.Context(), workspace(r), betas(r.Header), body) })
+		func(body io.Reader) (*store.Batch, error) {
+			return a.svc.Create(r.Context(), workspace(r), betas(r.Header), body)
+		})
 	release()
 	if err != nil {
 		return err
