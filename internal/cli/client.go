@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/ids"
 )
 
 const (
@@ -186,6 +187,14 @@ func retryAfter(err error) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(secs * float64(time.Second)), true
+}
+
+// idempotencyKey is a fresh Idempotency-Key header for one create or
+// retry, sent with each of its attempts: batchd answers a resend of a
+// request it did act on with the batch it made then, instead of making a
+// second (a server without the extension ignores the header).
+func idempotencyKey() option.RequestOption {
+	return option.WithHeader("Idempotency-Key", ids.New("batchd-cli-"))
 }
 
 // createAttempts bounds resends of create-like requests: with the delays of

@@ -43,6 +43,8 @@ type fakeServer struct {
 	batches map[string]*fakeBatch
 	creates []fakeCreate
 	queries []string // raw queries of results requests
+	// idemKeys is the Idempotency-Key of every create attempt, in order.
+	idemKeys []string
 }
 
 type fakeBatch struct {
@@ -161,6 +163,7 @@ func (f *fakeServer) wire(b *fakeBatch) map[string]any {
 
 func (f *fakeServer) create(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
+	f.idemKeys = append(f.idemKeys, r.Header.Get("Idempotency-Key"))
 	throttle := f.throttleCreates > 0
 	if throttle {
 		f.throttleCreates--

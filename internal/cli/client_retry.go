@@ -64,9 +64,10 @@ submitted again.`,
 func retryBatch(ctx context.Context, client *anthropic.Client, id, stateDirFlag string, out, errOut io.Writer) ([]string, error) {
 	var batch anthropic.MessageBatch
 	path := "v1/messages/batches/" + url.PathEscape(id) + "/retry"
+	key := idempotencyKey()
 	err := sendUnique(ctx, func() error {
 		// No SDK retries: a retried POST could create two batches.
-		return client.Post(ctx, path, nil, &batch, option.WithMaxRetries(0))
+		return client.Post(ctx, path, nil, &batch, option.WithMaxRetries(0), key)
 	})
 	if err == nil {
 		if _, err := fmt.Fprintln(out, batch.ID); err != nil {

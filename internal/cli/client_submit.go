@@ -582,6 +582,7 @@ func createBatch(ctx context.Context, client *anthropic.Client, p *pendingBatch)
 		return next(req)
 	})
 	var batch *anthropic.MessageBatch
+	key := idempotencyKey()
 	err := sendUnique(ctx, func() error {
 		body, closer, err := p.body()
 		if err != nil {
@@ -589,7 +590,7 @@ func createBatch(ctx context.Context, client *anthropic.Client, p *pendingBatch)
 		}
 		defer closer.Close()
 		batch, err = client.Messages.Batches.New(ctx, anthropic.MessageBatchNewParams{},
-			option.WithRequestBody("application/json", body), withLength)
+			option.WithRequestBody("application/json", body), withLength, key)
 		return err
 	})
 	if err != nil {
