@@ -78,6 +78,15 @@ func TestKeysCommands(t *testing.T) {
 	if got := status(key); got != 401 {
 		t.Fatalf("a revoked key: %d", got)
 	}
+	// No key is left, but the server started with keys on a public
+	// address: it must not fall open. The span covers the server's key
+	// cache (1 s) in which an open switch used to happen.
+	time.Sleep(1500 * time.Millisecond)
+	for _, k := range []string{"", "anything", key} {
+		if got := status(k); got != 401 {
+			t.Fatalf("with every key revoked, key %q: %d, want 401", k, got)
+		}
+	}
 }
 
 // TestGracefulShutdown: SIGTERM lets requests in flight finish and records

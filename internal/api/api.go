@@ -86,12 +86,33 @@ type API struct {
 	// slots holds each workspace's uploading creates.
 	slots *createSlots
 
-	// keysActive is cached briefly: it is asked on every request, and
-	// changes only when an operator creates the first key or revokes the
-	// last one.
+	// mode says whether requests need a key. It moves one way only, from
+	// open to enforced (when a first key appears), so revoking every key
+	// never opens a server: with none left it refuses every request.
 	keysMu      sync.Mutex
-	keysActive  bool
+	mode        authMode
 	keysChecked time.Time
+}
+
+type authMode int
+
+const (
+	modeUndecided authMode = iota // decided by the first request
+	modeOpen
+	modeEnforced
+)
+
+// SetOpenMode decides, once at start, whether the server runs open (no
+// keys existed: any key or none is accepted, in the default workspace) or
+// enforces keys. An open server still switches to enforcing as soon as a
+// key is created; an enforcing one never opens.
+func (a *API) SetOpenMode(open bool) {
+	a.keysMu.Lock()
+	defer a.keysMu.Unlock()
+	a.mode = modeEnforced
+	if open {
+		a.mode = modeOpen
+	}
 }
 
 // New returns the API handler.
@@ -185,15 +206,25 @@ func (a *API) authenticate(r *http.Request) (string, error) {
 func (a *API) keysEnforced(ctx context.Context) (bool, error) {
 	a.keysMu.Lock()
 	defer a.keysMu.Unlock()
-	if time.Since(a.keysChecked) < time.Second {
-		return a.keysActive, nil
+	if a.mode == modeEnforced {
+		return true, nil
+	}
+	// Open (or not yet decided): a key created since makes it enforced for
+	// good. Asked on every request, so the answer is cached briefly.
+	if a.mode == modeOpen && time.Since(a.keysChecked) < time.Second {
+		return false, nil
 	}
 	active, err := a.cfg.Keys.KeysActive(ctx)
 	if err != nil {
 		return false, err
 	}
-	a.keysActive, a.keysChecked = active, time.Now()
-	return active, nil
+	a.keysChecked = time.Now()
+	if active {
+		a.mode = modeEnforced
+		return true, nil
+	}
+	a.mode = modeOpen
+	return false, nil
 }
 
 // fail writes err as an Anthropic error envelope. Only domain errors say

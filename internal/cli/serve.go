@@ -147,15 +147,6 @@ func serve(ctx context.Context, c serveConfig) error {
 		return err
 	}
 	defer unlock()
-	ln, err := net.Listen("tcp", c.addr)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	defer ln.Close()
-	baseURL := c.publicURL
-	if baseURL == "" {
-		baseURL = "http://" + ln.Addr().String()
-	}
 	var backends *config.Config
 	if c.configPath != "" {
 		if backends, err = config.Load(c.configPath); err != nil {
@@ -184,12 +175,15 @@ func serve(ctx context.Context, c serveConfig) error {
 			RequestTimeout: c.requestTimeout,
 		},
 		SimLatency: c.simLatency,
-		Webhooks:   server.WebhookConfig{AllowCIDRs: c.webhookAllow, BaseURL: baseURL},
+		Webhooks:   server.WebhookConfig{AllowCIDRs: c.webhookAllow},
 		Logger:     log,
 	})
 	if err != nil {
 		return err
 	}
+	// Open mode is decided once, here, before anything is bound: a server
+	// that started with keys keeps refusing requests without one even if
+	// every key is later revoked.
 	keysActive, err := srvParts.Store.KeysActive(ctx)
 	if err != nil {
 		srvParts.Close(ctx)
@@ -201,6 +195,16 @@ func serve(ctx context.Context, c serveConfig) error {
 			return fmt.Errorf("refusing to listen on %s without API keys: anyone could use this server; create one with `batchd keys create --workspace NAME --data-dir %s`, or listen on 127.0.0.1", c.addr, c.dataDir)
 		}
 		log.Warn("no API keys exist: running open, any key is accepted (loopback only); create one with `batchd keys create`")
+	}
+	srvParts.SetOpenMode(!keysActive)
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		srvParts.Close(ctx)
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	if c.publicURL == "" {
+		srvParts.Deliverer.SetBaseURL("http://" + ln.Addr().String())
 	}
 
 	if err := srvParts.Start(ctx); err != nil {

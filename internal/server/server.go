@@ -88,8 +88,11 @@ type Server struct {
 	Delegators []*delegate.Delegator
 	// Deliverer sends webhooks.
 	Deliverer *webhook.Deliverer
-	handler   http.Handler
+	handler   *api.API
 }
+
+// SetOpenMode decides whether requests need a key; see api.SetOpenMode.
+func (s *Server) SetOpenMode(open bool) { s.handler.SetOpenMode(open) }
 
 // Open opens the store and builds every part; Start begins dispatching.
 func Open(ctx context.Context, cfg Config) (*Server, error) {

@@ -93,19 +93,3 @@ func TestSlowUploadIsNotCutOff(t *testing.T) {
 		t.Fatalf("slow upload: %d %s", resp.StatusCode, b)
 	}
 }
-
-// TestConcurrentCreatesCapped: a workspace may upload only so many creates
-// at once; one more is refused at once with 429 instead of waiting.
-func TestConcurrentCreatesCapped(t *testing.T) {
-	t.Parallel()
-	ts := newTestServer(t, withConfig(func(c *server.Config) {
-		c.MaxConcurrentCreates = 2
-		c.BodyIdleTimeout = time.Minute
-	}))
-	stalledCreate(t, ts.URL)
-	stalledCreate(t, ts.URL)
-	waitFor(t, 10*time.Second, "a third create refused", func() bool {
-		r := do(t, "POST", ts.URL+"/v1/messages/batches", createBody(t, nRequests("r", 1, "hi")...))
-		return r.Status == 429 && strings.Contains(string(r.Body), "being uploaded at once")
-	})
-}

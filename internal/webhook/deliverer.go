@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -122,6 +123,11 @@ func (d *Deliverer) Wake() {
 }
 
 // Start runs the deliverer in the background until Stop.
+// SetBaseURL sets where receivers fetch results from when it was not known
+// at construction (the listener's port is chosen at bind); call it before
+// Start.
+func (d *Deliverer) SetBaseURL(u string) { d.cfg.BaseURL = strings.TrimRight(u, "/") }
+
 func (d *Deliverer) Start(ctx context.Context) error {
 	if d.cfg.ReleaseAtStart {
 		if _, err := d.cfg.Store.DeliveriesRelease(ctx); err != nil {
