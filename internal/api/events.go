@@ -103,6 +103,36 @@ func lastEventID(r *http.Request) (seq int64, ok bool) {
 	return n, true
 }
 
+// streamStart is the sequence a workspace stream starts after: the
+// client's Last-Event-ID (or ?after=) when it names one; else, with
+// ?since=RFC3339, just before the first event created from that time on;
+// else the latest event, so that a new subscriber gets what happens from
+// now on, not the workspace's history (?after=0 asks for all of it).
+func (a *API) streamStart(r *http.Request, ws string) (int64, error) {
+	if after, ok := lastEventID(r); ok {
+		return after, nil
+	}
+	if v := r.URL.Query().Get("since"); v != "" {
+		since, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return 0, &batch.Error{Kind: batch.KindInvalid, Message: fmt.Sprintf("since: Input should be an RFC 3339 time such as 2026-01-02T15:04:05Z, got %q", v)}
+		}
+		first, err := a.cfg.Events.EventsList(r.Context(), store.EventsListParams{Workspace: ws, Since: since, Limit: 1})
+		if err != nil {
+			return 0, fmt.Errorf("event stream: %w", err)
+		}
+		if len(first) == 1 {
+			return first[0].Seq - 1, nil
+		}
+		// Nothing since then: what happens from now on.
+	}
+	after, err := a.cfg.Events.EventsLast(r.Context(), ws)
+	if err != nil {
+		return 0, fmt.Errorf("event stream: %w", err)
+	}
+	return after, nil
+}
+
 // batchEvents streams one batch's events and its progress, and ends after
 // the batch's message_batch.ended event.
 func (a *API) batchEvents(w http.ResponseWriter, r *http.Request) error {
@@ -157,18 +187,13 @@ func (a *API) batchEvents(w http.ResponseWriter, r *http.Request) error {
 }
 
 // workspaceEvents streams the workspace's events from now on (or after
-// Last-Event-ID), and the progress of its batches in progress, until the
-// client goes away.
+// Last-Event-ID, or from ?since=), and the progress of its batches in
+// progress, until the client goes away.
 func (a *API) workspaceEvents(w http.ResponseWriter, r *http.Request) error {
 	ws := workspace(r)
-	after, ok := lastEventID(r)
-	if !ok {
-		// A new subscriber gets what happens from now on, not the
-		// workspace's history (?after=0 asks for all of it).
-		var err error
-		if after, err = a.cfg.Events.EventsLast(r.Context(), ws); err != nil {
-			return err
-		}
+	after, err := a.streamStart(r, ws)
+	if err != nil {
+		return err
 	}
 	s, err := startSSE(w)
 	if err != nil {

@@ -327,7 +327,10 @@ type EventsListParams struct {
 	// BatchID, when set, keeps only that batch's events.
 	BatchID  string
 	AfterSeq int64
-	Limit    int
+	// Since, when set, keeps only events created at or after it (a new
+	// subscriber replaying from a time).
+	Since time.Time
+	Limit int
 }
 
 // EventTest is the type of the event a user sends to check an endpoint.

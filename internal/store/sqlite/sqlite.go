@@ -688,6 +688,10 @@ func (s *Store) EventsList(ctx context.Context, p store.EventsListParams) ([]*st
 		q += ` AND batch_id = ?`
 		args = append(args, p.BatchID)
 	}
+	if !p.Since.IsZero() {
+		q += ` AND created_at >= ?`
+		args = append(args, micros(p.Since))
+	}
 	rows, err := s.r.QueryContext(ctx, q+` ORDER BY seq LIMIT ?`, append(args, p.Limit)...)
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)

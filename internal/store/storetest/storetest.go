@@ -929,6 +929,13 @@ func testEvents(t *testing.T, b *bundle) {
 	if later, _ := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", AfterSeq: events[1].Seq, Limit: 100}); len(later) != 1 {
 		t.Fatalf("events after the second: %d", len(later))
 	}
+	// Since: the cancel (t0+1s) and the end (t0+2s), not the create (t0).
+	if since, err := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", Since: t0.Add(time.Second), Limit: 100}); err != nil || len(since) != 2 || since[0].Seq != events[1].Seq {
+		t.Fatalf("events since t0+1s: %d (%v), want the last two", len(since), err)
+	}
+	if none, _ := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", Since: t0.Add(time.Hour), Limit: 100}); len(none) != 0 {
+		t.Fatalf("events since a time after all of them: %d", len(none))
+	}
 	if foreign, _ := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "x", Limit: 100}); len(foreign) != 0 {
 		t.Fatalf("another workspace sees %d events", len(foreign))
 	}
