@@ -236,6 +236,11 @@ type ResultsListParams struct {
 	Limit         int
 	WithParams    bool
 	SkipSucceeded bool
+	// MaxBytes, when > 0, ends the page after the result whose result
+	// and params bytes bring the page's total to it (a page always holds
+	// at least one result), so a reader of big requests holds a bounded
+	// amount of memory however many fit in Limit.
+	MaxBytes int64
 }
 
 // Key is an API key record; the key itself is never stored, only its hash.

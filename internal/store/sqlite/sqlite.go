@@ -1691,6 +1691,7 @@ func (s *Store) ResultsList(ctx context.Context, p store.ResultsListParams) ([]s
 	}
 	defer rows.Close()
 	out := make([]store.Result, 0, min(p.Limit, 1000))
+	var size int64
 	for rows.Next() {
 		var r store.Result
 		var result, params []byte
@@ -1703,6 +1704,9 @@ func (s *Store) ResultsList(ctx context.Context, p store.ResultsListParams) ([]s
 		}
 		r.Result, r.Params = result, params
 		out = append(out, r)
+		if size += int64(len(result) + len(params)); p.MaxBytes > 0 && size >= p.MaxBytes {
+			break
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list results: %w", err)

@@ -639,6 +639,17 @@ func testResultsPaging(t *testing.T, b *bundle) {
 	if err != nil || len(failed) != 2 || string(failed[0].Params) != `{"i":1}` {
 		t.Fatalf("skip succeeded: %+v %v", failed, err)
 	}
+	// MaxBytes ends a page at the result that reaches it, never empty.
+	var cum int64
+	for k, r := range all {
+		cum += int64(len(r.Result))
+		for max, want := range map[int64]int{cum: k + 1, cum + 1: min(k+2, len(all)), 1: 1} {
+			page, err := b.st.ResultsList(b.ctx, store.ResultsListParams{BatchSeq: bt.Seq, Limit: 10, MaxBytes: max})
+			if err != nil || len(page) != want {
+				t.Fatalf("MaxBytes %d: %d results, want %d (%v)", max, len(page), want, err)
+			}
+		}
+	}
 }
 
 func testKeys(t *testing.T, b *bundle) {
