@@ -40,6 +40,9 @@ type Config struct {
 	Webhooks *Webhooks
 	// Events enables the live event streams; may be nil.
 	Events EventSource
+	// MaxStreamsPerWorkspace caps the event streams one workspace holds
+	// open at once (default 64); over it: 429.
+	MaxStreamsPerWorkspace int
 	// BodyIdleTimeout ends a create whose body sends nothing for this long
 	// (default 30s); a slow body that keeps sending is never cut off.
 	BodyIdleTimeout time.Duration
@@ -84,6 +87,8 @@ type API struct {
 	mux *http.ServeMux
 	// slots holds each workspace's uploading creates.
 	slots *createSlots
+	// hub feeds the event streams; nil without Events.
+	hub *hub
 
 	// keysActive is cached briefly: it is asked on every request, and
 	// changes only when an operator creates the first key or revokes the
@@ -104,6 +109,9 @@ func New(cfg Config) *API {
 	}
 	if cfg.MaxConcurrentCreates <= 0 {
 		cfg.MaxConcurrentCreates = DefaultMaxConcurrentCreates
+	}
+	if cfg.MaxStreamsPerWorkspace <= 0 {
+		cfg.MaxStreamsPerWorkspace = DefaultMaxStreamsPerWorkspace
 	}
 	a := &API{cfg: cfg, svc: cfg.Service, log: cfg.Logger.With("component", "api"), mux: http.NewServeMux(),
 		slots: &createSlots{max: cfg.MaxConcurrentCreates, n: map[string]int{}}}

@@ -329,6 +329,9 @@ type Event struct {
 // EventsListParams pages a workspace's events in order.
 type EventsListParams struct {
 	Workspace string
+	// AllWorkspaces reads every workspace's events (Workspace is ignored):
+	// the one poller that fans events out to every open stream.
+	AllWorkspaces bool
 	// BatchID, when set, keeps only that batch's events.
 	BatchID  string
 	AfterSeq int64
@@ -505,7 +508,8 @@ type Store interface {
 
 	// EventsList pages a workspace's events after AfterSeq, oldest first.
 	EventsList(ctx context.Context, p EventsListParams) ([]*Event, error)
-	// EventsLast is the sequence of a workspace's latest event, 0 if none.
+	// EventsLast is the sequence of a workspace's latest event, 0 if none;
+	// workspace "" means the latest event of any workspace.
 	EventsLast(ctx context.Context, workspace string) (int64, error)
 	// EventTestInsert writes a webhook.test event with one delivery, to the
 	// given endpoint only, returning the event id and the delivery id.

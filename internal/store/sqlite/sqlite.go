@@ -682,8 +682,12 @@ func recordEvent(ctx context.Context, tx *sql.Tx, b *store.Batch, typ string, no
 
 // EventsList implements store.Store.
 func (s *Store) EventsList(ctx context.Context, p store.EventsListParams) ([]*store.Event, error) {
-	q := `SELECT seq, id, workspace, batch_id, type, created_at, data FROM events WHERE workspace = ? AND seq > ?`
-	args := []any{p.Workspace, p.AfterSeq}
+	q := `SELECT seq, id, workspace, batch_id, type, created_at, data FROM events WHERE seq > ?`
+	args := []any{p.AfterSeq}
+	if !p.AllWorkspaces {
+		q += ` AND workspace = ?`
+		args = append(args, p.Workspace)
+	}
 	if p.BatchID != "" {
 		q += ` AND batch_id = ?`
 		args = append(args, p.BatchID)
@@ -717,7 +721,11 @@ func (s *Store) EventsList(ctx context.Context, p store.EventsListParams) ([]*st
 // EventsLast implements store.Store.
 func (s *Store) EventsLast(ctx context.Context, workspace string) (int64, error) {
 	var v sql.NullInt64
-	if err := s.r.QueryRowContext(ctx, `SELECT max(seq) FROM events WHERE workspace = ?`, workspace).Scan(&v); err != nil {
+	q, args := `SELECT max(seq) FROM events WHERE workspace = ?`, []any{workspace}
+	if workspace == "" {
+		q, args = `SELECT max(seq) FROM events`, nil
+	}
+	if err := s.r.QueryRowContext(ctx, q, args...).Scan(&v); err != nil {
 		return 0, fmt.Errorf("last event: %w", err)
 	}
 	return v.Int64, nil

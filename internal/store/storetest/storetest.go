@@ -955,6 +955,18 @@ func testEvents(t *testing.T, b *bundle) {
 			t.Fatalf("%s: %d deliveries (%v), want %d", id, n, err, want)
 		}
 	}
+	// Every workspace at once, in order: the stream poller's read.
+	xb := b.batch(t, "x", 1, t0.Add(4*time.Second))
+	every, err := b.st.EventsList(b.ctx, store.EventsListParams{AllWorkspaces: true, Workspace: "x", AfterSeq: events[0].Seq, Limit: 100})
+	if err != nil || len(every) != 3 || every[0].Seq != events[1].Seq || every[2].BatchID != xb.ID || every[2].Workspace != "x" {
+		t.Fatalf("events of all workspaces after the first: %d (%v)", len(every), err)
+	}
+	if last, err := b.st.EventsLast(b.ctx, ""); err != nil || last != every[2].Seq {
+		t.Fatalf("last event of any workspace %d (%v), want %d", last, err, every[2].Seq)
+	}
+	if last, err := b.st.EventsLast(b.ctx, "w"); err != nil || last != events[2].Seq {
+		t.Fatalf("last event of w %d (%v), want %d", last, err, events[2].Seq)
+	}
 }
 
 func testEndpoints(t *testing.T, b *bundle) {
