@@ -537,7 +537,9 @@ type Store interface {
 	// DeliveryResend makes one delivery due now again, whatever its state.
 	DeliveryResend(ctx context.Context, workspace string, deliveryID int64, now time.Time) error
 	// DeliveriesRecover makes an endpoint's failed deliveries of events
-	// since then due again, returning how many.
+	// since then due again, and gives it a delivery of every event since
+	// then (and since it was created) of a type it subscribes to that it
+	// never had one for (it was disabled then), returning how many in all.
 	DeliveriesRecover(ctx context.Context, workspace, endpointID string, since, now time.Time) (int, error)
 
 	KeyCreate(ctx context.Context, p KeyCreateParams) (*Key, error)

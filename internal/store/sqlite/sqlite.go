@@ -1107,6 +1107,22 @@ func (s *Store) DeliveriesRecover(ctx context.Context, workspace, endpointID str
 		}
 		m, _ := res.RowsAffected()
 		n = int(m)
+		// Replay what it missed: every event since then (and since the
+		// endpoint exists) of a type it subscribes to that has no delivery
+		// for it, because the endpoint was disabled when it happened. The
+		// unique (event_seq, endpoint_id) keeps it to one delivery each;
+		// webhook.test events belong to the endpoint they were sent to.
+		res, err = tx.ExecContext(ctx, `INSERT INTO deliveries (event_seq, endpoint_id, next_at)
+			SELECT e.seq, ep.id, ? FROM webhook_endpoints ep JOIN events e ON e.workspace = ep.workspace
+			WHERE ep.id = ? AND e.created_at >= max(?, ep.created_at) AND e.type != ?
+			AND (ep.event_types = '' OR instr(',' || ep.event_types || ',', ',' || e.type || ',') > 0)
+			AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.endpoint_id = ep.id)
+			ORDER BY e.seq`, micros(now), endpointID, micros(since), store.EventTest)
+		if err != nil {
+			return err
+		}
+		m, _ = res.RowsAffected()
+		n += int(m)
 		return nil
 	})
 	if err != nil {

@@ -145,6 +145,7 @@ func Run(t *testing.T, newStore NewStore) {
 		"Endpoints":                          testEndpoints,
 		"Deliveries":                         testDeliveries,
 		"DeliveriesPerEndpoint":              testDeliveriesPerEndpoint,
+		"DeliveriesRecoverMissing":           testDeliveriesRecoverMissing,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -1149,5 +1150,90 @@ func testDeliveriesPerEndpoint(t *testing.T, b *bundle) {
 	_ = bt
 	if got := claim(); got["whep_ok"] != 1 || got["whep_dead"] != 0 {
 		t.Fatalf("the healthy endpoint must get its delivery while the dead one is at its cap: %v", got)
+	}
+}
+
+// testDeliveriesRecoverMissing: events that happened while an endpoint was
+// disabled got no delivery for it; recover since T gives it one for every
+// event since T it subscribes to (and that happened after it was created),
+// once, along with its failed deliveries; another endpoint's test event is
+// not its own.
+func testDeliveriesRecoverMissing(t *testing.T, b *bundle) {
+	early := b.batch(t, "w", 0, t0) // before the endpoints exist
+	all := &store.WebhookEndpoint{ID: "whep_all", Workspace: "w", URL: "https://a.example/", Secret: "s", CreatedAt: t0.Add(time.Second)}
+	ended := &store.WebhookEndpoint{ID: "whep_ended", Workspace: "w", URL: "https://b.example/", Secret: "s", CreatedAt: t0.Add(time.Second),
+		EventTypes: []string{store.EventBatchEnded}}
+	for _, e := range []*store.WebhookEndpoint{all, ended} {
+		if err := b.st.WebhookEndpointCreate(b.ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	off, on := false, true
+	for _, id := range []string{all.ID, ended.ID} {
+		if _, err := b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: id, Now: t0.Add(2 * time.Second), Enabled: &off, DisabledReason: "receiver answered 410 Gone"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// While both are disabled: a batch is created and ends, and the other
+	// endpoint gets a test event of its own.
+	bt := b.batch(t, "w", 1, t0.Add(3*time.Second))
+	c := b.claim(t, "o", 1, t0.Add(3*time.Second))
+	b.complete(t, "o", t0.Add(4*time.Second), succeed(c[0]))
+	if _, _, err := b.st.EventTestInsert(b.ctx, "w", ended.ID, t0.Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{all.ID, ended.ID} {
+		if _, err := b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: id, Now: t0.Add(6 * time.Second), Enabled: &on}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := t0.Add(time.Minute)
+	claimAll := func() map[string][]string {
+		t.Helper()
+		ds, err := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d", Limit: 100, Now: now, LeaseUntil: now.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string][]string{}
+		for _, d := range ds {
+			got[d.Endpoint.ID] = append(got[d.Endpoint.ID], d.Event.Type+" "+d.Event.BatchID)
+			if err := b.st.DeliveryRecord(b.ctx, store.DeliveryRecordParams{ID: d.ID, Owner: "d", Attempt: d.Attempt, Now: now, State: store.DeliverySucceeded,
+				Record: store.AttemptRecord{Status: 204}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return got
+	}
+	// The test event of whep_ended was delivered when it was sent.
+	if got := claimAll(); len(got[all.ID]) != 0 || len(got[ended.ID]) != 1 {
+		t.Fatalf("before recover: %v, want only whep_ended's test event", got)
+	}
+	for id, want := range map[string]int{all.ID: 2, ended.ID: 1} {
+		if n, err := b.st.DeliveriesRecover(b.ctx, "w", id, t0, now); err != nil || n != want {
+			t.Fatalf("recover %s: %d (%v), want %d", id, n, err, want)
+		}
+	}
+	got := claimAll()
+	if fmt.Sprint(got[all.ID]) != fmt.Sprintf("[message_batch.created %s message_batch.ended %s]", bt.ID, bt.ID) {
+		t.Fatalf("whep_all got %v, want the created and ended of %s (not %s, older than the endpoint)", got[all.ID], bt.ID, early.ID)
+	}
+	if fmt.Sprint(got[ended.ID]) != fmt.Sprintf("[message_batch.ended %s]", bt.ID) {
+		t.Fatalf("whep_ended got %v, want only the ended of %s", got[ended.ID], bt.ID)
+	}
+	// Once only: everything is delivered now.
+	for _, id := range []string{all.ID, ended.ID} {
+		if n, err := b.st.DeliveriesRecover(b.ctx, "w", id, t0, now); err != nil || n != 0 {
+			t.Fatalf("second recover %s: %d (%v), want 0", id, n, err)
+		}
+	}
+	// Recover since a time after the batch: nothing.
+	b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: all.ID, Now: now, Enabled: &off})
+	late := b.batch(t, "w", 0, now)
+	b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: all.ID, Now: now, Enabled: &on})
+	if n, _ := b.st.DeliveriesRecover(b.ctx, "w", all.ID, now.Add(time.Second), now); n != 0 {
+		t.Fatalf("recover since after %s: %d", late.ID, n)
+	}
+	if n, _ := b.st.DeliveriesRecover(b.ctx, "w", all.ID, now, now); n != 1 {
+		t.Fatalf("recover of %s's created: %d, want 1", late.ID, n)
 	}
 }
