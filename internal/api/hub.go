@@ -40,6 +40,9 @@ type hub struct {
 	log  *slog.Logger
 	max  int // streams per workspace
 	tick time.Duration
+	// queueMax is how many events a subscriber may have waiting
+	// (subQueueMax; tests lower it).
+	queueMax int
 	wake chan struct{}
 
 	mu      sync.Mutex
@@ -51,7 +54,7 @@ type hub struct {
 }
 
 func newHub(src EventSource, svc *batch.Service, log *slog.Logger, max int) *hub {
-	return &hub{src: src, svc: svc, log: log, max: max, tick: streamTick, wake: make(chan struct{}, 1),
+	return &hub{src: src, svc: svc, log: log, max: max, tick: streamTick, queueMax: subQueueMax, wake: make(chan struct{}, 1),
 		byWS: map[string]map[*subscriber]struct{}{}}
 }
 
@@ -84,9 +87,9 @@ func (s *subscriber) signal() {
 	}
 }
 
-func (s *subscriber) push(e *store.Event) {
+func (s *subscriber) push(e *store.Event, max int) {
 	s.mu.Lock()
-	if len(s.queue) >= subQueueMax {
+	if len(s.queue) >= max {
 		s.queue, s.lagged = nil, true
 	} else {
 		s.queue = append(s.queue, e)
@@ -199,7 +202,7 @@ func (h *hub) pollEvents(ctx context.Context) {
 		for _, e := range events {
 			for s := range h.byWS[e.Workspace] {
 				if s.batchID == "" || s.batchID == e.BatchID {
-					s.push(e)
+					s.push(e, h.queueMax)
 				}
 			}
 		}
