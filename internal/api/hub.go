@@ -43,7 +43,7 @@ type hub struct {
 	// queueMax is how many events a subscriber may have waiting
 	// (subQueueMax; tests lower it).
 	queueMax int
-	wake chan struct{}
+	wake     chan struct{}
 
 	mu      sync.Mutex
 	byWS    map[string]map[*subscriber]struct{}
