@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -330,7 +331,10 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	b, err := a.svc.Create(r.Context(), workspace(r), betas(r.Header), body)
+	b, err := a.svc.Idempotent(r.Context(), workspace(r), r.Header.Get("Idempotency-Key"), body,
+		func(body io.Reader) (*store.Batch, error) {
+			return a.svc.Create(r.Context(), workspace(r), betas(r.Header), body)
+		})
 	release()
 	if err != nil {
 		return err
@@ -413,7 +417,9 @@ func (a *API) delete(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *API) retry(w http.ResponseWriter, r *http.Request) error {
-	b, err := a.svc.Retry(r.Context(), workspace(r), r.PathValue("id"))
+	id := r.PathValue("id")
+	b, err := a.svc.Idempotent(r.Context(), workspace(r), r.Header.Get("Idempotency-Key"), strings.NewReader("retry "+id),
+		func(io.Reader) (*store.Batch, error) { return a.svc.Retry(r.Context(), workspace(r), id) })
 	if err != nil {
 		return err
 	}

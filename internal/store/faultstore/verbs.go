@@ -354,6 +354,30 @@ func (s *Store) DeliveriesRecover(ctx context.Context, workspace, endpointID str
 	return s.Store.DeliveriesRecover(ctx, workspace, endpointID, since, now)
 }
 
+// IdempotencyReserve fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) IdempotencyReserve(ctx context.Context, p store.IdempotencyReserveParams) (*store.Idempotency, error) {
+	if err := s.check("IdempotencyReserve"); err != nil {
+		return nil, err
+	}
+	return s.Store.IdempotencyReserve(ctx, p)
+}
+
+// IdempotencyRecord fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) IdempotencyRecord(ctx context.Context, p store.IdempotencyRecordParams) error {
+	if err := s.check("IdempotencyRecord"); err != nil {
+		return err
+	}
+	return s.Store.IdempotencyRecord(ctx, p)
+}
+
+// IdempotencyRelease fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) IdempotencyRelease(ctx context.Context, workspace, key string) error {
+	if err := s.check("IdempotencyRelease"); err != nil {
+		return err
+	}
+	return s.Store.IdempotencyRelease(ctx, workspace, key)
+}
+
 // KeyCreate fails when a fault is set for it, else calls the wrapped store.
 func (s *Store) KeyCreate(ctx context.Context, p store.KeyCreateParams) (*store.Key, error) {
 	if err := s.check("KeyCreate"); err != nil {

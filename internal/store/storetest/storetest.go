@@ -136,6 +136,7 @@ func Run(t *testing.T, newStore NewStore) {
 		"DiscardStaleCreating":               testDiscardStale,
 		"ResultsPageInOrderAndSkipSucceeded": testResultsPaging,
 		"Keys":                               testKeys,
+		"IdempotencyKeys":                    testIdempotency,
 		"UpstreamBatches":                    testUpstreamBatches,
 		"CompleteAndClaim":                   testCompleteAndClaim,
 		"ClaimByBackend":                     testClaimByBackend,
@@ -1235,5 +1236,53 @@ func testDeliveriesRecoverMissing(t *testing.T, b *bundle) {
 	}
 	if n, _ := b.st.DeliveriesRecover(b.ctx, "w", all.ID, now, now); n != 1 {
 		t.Fatalf("recover of %s's created: %d, want 1", late.ID, n)
+	}
+}
+
+func testIdempotency(t *testing.T, b *bundle) {
+	reserve := func(ws, key string, now time.Time) *store.Idempotency {
+		t.Helper()
+		held, err := b.st.IdempotencyReserve(b.ctx, store.IdempotencyReserveParams{Workspace: ws, Key: key, Now: now, TTL: 24 * time.Hour, StaleAfter: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return held
+	}
+	if held := reserve("a", "k", t0); held != nil {
+		t.Fatalf("a new key is held: %+v", held)
+	}
+	if held := reserve("a", "k", t0.Add(time.Second)); held == nil || held.BatchID != "" {
+		t.Fatalf("a reserved key: %+v, want a running reservation", held)
+	}
+	if held := reserve("b", "k", t0); held != nil {
+		t.Fatalf("a key of workspace a is held in workspace b: %+v", held)
+	}
+	rec := store.IdempotencyRecordParams{Workspace: "a", Key: "k", BodyHash: "h1", BatchID: "msgbatch_1"}
+	if err := b.st.IdempotencyRecord(b.ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.st.IdempotencyRecord(b.ctx, rec); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("recording twice: %v, want ErrConflict", err)
+	}
+	if err := b.st.IdempotencyRelease(b.ctx, "a", "k"); err != nil { // a recorded key is not released
+		t.Fatal(err)
+	}
+	if held := reserve("a", "k", t0.Add(23*time.Hour)); held == nil || held.BatchID != "msgbatch_1" || held.BodyHash != "h1" {
+		t.Fatalf("a recorded key within the TTL: %+v", held)
+	}
+	// After the TTL the key is free; a new reservation replaces the old.
+	if held := reserve("a", "k", t0.Add(25*time.Hour)); held != nil {
+		t.Fatalf("an expired key is still held: %+v", held)
+	}
+	// A reservation whose request never finished lapses after StaleAfter.
+	if held := reserve("a", "k", t0.Add(25*time.Hour+2*time.Hour)); held != nil {
+		t.Fatalf("a stale reservation still blocks the key: %+v", held)
+	}
+	// A released reservation frees the key at once.
+	if err := b.st.IdempotencyRelease(b.ctx, "a", "k"); err != nil {
+		t.Fatal(err)
+	}
+	if held := reserve("a", "k", t0.Add(27*time.Hour+time.Second)); held != nil {
+		t.Fatalf("a released key is still held: %+v", held)
 	}
 }
