@@ -41,6 +41,9 @@ type Config struct {
 	Webhooks *Webhooks
 	// Events enables the live event streams; may be nil.
 	Events EventSource
+	// MaxStreamsPerWorkspace caps the event streams one workspace holds
+	// open at once (default 64); over it: 429.
+	MaxStreamsPerWorkspace int
 	// BodyIdleTimeout ends a create whose body sends nothing for this long
 	// (default 30s); a slow body that keeps sending is never cut off.
 	BodyIdleTimeout time.Duration
@@ -85,6 +88,8 @@ type API struct {
 	mux *http.ServeMux
 	// slots holds each workspace's uploading creates.
 	slots *createSlots
+	// hub feeds the event streams; nil without Events.
+	hub *hub
 
 	// mode says whether requests need a key. It moves one way only, from
 	// open to enforced (when a first key appears), so revoking every key
@@ -126,6 +131,9 @@ func New(cfg Config) *API {
 	}
 	if cfg.MaxConcurrentCreates <= 0 {
 		cfg.MaxConcurrentCreates = DefaultMaxConcurrentCreates
+	}
+	if cfg.MaxStreamsPerWorkspace <= 0 {
+		cfg.MaxStreamsPerWorkspace = DefaultMaxStreamsPerWorkspace
 	}
 	a := &API{cfg: cfg, svc: cfg.Service, log: cfg.Logger.With("component", "api"), mux: http.NewServeMux(),
 		slots: &createSlots{max: cfg.MaxConcurrentCreates, n: map[string]int{}}}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -19,9 +20,10 @@ type EventSource interface {
 	EventsLast(ctx context.Context, workspace string) (int64, error)
 }
 
-// Stream timings: how often the store is read for new events and progress
-// (at most this many progress events a second, per batch), and how often
-// an idle stream sends a comment so that proxies keep it open.
+// Stream timings: how often the hub reads the store for new events when
+// nothing wakes it, and for progress (at most four progress events a
+// second, per batch), and how often an idle stream sends a comment so that
+// proxies keep it open.
 const (
 	streamTick      = 250 * time.Millisecond
 	streamKeepalive = 15 * time.Second
@@ -31,6 +33,7 @@ func (a *API) handleEvents() {
 	if a.cfg.Events == nil {
 		return
 	}
+	a.hub = newHub(a.cfg.Events, a.svc, a.log, a.cfg.MaxStreamsPerWorkspace)
 	a.handle("GET /v1/messages/batches/{id}/events", a.batchEvents)
 	a.handle("GET /v1/events", a.workspaceEvents)
 }
@@ -103,6 +106,36 @@ func lastEventID(r *http.Request) (seq int64, ok bool) {
 	return n, true
 }
 
+// streamStart is the sequence a workspace stream starts after: the
+// client's Last-Event-ID (or ?after=) when it names one; else, with
+// ?since=RFC3339, just before the first event created from that time on;
+// else the latest event, so that a new subscriber gets what happens from
+// now on, not the workspace's history (?after=0 asks for all of it).
+func (a *API) streamStart(r *http.Request, ws string) (int64, error) {
+	if after, ok := lastEventID(r); ok {
+		return after, nil
+	}
+	if v := r.URL.Query().Get("since"); v != "" {
+		since, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return 0, &batch.Error{Kind: batch.KindInvalid, Message: fmt.Sprintf("since: Input should be an RFC 3339 time such as 2026-01-02T15:04:05Z, got %q", v)}
+		}
+		first, err := a.cfg.Events.EventsList(r.Context(), store.EventsListParams{Workspace: ws, Since: since, Limit: 1})
+		if err != nil {
+			return 0, fmt.Errorf("event stream: %w", err)
+		}
+		if len(first) == 1 {
+			return first[0].Seq - 1, nil
+		}
+		// Nothing since then: what happens from now on.
+	}
+	after, err := a.cfg.Events.EventsLast(r.Context(), ws)
+	if err != nil {
+		return 0, fmt.Errorf("event stream: %w", err)
+	}
+	return after, nil
+}
+
 // batchEvents streams one batch's events and its progress, and ends after
 // the batch's message_batch.ended event.
 func (a *API) batchEvents(w http.ResponseWriter, r *http.Request) error {
@@ -111,111 +144,125 @@ func (a *API) batchEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s, err := startSSE(w)
+	after, _ := lastEventID(r) // a batch's stream starts with its first event
+	sub, err := a.hub.subscribe(r.Context(), ws, id)
 	if err != nil {
 		return err
 	}
-	after, _ := lastEventID(r) // a batch's stream starts with its first event
-	var last progress
-	ticker := time.NewTicker(streamTick)
-	defer ticker.Stop()
-	for {
-		events, err := a.cfg.Events.EventsList(r.Context(), store.EventsListParams{Workspace: ws, BatchID: id, AfterSeq: after, Limit: 100})
-		if err != nil {
-			return nil // the status is sent: end the stream
-		}
-		ended := false
-		for _, e := range events {
-			if err := a.sendEvent(s, r, e); err != nil {
-				return nil
-			}
-			after = e.Seq
-			ended = ended || e.Type == store.EventBatchEnded
-		}
-		if p := (progress{"progress", b.ID, b.Status, b.Counts}); p != last && !ended {
-			data, _ := json.Marshal(p)
-			if s.send("", "progress", data) != nil {
-				return nil
-			}
-			last = p
-		}
-		if ended {
-			return nil
-		}
-		if s.keepalive() != nil {
-			return nil
-		}
-		select {
-		case <-r.Context().Done():
-			return nil
-		case <-ticker.C:
-		}
-		if b, err = a.svc.Get(r.Context(), ws, id); err != nil {
-			return nil // deleted meanwhile
-		}
-	}
+	defer a.hub.unsubscribe(sub)
+	return a.stream(w, r, sub, after, []progress{{"progress", b.ID, b.Status, b.Counts}})
 }
 
 // workspaceEvents streams the workspace's events from now on (or after
-// Last-Event-ID), and the progress of its batches in progress, until the
-// client goes away.
+// Last-Event-ID, or from ?since=), and the progress of its batches in
+// progress, until the client goes away.
 func (a *API) workspaceEvents(w http.ResponseWriter, r *http.Request) error {
 	ws := workspace(r)
-	after, ok := lastEventID(r)
-	if !ok {
-		// A new subscriber gets what happens from now on, not the
-		// workspace's history (?after=0 asks for all of it).
-		var err error
-		if after, err = a.cfg.Events.EventsLast(r.Context(), ws); err != nil {
-			return err
-		}
+	after, err := a.streamStart(r, ws)
+	if err != nil {
+		return err
 	}
+	sub, err := a.hub.subscribe(r.Context(), ws, "")
+	if err != nil {
+		return err
+	}
+	defer a.hub.unsubscribe(sub)
+	return a.stream(w, r, sub, after, nil)
+}
+
+// stream writes a subscriber's events after after, in order, and its
+// progress, until the client goes away (or a batch stream's batch ends or
+// is deleted). It first reads what it missed from the store (history, or
+// what it fell behind on), then takes what the hub fans out.
+func (a *API) stream(w http.ResponseWriter, r *http.Request, sub *subscriber, after int64, snap []progress) error {
 	s, err := startSSE(w)
 	if err != nil {
 		return err
 	}
-	last := map[string]progress{}
-	ticker := time.NewTicker(streamTick)
-	defer ticker.Stop()
-	for {
-		events, err := a.cfg.Events.EventsList(r.Context(), store.EventsListParams{Workspace: ws, AfterSeq: after, Limit: 500})
-		if err != nil {
-			return nil
+	ctx := r.Context()
+	sent := map[string]progress{} // the last progress sent, per batch
+	ended := map[string]bool{}    // batches whose ended event was sent
+	// send writes one event unless it was already sent; done is true when
+	// the stream must end (a batch stream's batch ended, or the client is
+	// gone).
+	send := func(e *store.Event) (done bool) {
+		if e.Seq <= after {
+			return false
 		}
-		for _, e := range events {
-			if err := a.sendEvent(s, r, e); err != nil {
+		if a.sendEvent(s, r, e) != nil {
+			return true
+		}
+		after = e.Seq
+		if e.Type == store.EventBatchEnded {
+			ended[e.BatchID] = true
+			delete(sent, e.BatchID)
+			return sub.batchID != ""
+		}
+		return false
+	}
+	catchUp := true
+	keepalive := time.NewTicker(streamKeepalive)
+	defer keepalive.Stop()
+	for {
+		if catchUp {
+			for {
+				events, err := a.cfg.Events.EventsList(ctx, store.EventsListParams{Workspace: sub.ws, BatchID: sub.batchID, AfterSeq: after, Limit: hubPage})
+				if err != nil {
+					return nil // the status is sent: end the stream
+				}
+				for _, e := range events {
+					if send(e) {
+						return nil
+					}
+				}
+				if len(events) < hubPage {
+					break
+				}
+			}
+			catchUp = false
+		}
+		queue, lagged, fresh, gone := sub.take()
+		if lagged {
+			catchUp = true // what the queue dropped is in the store
+			continue
+		}
+		for _, e := range queue {
+			if send(e) {
 				return nil
 			}
-			after = e.Seq
-			if e.Type == store.EventBatchEnded {
-				delete(last, e.BatchID)
+		}
+		if gone {
+			return nil // deleted meanwhile
+		}
+		if fresh != nil {
+			snap = fresh
+			// A batch that has ended and left the snapshot needs no
+			// memory of its end any more.
+			for id := range ended {
+				if !slices.ContainsFunc(snap, func(p progress) bool { return p.ID == id }) {
+					delete(ended, id)
+				}
 			}
 		}
-		page, err := a.svc.List(r.Context(), ws, batch.ListParams{Limit: 100})
-		if err != nil {
-			return nil
-		}
-		for _, b := range page.Batches {
-			if b.Status == store.StatusEnded {
-				continue
-			}
-			p := progress{"progress", b.ID, b.Status, b.Counts}
-			if last[b.ID] == p {
-				continue
+		for _, p := range snap {
+			if ended[p.ID] || sent[p.ID] == p {
+				continue // a snapshot older than the end, or nothing new
 			}
 			data, _ := json.Marshal(p)
 			if s.send("", "progress", data) != nil {
 				return nil
 			}
-			last[b.ID] = p
+			sent[p.ID] = p
 		}
-		if s.keepalive() != nil {
-			return nil
-		}
+		snap = nil
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return nil
-		case <-ticker.C:
+		case <-sub.notify:
+		case <-keepalive.C:
+			if s.keepalive() != nil {
+				return nil
+			}
 		}
 	}
 }
@@ -227,4 +274,13 @@ func (a *API) sendEvent(s *sse, r *http.Request, e *store.Event) error {
 		return err
 	}
 	return s.send(strconv.FormatInt(e.Seq, 10), e.Type, data)
+}
+
+// Wake tells the event streams that something was committed (a batch
+// created, canceled, settled or ended), so that they send it at once
+// instead of at the next poll.
+func (a *API) Wake() {
+	if a.hub != nil {
+		a.hub.Wake()
+	}
 }

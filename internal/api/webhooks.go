@@ -306,7 +306,8 @@ func (a *API) endpointAttempts(w http.ResponseWriter, r *http.Request) error {
 }
 
 // endpointRecover makes every failed delivery of the endpoint, for events
-// since `since` (RFC 3339), due again.
+// since `since` (RFC 3339), due again, and delivers the events since then
+// it missed while disabled.
 func (a *API) endpointRecover(w http.ResponseWriter, r *http.Request) error {
 	var p struct {
 		Since string `json:"since"`

@@ -250,10 +250,16 @@ func (s *Service) ResultsReady(ctx context.Context, workspace, id string, partia
 	return b, nil
 }
 
-// WriteResults streams the results of b, which ResultsReady approved.
+// WriteResults streams the results of b, which ResultsReady approved. It
+// fails when fewer results are left than b had settled: the batch was
+// deleted or archived meanwhile (its rows are purged in the background), and
+// the caller must break the transfer rather than end it short but valid.
 func (s *Service) WriteResults(ctx context.Context, b *store.Batch, w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
-	var after int64
+	// Results only ever grow while a batch exists, so what was settled when
+	// the stream began is a lower bound of what it must carry.
+	want := b.Counts.Succeeded + b.Counts.Errored + b.Counts.Canceled + b.Counts.Expired
+	var after, sent int64
 	for {
 		rows, err := s.store.ResultsList(ctx, store.ResultsListParams{BatchSeq: b.Seq, AfterID: after, Limit: resultsPage})
 		if err != nil {
@@ -262,7 +268,11 @@ func (s *Service) WriteResults(ctx context.Context, b *store.Batch, w io.Writer)
 		for _, r := range rows {
 			writeResultLine(bw, r)
 		}
+		sent += int64(len(rows))
 		if len(rows) < resultsPage {
+			if sent < want {
+				return fmt.Errorf("stream results of %s: %d of %d results left: deleted or archived while streaming", b.ID, sent, want)
+			}
 			break
 		}
 		after = rows[len(rows)-1].ID

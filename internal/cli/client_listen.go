@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/batchd/batchd/internal/webhook"
 	"github.com/spf13/cobra"
 )
@@ -50,9 +51,10 @@ start. One line per event goes to stdout; a failed forward is reported and
 listening goes on. The stream is resumed from the last event after a
 disconnection. Ctrl-C ends it.
 
-The server replays the workspace's past events to a new subscriber; listen
-forwards only those created from --since on (default: when listen starts;
-an RFC 3339 time or a duration back from now replays earlier ones).`,
+By default listen forwards what happens from when it starts. --since (an
+RFC 3339 time, or a duration back from now such as 10m) first replays the
+workspace's events created from that time on (GET /v1/events?since=), then
+follows the live stream.`,
 		Args: cobra.NoArgs,
 	}
 	conn := addConnFlags(cmd)
@@ -99,6 +101,7 @@ an RFC 3339 time or a duration back from now replays earlier ones).`,
 			secret:  secret,
 			types:   events,
 			since:   from,
+			replay:  since != "",
 			out:     cmd.OutOrStdout(),
 			errOut:  errOut,
 			forward: &http.Client{Timeout: timeout, CheckRedirect: noRedirects},
@@ -118,11 +121,14 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 
 // listener forwards the event stream to a receiver.
 type listener struct {
-	client  *anthropic.Client
-	target  string
-	secret  string
-	types   []string // empty means all
-	since   time.Time
+	client *anthropic.Client
+	target string
+	secret string
+	types  []string // empty means all
+	since  time.Time
+	// replay asks the server for the events since since (--since given);
+	// otherwise the stream starts now.
+	replay  bool
 	out     io.Writer
 	errOut  io.Writer
 	forward *http.Client
@@ -138,7 +144,13 @@ func (l *listener) run(ctx context.Context) error {
 		connected  bool
 	)
 	for {
-		stream, err := openEventStream(ctx, l.client, "v1/events", lastID)
+		var opts []option.RequestOption
+		if lastID == "" && l.replay {
+			// The server replays from --since; a reconnection resumes
+			// from the last event seen instead.
+			opts = append(opts, option.WithQuery("since", l.since.UTC().Format(time.RFC3339Nano)))
+		}
+		stream, err := openEventStream(ctx, l.client, "v1/events", lastID, opts...)
 		if err == nil {
 			if !connected {
 				fmt.Fprintf(l.errOut, "Ready! Forwarding events to %s (^C to quit)\n", l.target)

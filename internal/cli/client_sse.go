@@ -184,12 +184,12 @@ type eventStream struct {
 // client, so that the base URL, key and headers are those of every other
 // command, resuming after lastEventID when it is not empty. It returns an
 // error wrapping errNoEventStream when the server has no such stream.
-func openEventStream(ctx context.Context, client *anthropic.Client, path, lastEventID string) (*eventStream, error) {
+func openEventStream(ctx context.Context, client *anthropic.Client, path, lastEventID string, extra ...option.RequestOption) (*eventStream, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	opts := []option.RequestOption{
+	opts := append([]option.RequestOption{
 		option.WithHeader("Accept", "text/event-stream"),
 		option.WithHeader("Cache-Control", "no-cache"),
-	}
+	}, extra...)
 	if lastEventID != "" {
 		opts = append(opts, option.WithHeader("Last-Event-ID", lastEventID))
 	}

@@ -413,11 +413,13 @@ func newWebhooksRecoverCommand() *cobra.Command {
 	var since string
 	cmd := &cobra.Command{
 		Use:   "recover ID --since TIME",
-		Short: "Make an endpoint's failed deliveries since a time due again",
+		Short: "Send an endpoint's failed and missed deliveries since a time again",
 		Long: `Make every failed delivery of an endpoint, of events since --since, due
-again, for example after an outage of the receiver. --since is an RFC 3339
-time (2026-11-29T00:00:00Z) or a duration back from now (2h, 90m).
-Prints how many deliveries were recovered.`,
+again, for example after an outage of the receiver, and deliver every event
+since then that it missed while it was disabled (of the types it subscribes
+to, once each, with the event's webhook-id). --since is an RFC 3339 time
+(2026-11-29T00:00:00Z) or a duration back from now (2h, 90m). Prints how
+many deliveries were recovered.`,
 		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)

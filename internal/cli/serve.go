@@ -39,6 +39,7 @@ type serveConfig struct {
 	bodyIdle        time.Duration
 	idleTimeout     time.Duration
 	maxCreates      int
+	maxStreams      int
 	maxInProgress   int
 	retryBackoff    time.Duration
 	retryBackoffMax time.Duration
@@ -78,6 +79,7 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&c.bodyIdle, "body-idle-timeout", server.DefaultBodyIdleTimeout, "a create whose body sends nothing for this long is refused (a slow upload that keeps sending is not)")
 	f.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this long")
 	f.IntVar(&c.maxCreates, "max-concurrent-creates", server.DefaultMaxConcurrentCreates, "creates one workspace may upload at once (429 over it)")
+	f.IntVar(&c.maxStreams, "max-streams-per-workspace", server.DefaultMaxStreamsPerWorkspace, "event streams one workspace may hold open at once (429 over it)")
 	f.Int64Var(&c.maxParamsBytes, "max-params-bytes", batch.DefaultMaxParamsBytes, "bytes of one request's params (413 naming requests.N.params over it)")
 	f.IntVar(&c.maxInProgress, "max-in-progress", batch.DefaultMaxInProgress, "unended batches per workspace (429 over it)")
 	f.DurationVar(&c.retryBackoff, "retry-backoff", time.Second, "first retry delay after a transient error, doubled per attempt")
@@ -154,11 +156,12 @@ func serve(ctx context.Context, c serveConfig) error {
 		}
 	}
 	srvParts, err := server.Open(ctx, server.Config{
-		Backends:             backends,
-		DataDir:              c.dataDir,
-		PublicURL:            c.publicURL,
-		BodyIdleTimeout:      c.bodyIdle,
-		MaxConcurrentCreates: c.maxCreates,
+		Backends:               backends,
+		DataDir:                c.dataDir,
+		PublicURL:              c.publicURL,
+		BodyIdleTimeout:        c.bodyIdle,
+		MaxConcurrentCreates:   c.maxCreates,
+		MaxStreamsPerWorkspace: c.maxStreams,
 		Batch: batch.Config{
 			MaxRequests:    c.maxRequests,
 			MaxBodyBytes:   c.maxBodyBytes,

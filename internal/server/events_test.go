@@ -145,3 +145,37 @@ func TestWorkspaceStreamStartsNow(t *testing.T) {
 		t.Fatalf("events %+v", events)
 	}
 }
+
+// TestWorkspaceStreamSince: ?since= replays the events created from that
+// time on, and none before; a bad time is a 400 naming since.
+func TestWorkspaceStreamSince(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	clock := &testClock{now: now.Add(-2 * time.Hour)}
+	ts := newTestServer(t, withConfig(func(c *server.Config) { c.Now = clock.Now }))
+	old := createRaw(t, ts.URL, createBody(t, nRequests("old", 1, "hi")...))
+	waitEndedRaw(t, ts.URL, old.ID, 10*time.Second)
+	clock.Add(115 * time.Minute) // five minutes ago
+	recent := createRaw(t, ts.URL, createBody(t, nRequests("recent", 1, "hi")...))
+	waitEndedRaw(t, ts.URL, recent.ID, 10*time.Second)
+
+	since := now.Add(-10 * time.Minute).UTC().Format(time.RFC3339)
+	events := readSSE(t, ts.URL+"/v1/events?since="+since, nil, func(e sseEvent) bool {
+		return e.event == "message_batch.ended" && strings.Contains(e.data, recent.ID)
+	})
+	var got []string
+	for _, e := range events {
+		if e.event == "progress" {
+			continue
+		}
+		if strings.Contains(e.data, old.ID) {
+			t.Errorf("an event from before since was replayed: %+v", e)
+		}
+		got = append(got, e.event)
+	}
+	if len(got) != 2 || got[0] != "message_batch.created" || got[1] != "message_batch.ended" {
+		t.Fatalf("events since %s: %v, want the recent batch's created and ended", since, got)
+	}
+
+	wantError(t, do(t, "GET", ts.URL+"/v1/events?since=yesterday", nil), 400, "invalid_request_error", "since")
+}

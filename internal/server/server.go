@@ -53,12 +53,18 @@ type Config struct {
 	// api.Config.
 	BodyIdleTimeout      time.Duration
 	MaxConcurrentCreates int
+	// MaxStreamsPerWorkspace caps a workspace's open event streams; see
+	// api.Config.
+	MaxStreamsPerWorkspace int
 }
 
 // Defaults of the upload guards, for the serve flags.
 const (
 	DefaultBodyIdleTimeout      = api.DefaultBodyIdleTimeout
 	DefaultMaxConcurrentCreates = api.DefaultMaxConcurrentCreates
+	// DefaultMaxStreamsPerWorkspace is the default cap on a workspace's
+	// open event streams.
+	DefaultMaxStreamsPerWorkspace = api.DefaultMaxStreamsPerWorkspace
 )
 
 // WebhookConfig configures webhook delivery.
@@ -142,7 +148,10 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	dc.RescueAllAtStart = true // one process owns an SQLite data dir
 	dc.Logger = cfg.Logger
 	dc.Now = cfg.Now
-	// Every change the dispatcher commits may have written webhook events.
+	// Every change the dispatcher commits may have written webhook events
+	// and moves progress: the event streams are woken (the API is built
+	// below; wakeStreams is set before anything runs).
+	var wakeStreams func()
 	onChange := dc.OnChange
 	dc.OnChange = func(ch *store.BatchChange) {
 		if onChange != nil {
@@ -150,6 +159,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		if ch.Ended {
 			deliverer.Wake()
+			wakeStreams()
 		}
 	}
 	var delegators []*delegate.Delegator
@@ -169,6 +179,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	bc.Now = cfg.Now
 	bc.OnCreated = func() {
 		deliverer.Wake()
+		wakeStreams()
 		disp.Wake()
 		for _, d := range delegators {
 			d.Wake()
@@ -176,6 +187,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	bc.OnCanceled = func(seq int64) {
 		deliverer.Wake()
+		wakeStreams()
 		disp.Canceled(seq)
 		for _, d := range delegators {
 			d.Canceled(seq)
@@ -185,7 +197,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	svc := batch.NewService(st, bc)
 	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built),
 		Webhooks: &api.Webhooks{Store: st, Sealer: sealer, Guard: guard, Now: cfg.Now, Wake: deliverer.Wake},
-		Events:   st, BodyIdleTimeout: cfg.BodyIdleTimeout, MaxConcurrentCreates: cfg.MaxConcurrentCreates})
+		Events:   st, BodyIdleTimeout: cfg.BodyIdleTimeout, MaxConcurrentCreates: cfg.MaxConcurrentCreates,
+		MaxStreamsPerWorkspace: cfg.MaxStreamsPerWorkspace})
+	wakeStreams = h.Wake
 	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, handler: h}, nil
 }
 

@@ -454,3 +454,74 @@ func TestWebhookRotationAndTestEvent(t *testing.T) {
 	}
 	wantError(t, do(t, "POST", ts.URL+"/v1/webhooks/deliveries/999999/resend", nil), 404, "not_found_error")
 }
+
+// TestWebhookRecoverReplaysWhatADisabledEndpointMissed: a 410 disables the
+// endpoint; batches that end meanwhile get no delivery for it; after enable,
+// recover since then sends the failed delivery again and every missed event
+// once, each with its event's webhook-id, and a second recover sends none.
+func TestWebhookRecoverReplaysWhatADisabledEndpointMissed(t *testing.T) {
+	t.Parallel()
+	var gone atomic.Bool
+	gone.Store(true)
+	rc := &receiver{}
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if gone.Load() {
+			w.WriteHeader(410)
+			return
+		}
+		rc.ServeHTTP(w, r)
+	}))
+	t.Cleanup(recv.Close)
+	ts := webhookServer(t)
+	id, secret := addEndpoint(t, ts, recv.URL)
+	since := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	first := createRaw(t, ts.URL, createBody(t, nRequests("r", 1, "hi")...))
+	waitFor(t, 10*time.Second, "the endpoint to be disabled", func() bool {
+		return bytes.Contains(do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id, nil).Body, []byte(`"enabled":false`))
+	})
+	missed := []string{}
+	for i := range 2 {
+		b := createRaw(t, ts.URL, createBody(t, nRequests(fmt.Sprint("m", i), 1, "hi")...))
+		waitEndedRaw(t, ts.URL, b.ID, 10*time.Second)
+		missed = append(missed, b.ID)
+	}
+	gone.Store(false)
+	if r := do(t, "POST", ts.URL+"/v1/webhooks/endpoints/"+id+"/enable", nil); r.Status != 200 {
+		t.Fatalf("enable: %d %s", r.Status, r.Body)
+	}
+	r := do(t, "POST", ts.URL+"/v1/webhooks/endpoints/"+id+"/recover", `{"since":"`+since+`"}`)
+	if r.Status != 200 || !bytes.Contains(r.Body, []byte(`"recovered":3`)) {
+		t.Fatalf("recover: %d %s, want the failed delivery and the two missed", r.Status, r.Body)
+	}
+	waitFor(t, 10*time.Second, "three deliveries", func() bool { return len(rc.deliveries()) >= 3 })
+	wh, _ := standardwebhooks.NewWebhook(secret)
+	seen := map[string]string{}
+	for _, d := range rc.deliveries() {
+		if err := wh.Verify(d.body, d.header); err != nil {
+			t.Fatal(err)
+		}
+		var ev struct {
+			ID   string `json:"id"`
+			Data struct {
+				Type string `json:"type"`
+				ID   string `json:"id"`
+			} `json:"data"`
+		}
+		json.Unmarshal(d.body, &ev)
+		if d.header.Get("webhook-id") != ev.ID {
+			t.Errorf("webhook-id %q for event %q", d.header.Get("webhook-id"), ev.ID)
+		}
+		if _, dup := seen[ev.Data.ID]; dup {
+			t.Errorf("%s delivered twice", ev.Data.ID)
+		}
+		seen[ev.Data.ID] = ev.Data.Type
+	}
+	for _, b := range append([]string{first.ID}, missed...) {
+		if seen[b] != "message_batch.ended" {
+			t.Errorf("batch %s: got %q, want its message_batch.ended (delivered: %v)", b, seen[b], seen)
+		}
+	}
+	if r := do(t, "POST", ts.URL+"/v1/webhooks/endpoints/"+id+"/recover", `{"since":"`+since+`"}`); !bytes.Contains(r.Body, []byte(`"recovered":0`)) {
+		t.Fatalf("second recover: %d %s, want nothing more", r.Status, r.Body)
+	}
+}

@@ -360,10 +360,16 @@ type Event struct {
 // EventsListParams pages a workspace's events in order.
 type EventsListParams struct {
 	Workspace string
+	// AllWorkspaces reads every workspace's events (Workspace is ignored):
+	// the one poller that fans events out to every open stream.
+	AllWorkspaces bool
 	// BatchID, when set, keeps only that batch's events.
 	BatchID  string
 	AfterSeq int64
-	Limit    int
+	// Since, when set, keeps only events created at or after it (a new
+	// subscriber replaying from a time).
+	Since time.Time
+	Limit int
 }
 
 // EventTest is the type of the event a user sends to check an endpoint.
@@ -533,7 +539,8 @@ type Store interface {
 
 	// EventsList pages a workspace's events after AfterSeq, oldest first.
 	EventsList(ctx context.Context, p EventsListParams) ([]*Event, error)
-	// EventsLast is the sequence of a workspace's latest event, 0 if none.
+	// EventsLast is the sequence of a workspace's latest event, 0 if none;
+	// workspace "" means the latest event of any workspace.
 	EventsLast(ctx context.Context, workspace string) (int64, error)
 	// EventTestInsert writes a webhook.test event with one delivery, to the
 	// given endpoint only, returning the event id and the delivery id.
@@ -561,7 +568,9 @@ type Store interface {
 	// DeliveryResend makes one delivery due now again, whatever its state.
 	DeliveryResend(ctx context.Context, workspace string, deliveryID int64, now time.Time) error
 	// DeliveriesRecover makes an endpoint's failed deliveries of events
-	// since then due again, returning how many.
+	// since then due again, and gives it a delivery of every event since
+	// then (and since it was created) of a type it subscribes to that it
+	// never had one for (it was disabled then), returning how many in all.
 	DeliveriesRecover(ctx context.Context, workspace, endpointID string, since, now time.Time) (int, error)
 
 	// IdempotencyReserve reserves a key for the calling request and

@@ -682,11 +682,19 @@ func recordEvent(ctx context.Context, tx *sql.Tx, b *store.Batch, typ string, no
 
 // EventsList implements store.Store.
 func (s *Store) EventsList(ctx context.Context, p store.EventsListParams) ([]*store.Event, error) {
-	q := `SELECT seq, id, workspace, batch_id, type, created_at, data FROM events WHERE workspace = ? AND seq > ?`
-	args := []any{p.Workspace, p.AfterSeq}
+	q := `SELECT seq, id, workspace, batch_id, type, created_at, data FROM events WHERE seq > ?`
+	args := []any{p.AfterSeq}
+	if !p.AllWorkspaces {
+		q += ` AND workspace = ?`
+		args = append(args, p.Workspace)
+	}
 	if p.BatchID != "" {
 		q += ` AND batch_id = ?`
 		args = append(args, p.BatchID)
+	}
+	if !p.Since.IsZero() {
+		q += ` AND created_at >= ?`
+		args = append(args, micros(p.Since))
 	}
 	rows, err := s.r.QueryContext(ctx, q+` ORDER BY seq LIMIT ?`, append(args, p.Limit)...)
 	if err != nil {
@@ -713,7 +721,11 @@ func (s *Store) EventsList(ctx context.Context, p store.EventsListParams) ([]*st
 // EventsLast implements store.Store.
 func (s *Store) EventsLast(ctx context.Context, workspace string) (int64, error) {
 	var v sql.NullInt64
-	if err := s.r.QueryRowContext(ctx, `SELECT max(seq) FROM events WHERE workspace = ?`, workspace).Scan(&v); err != nil {
+	q, args := `SELECT max(seq) FROM events WHERE workspace = ?`, []any{workspace}
+	if workspace == "" {
+		q, args = `SELECT max(seq) FROM events`, nil
+	}
+	if err := s.r.QueryRowContext(ctx, q, args...).Scan(&v); err != nil {
 		return 0, fmt.Errorf("last event: %w", err)
 	}
 	return v.Int64, nil
@@ -1095,6 +1107,22 @@ func (s *Store) DeliveriesRecover(ctx context.Context, workspace, endpointID str
 		}
 		m, _ := res.RowsAffected()
 		n = int(m)
+		// Replay what it missed: every event since then (and since the
+		// endpoint exists) of a type it subscribes to that has no delivery
+		// for it, because the endpoint was disabled when it happened. The
+		// unique (event_seq, endpoint_id) keeps it to one delivery each;
+		// webhook.test events belong to the endpoint they were sent to.
+		res, err = tx.ExecContext(ctx, `INSERT INTO deliveries (event_seq, endpoint_id, next_at)
+			SELECT e.seq, ep.id, ? FROM webhook_endpoints ep JOIN events e ON e.workspace = ep.workspace
+			WHERE ep.id = ? AND e.created_at >= max(?, ep.created_at) AND e.type != ?
+			AND (ep.event_types = '' OR instr(',' || ep.event_types || ',', ',' || e.type || ',') > 0)
+			AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.endpoint_id = ep.id)
+			ORDER BY e.seq`, micros(now), endpointID, micros(since), store.EventTest)
+		if err != nil {
+			return err
+		}
+		m, _ = res.RowsAffected()
+		n += int(m)
 		return nil
 	})
 	if err != nil {

@@ -146,6 +146,7 @@ func Run(t *testing.T, newStore NewStore) {
 		"Endpoints":                          testEndpoints,
 		"Deliveries":                         testDeliveries,
 		"DeliveriesPerEndpoint":              testDeliveriesPerEndpoint,
+		"DeliveriesRecoverMissing":           testDeliveriesRecoverMissing,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -941,6 +942,13 @@ func testEvents(t *testing.T, b *bundle) {
 	if later, _ := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", AfterSeq: events[1].Seq, Limit: 100}); len(later) != 1 {
 		t.Fatalf("events after the second: %d", len(later))
 	}
+	// Since: the cancel (t0+1s) and the end (t0+2s), not the create (t0).
+	if since, err := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", Since: t0.Add(time.Second), Limit: 100}); err != nil || len(since) != 2 || since[0].Seq != events[1].Seq {
+		t.Fatalf("events since t0+1s: %d (%v), want the last two", len(since), err)
+	}
+	if none, _ := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", Since: t0.Add(time.Hour), Limit: 100}); len(none) != 0 {
+		t.Fatalf("events since a time after all of them: %d", len(none))
+	}
 	if foreign, _ := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "x", Limit: 100}); len(foreign) != 0 {
 		t.Fatalf("another workspace sees %d events", len(foreign))
 	}
@@ -948,6 +956,18 @@ func testEvents(t *testing.T, b *bundle) {
 		if n, err := b.st.DeliveriesPending(b.ctx, id); err != nil || n != want {
 			t.Fatalf("%s: %d deliveries (%v), want %d", id, n, err, want)
 		}
+	}
+	// Every workspace at once, in order: the stream poller's read.
+	xb := b.batch(t, "x", 1, t0.Add(4*time.Second))
+	every, err := b.st.EventsList(b.ctx, store.EventsListParams{AllWorkspaces: true, Workspace: "x", AfterSeq: events[0].Seq, Limit: 100})
+	if err != nil || len(every) != 3 || every[0].Seq != events[1].Seq || every[2].BatchID != xb.ID || every[2].Workspace != "x" {
+		t.Fatalf("events of all workspaces after the first: %d (%v)", len(every), err)
+	}
+	if last, err := b.st.EventsLast(b.ctx, ""); err != nil || last != every[2].Seq {
+		t.Fatalf("last event of any workspace %d (%v), want %d", last, err, every[2].Seq)
+	}
+	if last, err := b.st.EventsLast(b.ctx, "w"); err != nil || last != events[2].Seq {
+		t.Fatalf("last event of w %d (%v), want %d", last, err, events[2].Seq)
 	}
 }
 
@@ -1131,6 +1151,91 @@ func testDeliveriesPerEndpoint(t *testing.T, b *bundle) {
 	_ = bt
 	if got := claim(); got["whep_ok"] != 1 || got["whep_dead"] != 0 {
 		t.Fatalf("the healthy endpoint must get its delivery while the dead one is at its cap: %v", got)
+	}
+}
+
+// testDeliveriesRecoverMissing: events that happened while an endpoint was
+// disabled got no delivery for it; recover since T gives it one for every
+// event since T it subscribes to (and that happened after it was created),
+// once, along with its failed deliveries; another endpoint's test event is
+// not its own.
+func testDeliveriesRecoverMissing(t *testing.T, b *bundle) {
+	early := b.batch(t, "w", 0, t0) // before the endpoints exist
+	all := &store.WebhookEndpoint{ID: "whep_all", Workspace: "w", URL: "https://a.example/", Secret: "s", CreatedAt: t0.Add(time.Second)}
+	ended := &store.WebhookEndpoint{ID: "whep_ended", Workspace: "w", URL: "https://b.example/", Secret: "s", CreatedAt: t0.Add(time.Second),
+		EventTypes: []string{store.EventBatchEnded}}
+	for _, e := range []*store.WebhookEndpoint{all, ended} {
+		if err := b.st.WebhookEndpointCreate(b.ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	off, on := false, true
+	for _, id := range []string{all.ID, ended.ID} {
+		if _, err := b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: id, Now: t0.Add(2 * time.Second), Enabled: &off, DisabledReason: "receiver answered 410 Gone"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// While both are disabled: a batch is created and ends, and the other
+	// endpoint gets a test event of its own.
+	bt := b.batch(t, "w", 1, t0.Add(3*time.Second))
+	c := b.claim(t, "o", 1, t0.Add(3*time.Second))
+	b.complete(t, "o", t0.Add(4*time.Second), succeed(c[0]))
+	if _, _, err := b.st.EventTestInsert(b.ctx, "w", ended.ID, t0.Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{all.ID, ended.ID} {
+		if _, err := b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: id, Now: t0.Add(6 * time.Second), Enabled: &on}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := t0.Add(time.Minute)
+	claimAll := func() map[string][]string {
+		t.Helper()
+		ds, err := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d", Limit: 100, Now: now, LeaseUntil: now.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string][]string{}
+		for _, d := range ds {
+			got[d.Endpoint.ID] = append(got[d.Endpoint.ID], d.Event.Type+" "+d.Event.BatchID)
+			if err := b.st.DeliveryRecord(b.ctx, store.DeliveryRecordParams{ID: d.ID, Owner: "d", Attempt: d.Attempt, Now: now, State: store.DeliverySucceeded,
+				Record: store.AttemptRecord{Status: 204}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return got
+	}
+	// The test event of whep_ended was delivered when it was sent.
+	if got := claimAll(); len(got[all.ID]) != 0 || len(got[ended.ID]) != 1 {
+		t.Fatalf("before recover: %v, want only whep_ended's test event", got)
+	}
+	for id, want := range map[string]int{all.ID: 2, ended.ID: 1} {
+		if n, err := b.st.DeliveriesRecover(b.ctx, "w", id, t0, now); err != nil || n != want {
+			t.Fatalf("recover %s: %d (%v), want %d", id, n, err, want)
+		}
+	}
+	got := claimAll()
+	if fmt.Sprint(got[all.ID]) != fmt.Sprintf("[message_batch.created %s message_batch.ended %s]", bt.ID, bt.ID) {
+		t.Fatalf("whep_all got %v, want the created and ended of %s (not %s, older than the endpoint)", got[all.ID], bt.ID, early.ID)
+	}
+	if fmt.Sprint(got[ended.ID]) != fmt.Sprintf("[message_batch.ended %s]", bt.ID) {
+		t.Fatalf("whep_ended got %v, want only the ended of %s", got[ended.ID], bt.ID)
+	}
+	// Once only: everything is delivered now.
+	for _, id := range []string{all.ID, ended.ID} {
+		if n, err := b.st.DeliveriesRecover(b.ctx, "w", id, t0, now); err != nil || n != 0 {
+			t.Fatalf("second recover %s: %d (%v), want 0", id, n, err)
+		}
+	}
+	// Recover since a time after the batch: nothing.
+	b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: all.ID, Now: now, Enabled: &off})
+	late := b.batch(t, "w", 0, now)
+	b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: all.ID, Now: now, Enabled: &on})
+	if n, _ := b.st.DeliveriesRecover(b.ctx, "w", all.ID, now.Add(time.Second), now); n != 0 {
+		t.Fatalf("recover since after %s: %d", late.ID, n)
+	}
+	if n, _ := b.st.DeliveriesRecover(b.ctx, "w", all.ID, now, now); n != 1 {
+		t.Fatalf("recover of %s's created: %d, want 1", late.ID, n)
 	}
 }
 
