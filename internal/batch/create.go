@@ -68,13 +68,14 @@ func (s *Service) Create(ctx context.Context, workspace string, betas []string, 
 	if err != nil {
 		return nil, mapStore(err, "")
 	}
-	total, err := s.ingest(ctx, b.Seq, &limitedReader{r: body, left: s.cfg.MaxBodyBytes})
+	seq := b.Seq // b is nil if the publish fails
+	total, err := s.ingest(ctx, seq, &limitedReader{r: body, left: s.cfg.MaxBodyBytes})
 	if err == nil {
-		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: b.Seq, Total: total})
+		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: seq, Total: total})
 	}
 	if err != nil {
 		// Use a fresh context: the request's may be what failed.
-		if derr := s.store.BatchDiscard(context.WithoutCancel(ctx), b.Seq); derr != nil {
+		if derr := s.store.BatchDiscard(context.WithoutCancel(ctx), seq); derr != nil {
 			err = errors.Join(err, derr)
 		}
 		return nil, err
