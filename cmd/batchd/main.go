@@ -10,7 +10,11 @@ import (
 	"github.com/batchd/batchd/internal/cli"
 )
 
+// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
+var version string
+
 func main() {
+	cli.Version = version
 	if err := cli.NewRootCommand().Execute(); err != nil {
 		var ee *cli.ExitError
 		if errors.As(err, &ee) {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -40,6 +41,12 @@ type Config struct {
 	Webhooks *Webhooks
 	// Events enables the live event streams; may be nil.
 	Events EventSource
+	// BodyIdleTimeout ends a create whose body sends nothing for this long
+	// (default 30s); a slow body that keeps sending is never cut off.
+	BodyIdleTimeout time.Duration
+	// MaxConcurrentCreates caps the creates one workspace uploads at once
+	// (default 8); over it: 429.
+	MaxConcurrentCreates int
 }
 
 // BackendInfo is one entry of GET /v1/backends, a batchd extension.
@@ -76,6 +83,8 @@ type API struct {
 	svc *batch.Service
 	log *slog.Logger
 	mux *http.ServeMux
+	// slots holds each workspace's uploading creates.
+	slots *createSlots
 
 	// keysActive is cached briefly: it is asked on every request, and
 	// changes only when an operator creates the first key or revokes the
@@ -91,7 +100,14 @@ func New(cfg Config) *API {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
-	a := &API{cfg: cfg, svc: cfg.Service, log: cfg.Logger.With("component", "api"), mux: http.NewServeMux()}
+	if cfg.BodyIdleTimeout <= 0 {
+		cfg.BodyIdleTimeout = DefaultBodyIdleTimeout
+	}
+	if cfg.MaxConcurrentCreates <= 0 {
+		cfg.MaxConcurrentCreates = DefaultMaxConcurrentCreates
+	}
+	a := &API{cfg: cfg, svc: cfg.Service, log: cfg.Logger.With("component", "api"), mux: http.NewServeMux(),
+		slots: &createSlots{max: cfg.MaxConcurrentCreates, n: map[string]int{}}}
 	a.handle("POST /v1/messages/batches", a.create)
 	a.handle("GET /v1/messages/batches", a.list)
 	a.handle("GET /v1/messages/batches/{id}", a.get)
@@ -308,7 +324,15 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) error {
 	if r.ContentLength > a.svc.Config().MaxBodyBytes {
 		return &batch.Error{Kind: batch.KindTooLarge, Message: fmt.Sprintf("request body of %d bytes is over the %d-byte limit for a message batch", r.ContentLength, a.svc.Config().MaxBodyBytes)}
 	}
-	b, err := a.svc.Create(r.Context(), workspace(r), betas(r.Header), r.Body)
+	body, release, err := a.upload(w, r)
+	if err != nil {
+		return err
+	}
+	b, err := a.svc.Idempotent(r.Context(), workspace(r), r.Header.Get("Idempotency-Key"), body,
+		func(body io.Reader) (*store.Batch, error) {
+			return a.svc.Create(r.Context(), workspace(r), betas(r.Header), body)
+		})
+	release()
 	if err != nil {
 		return err
 	}
@@ -390,7 +414,9 @@ func (a *API) delete(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *API) retry(w http.ResponseWriter, r *http.Request) error {
-	b, err := a.svc.Retry(r.Context(), workspace(r), r.PathValue("id"))
+	id := r.PathValue("id")
+	b, err := a.svc.Idempotent(r.Context(), workspace(r), r.Header.Get("Idempotency-Key"), strings.NewReader("retry "+id),
+		func(io.Reader) (*store.Batch, error) { return a.svc.Retry(r.Context(), workspace(r), id) })
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,15 @@ type Call struct {
 	// headers of every upstream response (errors included), so the
 	// dispatcher's rate control can read anthropic-ratelimit-* headers.
 	OnResponse func(status int, header http.Header)
+	// Withdrawn, when set, is closed once the request must no longer be
+	// sent (its batch was canceled or expired). A backend that waits
+	// before sending (for rate limits) stops waiting then and returns
+	// ErrWithdrawn; a call already sent runs to its end.
+	Withdrawn <-chan struct{}
 }
+
+// ErrWithdrawn is what Do returns for a call withdrawn before it was sent.
+var ErrWithdrawn = errors.New("withdrawn before it was sent")
 
 // Backend runs single Messages requests. Implementations must be safe for
 // concurrent use and must return promptly when ctx is done.

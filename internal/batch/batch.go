@@ -18,11 +18,14 @@ import (
 
 // Defaults, from Anthropic's documented limits (see DESIGN.md).
 const (
-	DefaultMaxRequests   = 100_000
-	DefaultMaxBodyBytes  = 256 << 20
-	DefaultMaxInProgress = 100
-	DefaultExpireAfter   = 24 * time.Hour
-	DefaultRetention     = 29 * 24 * time.Hour
+	DefaultMaxRequests  = 100_000
+	DefaultMaxBodyBytes = 256 << 20
+	// DefaultMaxParamsBytes caps one request's params: the largest value
+	// the server ever holds in memory at once.
+	DefaultMaxParamsBytes = 32 << 20
+	DefaultMaxInProgress  = 100
+	DefaultExpireAfter    = 24 * time.Hour
+	DefaultRetention      = 29 * 24 * time.Hour
 )
 
 // Config configures a Service. Zero values take the defaults above.
@@ -31,6 +34,9 @@ type Config struct {
 	MaxRequests int
 	// MaxBodyBytes caps a create body (default 256 MiB); over it: 413.
 	MaxBodyBytes int64
+	// MaxParamsBytes caps one request's params (default 32 MiB); over it
+	// the create is refused with a 413 naming requests.N.params.
+	MaxParamsBytes int64
 	// MaxInProgress caps unended batches per workspace (default 100); over
 	// it: 429.
 	MaxInProgress int
@@ -59,6 +65,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxParamsBytes <= 0 {
+		c.MaxParamsBytes = DefaultMaxParamsBytes
 	}
 	if c.MaxInProgress <= 0 {
 		c.MaxInProgress = DefaultMaxInProgress

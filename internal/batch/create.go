@@ -68,15 +68,24 @@ func (s *Service) Create(ctx context.Context, workspace string, betas []string, 
 	if err != nil {
 		return nil, mapStore(err, "")
 	}
-	seq := b.Seq // b is nil if the publish fails
-	total, err := s.ingest(ctx, seq, &limitedReader{r: body, left: s.cfg.MaxBodyBytes})
+	total, err := s.ingest(ctx, b.Seq, newBodyGuard(&limitedReader{r: body, left: s.cfg.MaxBodyBytes}, s.cfg.MaxParamsBytes))
+	return s.publish(ctx, b.Seq, total, err)
+}
+
+// publish ends the making of batch seq, by Create and Retry alike: when
+// filling it succeeded (fillErr nil) it becomes visible with total
+// requests; otherwise, or if publishing fails, it is discarded, so a failed
+// create leaves nothing behind.
+func (s *Service) publish(ctx context.Context, seq, total int64, fillErr error) (*store.Batch, error) {
+	err := fillErr
+	var b *store.Batch
 	if err == nil {
 		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: seq, Total: total})
 	}
 	if err != nil {
 		// Use a fresh context: the request's may be what failed.
 		if derr := s.store.BatchDiscard(context.WithoutCancel(ctx), seq); derr != nil {
-			err = errors.Join(err, derr)
+			err = errors.Join(err, fmt.Errorf("discard batch: %w", derr))
 		}
 		return nil, err
 	}
@@ -266,9 +275,12 @@ func checkCustomID(id string) string {
 // syntaxError turns a decoder failure into the client's error; a body over
 // the size limit becomes a 413.
 func syntaxError(err error) error {
+	var domain *Error
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &domain): // the body guard's
+		return domain
 	case errors.Is(err, errBodyTooLarge):
 		return &Error{Kind: KindTooLarge, Message: "request body is too large for a message batch"}
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):

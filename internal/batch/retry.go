@@ -2,7 +2,6 @@ package batch
 
 import (
 	"context"
-	"errors"
 
 	"github.com/batchd/batchd/internal/store"
 )
@@ -41,23 +40,16 @@ func (s *Service) Retry(ctx context.Context, workspace, id string) (*store.Batch
 	if err == nil && total == 0 {
 		err = invalid("message batch %s has no failed, canceled or expired requests to retry", id)
 	}
-	if err == nil {
-		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: b.Seq, Total: total})
-	}
-	if err != nil {
-		if derr := s.store.BatchDiscard(context.WithoutCancel(ctx), b.Seq); derr != nil {
-			err = errors.Join(err, derr)
-		}
-		return nil, err
-	}
-	s.cfg.OnCreated()
-	return b, nil
+	return s.publish(ctx, b.Seq, total, err)
 }
 
+// copyFailed copies the failed requests of batch from into batch to, in
+// groups bounded by count and bytes as a create's are, so a retry of big
+// requests holds one group in memory.
 func (s *Service) copyFailed(ctx context.Context, from, to int64) (int64, error) {
 	var after, total int64
 	for {
-		rows, err := s.store.ResultsList(ctx, store.ResultsListParams{BatchSeq: from, AfterID: after, Limit: resultsPage, WithParams: true, SkipSucceeded: true})
+		rows, err := s.store.ResultsList(ctx, store.ResultsListParams{BatchSeq: from, AfterID: after, Limit: groupRequests, MaxBytes: groupBytes, WithParams: true, SkipSucceeded: true})
 		if err != nil {
 			return 0, err
 		}

@@ -14,11 +14,15 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/spf13/cobra"
+
+	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/ids"
 )
 
 const (
@@ -185,23 +189,53 @@ func retryAfter(err error) (time.Duration, bool) {
 	return time.Duration(secs * float64(time.Second)), true
 }
 
-// createAttempts bounds resends of create-like requests.
+// idempotencyKey is a fresh Idempotency-Key header for one create or
+// retry, sent with each of its attempts: batchd answers a resend of a
+// request it did act on with the batch it made then, instead of making a
+// second (a server without the extension ignores the header).
+func idempotencyKey() option.RequestOption {
+	return option.WithHeader("Idempotency-Key", ids.New("batchd-cli-"))
+}
+
+// createAttempts bounds resends of create-like requests: with the delays of
+// sendUnique (1 s, 2 s, 4 s) a server that does not answer is given up on
+// after about 7 s.
 const createAttempts = 4
+
+// noticeKey carries the writer sendUnique tells about its resends.
+type noticeKey struct{}
+
+// withNotices makes sendUnique under ctx say on w when it resends.
+func withNotices(ctx context.Context, w io.Writer) context.Context {
+	return context.WithValue(ctx, noticeKey{}, w)
+}
 
 // sendUnique runs send, resending only when the server cannot have acted on
 // the previous attempt. The SDK cannot retry our streamed bodies itself (they
 // cannot be rewound) and must not blindly retry requests that create batches,
-// since a retried create makes a second batch.
+// since a retried create makes a second batch. Each resend is announced on
+// the writer of withNotices, so that a user is not left with silence.
 func sendUnique(ctx context.Context, send func() error) error {
+	notices, _ := ctx.Value(noticeKey{}).(io.Writer)
 	delay := time.Second
 	for attempt := 1; ; attempt++ {
 		err := send()
-		if err == nil || attempt == createAttempts || !unsent(err) {
+		if err == nil || !unsent(err) {
 			return err
+		}
+		if attempt == createAttempts {
+			return fmt.Errorf("giving up after %d attempts: %w", attempt, concise(err))
 		}
 		wait := delay
 		if d, ok := retryAfter(err); ok {
 			wait = min(d, time.Minute)
+		}
+		if notices != nil {
+			what := "no answer from the server"
+			if apiStatus(err) == http.StatusTooManyRequests {
+				what = "the server is busy"
+			}
+			fmt.Fprintf(notices, "%s (%v); retrying in %s (attempt %d of %d)\n", what, concise(err), wait, attempt+1, createAttempts)
 		}
 		select {
 		case <-ctx.Done():
@@ -209,6 +243,25 @@ func sendUnique(ctx context.Context, send func() error) error {
 		case <-time.After(wait):
 		}
 		delay *= 2
+	}
+}
+
+// localCopyMaxAge is how long submit keeps local copies: as long as a batch's
+// results are kept (batchd's default retention, the Anthropic API's 29 days),
+// after which retrying from them is no longer possible anyway.
+const localCopyMaxAge = batch.DefaultRetention
+
+// sweepLocalCopies removes local copies (<id>.jsonl in dir) last written
+// before cutoff.
+func sweepLocalCopies(dir string, cutoff time.Time) {
+	matches, _ := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	for _, path := range matches {
+		if strings.HasPrefix(filepath.Base(path), ".") {
+			continue // pending files have their own sweep
+		}
+		if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.ModTime().Before(cutoff) {
+			_ = os.Remove(path)
+		}
 	}
 }
 

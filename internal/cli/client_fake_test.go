@@ -43,6 +43,8 @@ type fakeServer struct {
 	batches map[string]*fakeBatch
 	creates []fakeCreate
 	queries []string // raw queries of results requests
+	// idemKeys is the Idempotency-Key of every create attempt, in order.
+	idemKeys []string
 }
 
 type fakeBatch struct {
@@ -161,6 +163,7 @@ func (f *fakeServer) wire(b *fakeBatch) map[string]any {
 
 func (f *fakeServer) create(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
+	f.idemKeys = append(f.idemKeys, r.Header.Get("Idempotency-Key"))
 	throttle := f.throttleCreates > 0
 	if throttle {
 		f.throttleCreates--
@@ -281,7 +284,7 @@ func (f *fakeServer) results(w http.ResponseWriter, r *http.Request) {
 	f.queries = append(f.queries, r.URL.RawQuery)
 	done := f.finished(b)
 	if done < len(b.requests) && r.URL.Query().Get("partial") != "true" {
-		writeFakeError(w, http.StatusBadRequest, "invalid_request_error", "batch has not finished processing")
+		writeFakeError(w, http.StatusBadRequest, "invalid_request_error", "message batch has not finished processing; results are available once it has ended, or pass partial=true")
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-jsonl")
@@ -306,6 +309,10 @@ func (f *fakeServer) retry(w http.ResponseWriter, r *http.Request) {
 		if f.resultType(b, i) != "succeeded" {
 			failed = append(failed, req)
 		}
+	}
+	if len(failed) == 0 { // as batchd answers
+		writeFakeError(w, http.StatusBadRequest, "invalid_request_error", "message batch "+b.id+" has no failed, canceled or expired requests to retry")
+		return
 	}
 	writeFakeJSON(w, f.wire(f.newBatch(failed)))
 }

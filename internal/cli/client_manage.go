@@ -20,7 +20,7 @@ func newStatusCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status ID",
 		Short: "Print a batch as JSON",
-		Args:  cobra.ExactArgs(1),
+		Args:  argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -38,7 +38,7 @@ func newCancelCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cancel ID",
 		Short: "Cancel a batch; prints it as JSON",
-		Args:  cobra.ExactArgs(1),
+		Args:  argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -56,7 +56,7 @@ func newDeleteCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "delete ID",
 		Short: "Delete an ended batch and its local copy",
-		Args:  cobra.ExactArgs(1),
+		Args:  argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	stateDir := addStateDirFlag(cmd)

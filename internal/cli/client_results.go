@@ -6,8 +6,11 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -30,14 +33,14 @@ func newResultsCommand() *cobra.Command {
 		Long: `Stream a batch's results to stdout or, with -o, to a file that appears
 only once complete.
 
-Formats: jsonl (the API's lines, compact), text (custom_id, type and the
+Formats: jsonl (the server's lines, copied through as they are), text (custom_id, type and the
 message text or error message, tab-separated, with tabs, newlines and
 backslashes escaped), csv (custom_id,result_type,stop_reason,input_tokens,
 output_tokens,text,error_type,error_message).
 
 --partial asks a batchd server for the results so far of a batch that is still
 running; other servers ignore or reject it.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "", "write to FILE (atomically) instead of stdout")
@@ -55,12 +58,18 @@ running; other servers ignore or reject it.`,
 			opts = append(opts, option.WithQuery("partial", "true"))
 		}
 		write := func(w io.Writer) error {
+			if format == "jsonl" {
+				// The SDK decodes every line into a struct, six times the
+				// cost of the download: lines are copied through instead.
+				_, err := copyResultLines(ctx, &client, args[0], w, opts...)
+				return partialHint(err, partial)
+			}
 			f, err := newResultFormatter(format, w)
 			if err != nil {
 				return err
 			}
 			_, err = streamResults(ctx, &client, args[0], f, opts...)
-			return err
+			return partialHint(err, partial)
 		}
 		if output == "" {
 			return write(cmd.OutOrStdout())
@@ -68,6 +77,81 @@ running; other servers ignore or reject it.`,
 		return writeFileAtomic(output, write)
 	}
 	return cmd
+}
+
+// partialHint rewrites the server's "results are not ready" 400, which
+// names the API's partial=true, to name this command's --partial.
+func partialHint(err error, partial bool) error {
+	if err == nil || partial || apiStatus(err) != http.StatusBadRequest {
+		return err
+	}
+	var apiErr *anthropic.Error
+	if errors.As(err, &apiErr) && strings.Contains(apiErr.Message, "partial=true") {
+		return errors.New(strings.Replace(apiErr.Message, "partial=true", "--partial for the results so far", 1))
+	}
+	return err
+}
+
+// copyResultLines streams the results of batch id to w line by line, as the
+// server sent them, and returns how many lines there were. Blank lines are
+// dropped and a last line without "\n" gets one, so that the output is
+// always valid JSONL; memory holds one line at a time.
+func copyResultLines(ctx context.Context, client *anthropic.Client, id string, w io.Writer, opts ...option.RequestOption) (int, error) {
+	var res *http.Response
+	opts = append([]option.RequestOption{option.WithHeader("Accept", "application/x-jsonl")}, opts...)
+	path := "v1/messages/batches/" + url.PathEscape(id) + "/results"
+	if err := client.Get(ctx, path, nil, &res, opts...); err != nil {
+		return 0, fmt.Errorf("read results of %s: %w", id, concise(err))
+	}
+	defer res.Body.Close()
+	in := bufio.NewReaderSize(res.Body, 256<<10)
+	out := bufio.NewWriterSize(w, 256<<10)
+	n := 0
+	for {
+		line, err := in.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// A result longer than the buffer: copy it in pieces.
+			if _, werr := out.Write(line); werr != nil {
+				return n, werr
+			}
+			for errors.Is(err, bufio.ErrBufferFull) {
+				line, err = in.ReadSlice('\n')
+				if _, werr := out.Write(line); werr != nil {
+					return n, werr
+				}
+			}
+			if err == nil {
+				n++
+				continue
+			}
+			if errors.Is(err, io.EOF) {
+				n++
+				if werr := out.WriteByte('\n'); werr != nil {
+					return n, werr
+				}
+				break
+			}
+			return n, fmt.Errorf("read results of %s: %w", id, err)
+		}
+		if len(bytes.TrimSpace(line)) > 0 {
+			if _, werr := out.Write(line); werr != nil {
+				return n, werr
+			}
+			if line[len(line)-1] != '\n' {
+				if werr := out.WriteByte('\n'); werr != nil {
+					return n, werr
+				}
+			}
+			n++
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return n, fmt.Errorf("read results of %s: %w", id, err)
+		}
+	}
+	return n, out.Flush()
 }
 
 // streamResults writes each result of batch id to f as it arrives and

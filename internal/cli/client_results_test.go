@@ -110,8 +110,11 @@ func TestResultsCommand(t *testing.T) {
 	id := strings.TrimSpace(stdout)
 
 	// Not ended: plain results fail, partial results stream what is done.
-	if _, _, err := runCLI(t, "", "results", id, "--base-url", srv.URL()); err == nil {
-		t.Error("results of a running batch: no error")
+	for _, format := range []string{"jsonl", "csv"} {
+		_, _, err := runCLI(t, "", "results", id, "--format", format, "--base-url", srv.URL())
+		if err == nil || !strings.Contains(err.Error(), "--partial") || strings.Contains(err.Error(), "partial=true") {
+			t.Errorf("results --format %s of a running batch: %v; want a hint at --partial", format, err)
+		}
 	}
 	if _, _, err := runCLI(t, "", "status", id, "--base-url", srv.URL()); err != nil { // 1 of 2 polls
 		t.Fatal(err)
@@ -126,7 +129,7 @@ func TestResultsCommand(t *testing.T) {
 	srv.mu.Lock()
 	queries := append([]string(nil), srv.queries...)
 	srv.mu.Unlock()
-	if len(queries) != 2 || queries[0] != "" || queries[1] != "partial=true" {
+	if len(queries) != 3 || queries[0] != "" || queries[1] != "" || queries[2] != "partial=true" {
 		t.Errorf("results queries = %q", queries)
 	}
 

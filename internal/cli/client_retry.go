@@ -34,7 +34,7 @@ batchd does this server-side. Servers without the retry endpoint (the
 Anthropic API) get the same from the local copy 'batchd submit' kept: the
 results are streamed, and the input lines of the failed custom_ids are
 submitted again.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	stateDir := addStateDirFlag(cmd)
@@ -43,8 +43,14 @@ submitted again.`,
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, stop := signalContext(cmd)
 		defer stop()
+		ctx = withNotices(ctx, cmd.ErrOrStderr())
 		client := conn.client()
 		ids, err := retryBatch(ctx, &client, args[0], *stateDir, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		if errors.Is(err, errNothingToRetry) {
+			// Not a failure: the batch is already as good as it gets.
+			fmt.Fprintf(cmd.ErrOrStderr(), "batch %s: %v\n", args[0], errNothingToRetry)
+			return nil
+		}
 		if err != nil || !wait {
 			return err
 		}
@@ -58,15 +64,24 @@ submitted again.`,
 func retryBatch(ctx context.Context, client *anthropic.Client, id, stateDirFlag string, out, errOut io.Writer) ([]string, error) {
 	var batch anthropic.MessageBatch
 	path := "v1/messages/batches/" + url.PathEscape(id) + "/retry"
+	key := idempotencyKey()
 	err := sendUnique(ctx, func() error {
 		// No SDK retries: a retried POST could create two batches.
-		return client.Post(ctx, path, nil, &batch, option.WithMaxRetries(0))
+		return client.Post(ctx, path, nil, &batch, option.WithMaxRetries(0), key)
 	})
 	if err == nil {
 		if _, err := fmt.Fprintln(out, batch.ID); err != nil {
 			return nil, err
 		}
 		return []string{batch.ID}, nil
+	}
+	if apiStatus(err) == http.StatusBadRequest {
+		// The batch may have nothing to retry; its counts say so without
+		// matching the server's message.
+		if orig, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{}); getErr == nil &&
+			orig.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded && countsOf(orig).failed() == 0 {
+			return nil, errNothingToRetry
+		}
 	}
 	if s := apiStatus(err); s != http.StatusNotFound && s != http.StatusMethodNotAllowed {
 		return nil, fmt.Errorf("retry batch: %w", concise(err))
@@ -112,7 +127,7 @@ func retryFromLocalCopy(ctx context.Context, client *anthropic.Client, orig *ant
 		return nil, fmt.Errorf("retry batch: %w", err)
 	}
 	if len(failed) == 0 {
-		return nil, fmt.Errorf("retry batch %s: %w", orig.ID, errNothingToRetry)
+		return nil, errNothingToRetry
 	}
 
 	dir, err := batchesDir(stateDir)

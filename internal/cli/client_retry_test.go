@@ -95,16 +95,21 @@ func TestRetryFallsBackToLocalCopy(t *testing.T) {
 
 func TestRetryNothingToRetry(t *testing.T) {
 	t.Parallel()
-	srv := newFakeServer(t)
-	srv.noRetryEndpoint = true
-	state := t.TempDir()
-	stdout, _, err := runCLI(t, `{"custom_id":"a","params":{}}`+"\n", "submit", "-", "--wait", "--interval", "1ms", "--base-url", srv.URL(), "--state-dir", state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _, err = runCLI(t, "", "retry", strings.TrimSpace(stdout), "--base-url", srv.URL(), "--state-dir", state)
-	if err == nil || !strings.Contains(err.Error(), "nothing to retry") {
-		t.Errorf("err = %v", err)
+	for _, noEndpoint := range []bool{false, true} {
+		srv := newFakeServer(t)
+		srv.noRetryEndpoint = noEndpoint
+		state := t.TempDir()
+		stdout, _, err := runCLI(t, `{"custom_id":"a","params":{}}`+"\n", "submit", "-", "--wait", "--interval", "1ms", "--base-url", srv.URL(), "--state-dir", state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, extra := range [][]string{nil, {"--wait"}} {
+			args := append([]string{"retry", strings.TrimSpace(stdout), "--base-url", srv.URL(), "--state-dir", state}, extra...)
+			out, stderr, err := runCLI(t, "", args...)
+			if err != nil || out != "" || !strings.Contains(stderr, "nothing to retry") {
+				t.Errorf("no endpoint %v, %v: err = %v, stdout %q, stderr %q; want exit 0 and \"nothing to retry\"", noEndpoint, extra, err, out, stderr)
+			}
+		}
 	}
 }
 

@@ -212,9 +212,10 @@ func TestWaitOverSSE(t *testing.T) {
 			if conns != 3 || lastIDs[0] != "" || lastIDs[1] != "1" || lastIDs[2] != "1" || accepts[0] != "text/event-stream" {
 				t.Errorf("%d connections, Last-Event-IDs %q, Accept %q; want reconnections resuming after 1", conns, lastIDs, accepts)
 			}
-			// One GET after each drop, one for the full ended batch: no polling.
-			if gets != 3 {
-				t.Errorf("%d batch GETs, want 3", gets)
+			// One GET first, one after each drop, one for the full ended
+			// batch: no polling.
+			if gets != 4 {
+				t.Errorf("%d batch GETs, want 4", gets)
 			}
 		})
 	}
@@ -298,5 +299,44 @@ func TestWaitSSEAlreadyEnded(t *testing.T) {
 	checkExitCode(t, err, 0)
 	if !strings.Contains(stderr, id+" ended: 4 requests") {
 		t.Errorf("stderr:\n%s", stderr)
+	}
+}
+
+// TestWaitIgnoresReplayedHistory: a stream that replays a batch's history
+// (in_progress 0/4 first) must not show a batch that ended or is canceling
+// as in progress.
+func TestWaitIgnoresReplayedHistory(t *testing.T) {
+	t.Parallel()
+	for _, first := range []string{"ended", "canceling"} {
+		const id = "msgbatch_old"
+		var mu sync.Mutex
+		gets := 0
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /v1/messages/batches/{id}/events", func(w http.ResponseWriter, r *http.Request) {
+			startSSE(w)
+			fmt.Fprintf(w, "id: 1\nevent: progress\ndata: %s\n\n", sseBatchJSON(id, "in_progress", 4, 0, 0))
+		})
+		mux.HandleFunc("GET /v1/messages/batches/{id}", func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			gets++
+			n := gets
+			mu.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			if first == "canceling" && n == 1 {
+				io.WriteString(w, sseBatchJSON(id, "canceling", 2, 2, 0))
+				return
+			}
+			io.WriteString(w, sseBatchJSON(id, "ended", 0, 4, 0))
+		})
+		srv := httptest.NewServer(mux)
+		t.Cleanup(srv.Close)
+		_, stderr, err := runCLI(t, "", "wait", id, "--interval", "1ms", "--base-url", srv.URL)
+		checkExitCode(t, err, 0)
+		if strings.Contains(stderr, "in_progress") || !strings.Contains(stderr, id+" ended: 4 requests") {
+			t.Errorf("%s first: stderr:\n%s", first, stderr)
+		}
+		if first == "canceling" && !strings.Contains(stderr, id+" canceling: 2/4 done") {
+			t.Errorf("canceling first: stderr:\n%s\nwant the canceling counts", stderr)
+		}
 	}
 }

@@ -66,7 +66,7 @@ The whole input is checked before anything is created. The IDs of the created
 batches are printed one per line on stdout; a copy of each batch's requests is
 kept in <state dir>/batches/<id>.jsonl so that 'batchd retry' works against
 servers without a retry endpoint.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSubmit(cmd, f, args[0])
 		},
@@ -111,6 +111,8 @@ func runSubmit(cmd *cobra.Command, f *submitFlags, input string) error {
 		return err
 	}
 	sweepPending(dir, time.Now().Add(-pendingMaxAge))
+	sweepLocalCopies(dir, time.Now().Add(-localCopyMaxAge))
+	ctx = withNotices(ctx, cmd.ErrOrStderr())
 
 	in := cmd.InOrStdin()
 	if input != "-" {
@@ -549,7 +551,7 @@ func submitPending(ctx context.Context, client *anthropic.Client, stateDir strin
 		if _, err := fmt.Fprintln(out, batch.ID); err != nil {
 			return ids, err
 		}
-		fmt.Fprintf(errOut, "created %s: %d requests (input lines %d-%d)\n", batch.ID, p.requests, p.firstLine, p.lastLine)
+		fmt.Fprintf(errOut, "created %s: %s (input lines %d-%d)\n", batch.ID, plural(int64(p.requests), "request"), p.firstLine, p.lastLine)
 		if err := keepLocalCopy(stateDir, batch.ID, p); err != nil {
 			fmt.Fprintf(errOut, "warning: %v; 'batchd retry %s' will need the server's retry endpoint\n", err, batch.ID)
 		}
@@ -580,6 +582,7 @@ func createBatch(ctx context.Context, client *anthropic.Client, p *pendingBatch)
 		return next(req)
 	})
 	var batch *anthropic.MessageBatch
+	key := idempotencyKey()
 	err := sendUnique(ctx, func() error {
 		body, closer, err := p.body()
 		if err != nil {
@@ -587,7 +590,7 @@ func createBatch(ctx context.Context, client *anthropic.Client, p *pendingBatch)
 		}
 		defer closer.Close()
 		batch, err = client.Messages.Batches.New(ctx, anthropic.MessageBatchNewParams{},
-			option.WithRequestBody("application/json", body), withLength)
+			option.WithRequestBody("application/json", body), withLength, key)
 		return err
 	})
 	if err != nil {

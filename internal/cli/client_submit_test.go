@@ -452,6 +452,22 @@ func TestSubmitResendsAfter429(t *testing.T) {
 	if creates[0].contentLength != int64(creates[0].bodyLen) {
 		t.Errorf("resent body: Content-Length %d, %d bytes", creates[0].contentLength, creates[0].bodyLen)
 	}
+	// Every attempt of one create carries the same Idempotency-Key, so a
+	// server that did act on a lost attempt answers the resend with it.
+	srv.mu.Lock()
+	keys := append([]string(nil), srv.idemKeys...)
+	srv.mu.Unlock()
+	if len(keys) != 3 || keys[0] == "" || keys[1] != keys[0] || keys[2] != keys[0] {
+		t.Fatalf("Idempotency-Keys of the three attempts: %q, want one key, the same each time", keys)
+	}
+	if _, stderr, err := runCLI(t, in, "submit", "-", "--base-url", srv.URL(), "--state-dir", t.TempDir()); err != nil {
+		t.Fatalf("second submit: %v\n%s", err, stderr)
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if last := srv.idemKeys[len(srv.idemKeys)-1]; last == "" || last == keys[0] {
+		t.Fatalf("a new create reused key %q", last)
+	}
 }
 
 func TestSweepPending(t *testing.T) {

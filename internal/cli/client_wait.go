@@ -9,9 +9,11 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -22,8 +24,19 @@ import (
 // last hours and should outlive a server restart.
 const maxPollFailures = 5
 
+// defaultGiveUp is how long wait keeps trying a server that does not answer
+// (down, restarting, unreachable) before it gives up; it says at once that
+// it is retrying.
+const defaultGiveUp = 2 * time.Minute
+
+// waitOptions are how wait watches.
+type waitOptions struct {
+	interval time.Duration // poll interval, first reconnection delay
+	giveUp   time.Duration // a server silent this long ends the wait
+}
+
 func newWaitCommand() *cobra.Command {
-	var interval time.Duration
+	var interval, giveUp time.Duration
 	cmd := &cobra.Command{
 		Use:   "wait ID...",
 		Short: "Wait for batches to end; exit 0 if every request succeeded, 2 otherwise",
@@ -31,36 +44,56 @@ func newWaitCommand() *cobra.Command {
 
 Against batchd, wait follows each batch's event stream
 (GET /v1/messages/batches/{id}/events), reconnecting if it drops; against
-other servers it polls every --interval.
+other servers it polls every --interval. Without a terminal it logs a line
+when the counts change and at least every 10 s. When the server does not
+answer it says so at once and keeps trying for --give-up-after (2m).
 
 Exits 0 when every request succeeded and 2 when a batch ended with any
 errored, canceled or expired request.`,
-		Args: cobra.MinimumNArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "poll interval (and first reconnection delay of the event stream)")
+	cmd.Flags().DurationVar(&giveUp, "give-up-after", defaultGiveUp, "end the wait (exit 1) when the server has not answered for this long")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, stop := signalContext(cmd)
 		defer stop()
 		client := conn.client()
-		return waitAll(ctx, &client, args, interval, cmd.ErrOrStderr())
+		return waitAllWith(ctx, &client, args, waitOptions{interval: interval, giveUp: giveUp}, cmd.ErrOrStderr())
 	}
 	return cmd
 }
 
-// waitAll waits for each batch in turn. It returns an *ExitError with code 2
-// when any batch ended with requests that did not succeed.
+// waitAll waits for each batch in turn, giving up on a silent server after
+// defaultGiveUp. It returns an *ExitError with code 2 when any batch ended
+// with requests that did not succeed.
 func waitAll(ctx context.Context, client *anthropic.Client, ids []string, interval time.Duration, errOut io.Writer) error {
-	if interval <= 0 {
+	return waitAllWith(ctx, client, ids, waitOptions{interval: interval, giveUp: defaultGiveUp}, errOut)
+}
+
+// waitAllWith is waitAll with every option.
+func waitAllWith(ctx context.Context, client *anthropic.Client, ids []string, opts waitOptions, errOut io.Writer) error {
+	if opts.interval <= 0 {
 		return errors.New("--interval must be positive")
 	}
+	if opts.giveUp <= 0 {
+		return errors.New("--give-up-after must be positive")
+	}
 	var failed []string
-	for _, id := range ids {
-		batch, err := watchBatch(ctx, client, id, interval, newProgressReporter(errOut, id))
+	for i, id := range ids {
+		label := id
+		if len(ids) > 1 {
+			label = fmt.Sprintf("[batch %d of %d] %s", i+1, len(ids), id)
+		}
+		batch, err := watchBatch(ctx, client, id, opts, newProgressReporter(errOut, label))
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(errOut, summaryLine(batch))
+		line := summaryLine(batch)
+		if len(ids) > 1 {
+			line = fmt.Sprintf("[batch %d of %d] %s", i+1, len(ids), line)
+		}
+		fmt.Fprintln(errOut, line)
 		if err := batchOutcome(batch); err != nil {
 			failed = append(failed, err.Error())
 		}
@@ -75,9 +108,37 @@ func waitAll(ctx context.Context, client *anthropic.Client, ids []string, interv
 	}
 }
 
+// outage tracks a server that does not answer: it reports the first failure
+// at once and gives up once the server has been silent for giveUp.
+type outage struct {
+	giveUp time.Duration
+	now    func() time.Time
+	report progressReporter
+	since  time.Time // zero while the server answers
+}
+
+// fail records a failed call and returns an error once it is time to give up.
+func (o *outage) fail(err error) error {
+	now := o.now()
+	if o.since.IsZero() {
+		o.since = now
+		o.report.unreachable(err, o.giveUp)
+	}
+	if now.Sub(o.since) >= o.giveUp {
+		return fmt.Errorf("giving up: no answer from the server for %s (--give-up-after): %w", o.giveUp, concise(err))
+	}
+	return nil
+}
+
+// ok records an answer.
+func (o *outage) ok() { o.since = time.Time{} }
+
 // progressReporter sees every observation of a batch while waiting.
 type progressReporter interface {
 	update(b *anthropic.MessageBatch)
+	// unreachable says the server did not answer and that wait retries
+	// for up to giveUp.
+	unreachable(err error, giveUp time.Duration)
 	// done is called once, with the ended batch or nil when waiting failed.
 	done(b *anthropic.MessageBatch)
 }
@@ -85,31 +146,74 @@ type progressReporter interface {
 // watchBatch waits until the batch has ended and returns it, passing every
 // observation to report. It follows the batch's event stream when the server
 // offers one (batchd does) and polls otherwise; both feed the same display.
-func watchBatch(ctx context.Context, client *anthropic.Client, id string, interval time.Duration, report progressReporter) (ended *anthropic.MessageBatch, err error) {
+// It asks for the batch first, so that a batch that already ended (or is
+// canceling) is shown as it is, not as the stream's replayed history.
+func watchBatch(ctx context.Context, client *anthropic.Client, id string, opts waitOptions, report progressReporter) (ended *anthropic.MessageBatch, err error) {
 	defer func() { report.done(ended) }()
-	ended, err = streamBatch(ctx, client, id, interval, report.update)
+	o := &outage{giveUp: opts.giveUp, now: time.Now, report: report}
+	update := forwardOnly(report.update)
+	for {
+		batch, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{}, option.WithMaxRetries(0))
+		if getErr == nil {
+			o.ok()
+			if batch.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
+				return batch, nil
+			}
+			update(batch)
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if !transient(getErr) {
+			return nil, fmt.Errorf("get batch %s: %w", id, concise(getErr))
+		}
+		if err := o.fail(getErr); err != nil {
+			return nil, err
+		}
+		if err := sleepCtx(ctx, opts.interval); err != nil {
+			return nil, err
+		}
+	}
+	ended, err = streamBatch(ctx, client, id, opts.interval, o, update)
 	if errors.Is(err, errNoEventStream) {
-		return pollBatch(ctx, client, id, interval, report.update)
+		return pollBatch(ctx, client, id, opts.interval, o, update)
 	}
 	return ended, err
 }
 
+// forwardOnly drops observations older than one already seen: an event
+// stream may replay history, which must not show a batch going backwards.
+func forwardOnly(update func(*anthropic.MessageBatch)) func(*anthropic.MessageBatch) {
+	var done int64 = -1
+	var status anthropic.MessageBatchProcessingStatus
+	return func(b *anthropic.MessageBatch) {
+		d := countsOf(b).done()
+		if d < done || status == anthropic.MessageBatchProcessingStatusCanceling && b.ProcessingStatus == anthropic.MessageBatchProcessingStatusInProgress {
+			return
+		}
+		done, status = d, b.ProcessingStatus
+		update(b)
+	}
+}
+
 // pollBatch GETs the batch every interval until it has ended.
-func pollBatch(ctx context.Context, client *anthropic.Client, id string, interval time.Duration, update func(*anthropic.MessageBatch)) (*anthropic.MessageBatch, error) {
-	failures := 0
+func pollBatch(ctx context.Context, client *anthropic.Client, id string, interval time.Duration, o *outage, update func(*anthropic.MessageBatch)) (*anthropic.MessageBatch, error) {
 	for {
-		batch, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{})
+		batch, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{}, option.WithMaxRetries(0))
 		switch {
 		case getErr == nil:
-			failures = 0
+			o.ok()
 			update(batch)
 			if batch.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
 				return batch, nil
 			}
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
-		case transient(getErr) && failures < maxPollFailures:
-			failures++
+		case transient(getErr):
+			if err := o.fail(getErr); err != nil {
+				return nil, err
+			}
 		default:
 			return nil, fmt.Errorf("get batch %s: %w", id, concise(getErr))
 		}
@@ -125,7 +229,7 @@ func pollBatch(ctx context.Context, client *anthropic.Client, id string, interva
 // has ended, reconnecting with Last-Event-ID when the stream drops. It
 // returns an error wrapping errNoEventStream when the server has no stream
 // (or keeps closing it without a word), so that the caller polls instead.
-func streamBatch(ctx context.Context, client *anthropic.Client, id string, interval time.Duration, update func(*anthropic.MessageBatch)) (*anthropic.MessageBatch, error) {
+func streamBatch(ctx context.Context, client *anthropic.Client, id string, interval time.Duration, o *outage, update func(*anthropic.MessageBatch)) (*anthropic.MessageBatch, error) {
 	path := "v1/messages/batches/" + url.PathEscape(id) + "/events"
 	var (
 		lastID     string
@@ -160,7 +264,8 @@ func streamBatch(ctx context.Context, client *anthropic.Client, id string, inter
 		}
 		// The stream dropped or could not be opened. Maybe the batch ended
 		// unseen: ask, which also keeps the display fresh.
-		if batch, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{}); getErr == nil {
+		if batch, getErr := client.Messages.Batches.Get(ctx, id, anthropic.MessageBatchGetParams{}, option.WithMaxRetries(0)); getErr == nil {
+			o.ok()
 			update(batch)
 			if batch.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
 				return batch, nil
@@ -169,6 +274,16 @@ func streamBatch(ctx context.Context, client *anthropic.Client, id string, inter
 			return nil, ctx.Err()
 		} else if !transient(getErr) {
 			return nil, fmt.Errorf("get batch %s: %w", id, concise(getErr))
+		} else {
+			// No answer at all: the outage, not the stream, decides
+			// when to give up.
+			if err := o.fail(getErr); err != nil {
+				return nil, err
+			}
+			if err := sleepCtx(ctx, interval); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		failures++
 		if failures > maxPollFailures {
@@ -256,15 +371,23 @@ func batchOutcome(b *anthropic.MessageBatch) error {
 	if c.failed() == 0 {
 		return nil
 	}
-	return fmt.Errorf("batch %s: %d of %d requests did not succeed (errored %d, canceled %d, expired %d)",
-		b.ID, c.failed(), c.total(), c.errored, c.canceled, c.expired)
+	return fmt.Errorf("batch %s: %d of %s did not succeed (errored %d, canceled %d, expired %d)",
+		b.ID, c.failed(), plural(c.total(), "request"), c.errored, c.canceled, c.expired)
+}
+
+// plural is "1 request", "2 requests".
+func plural(n int64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // summaryLine describes an ended batch.
 func summaryLine(b *anthropic.MessageBatch) string {
 	c := countsOf(b)
-	line := fmt.Sprintf("%s ended: %d requests, succeeded %d, errored %d, canceled %d, expired %d",
-		b.ID, c.total(), c.succeeded, c.errored, c.canceled, c.expired)
+	line := fmt.Sprintf("%s ended: %s, succeeded %d, errored %d, canceled %d, expired %d",
+		b.ID, plural(c.total(), "request"), c.succeeded, c.errored, c.canceled, c.expired)
 	if !b.CreatedAt.IsZero() && !b.EndedAt.IsZero() {
 		line += fmt.Sprintf(" (took %s)", b.EndedAt.Sub(b.CreatedAt).Round(time.Second))
 	}
@@ -326,7 +449,10 @@ func newProgressReporter(w io.Writer, id string) progressReporter {
 		}
 		return &barReporter{w: w, id: id, termWidth: width}
 	}
-	return &lineReporter{w: w, now: time.Now}
+	r := &lineReporter{w: w, label: id, now: time.Now}
+	t := time.NewTicker(time.Second)
+	r.run(t.C, t.Stop)
+	return r
 }
 
 // barReporter shows a live bar. The bar's own rate and ETA would count the
@@ -372,6 +498,18 @@ func (r *barReporter) update(b *anthropic.MessageBatch) {
 	_ = r.bar.Set64(c.done())
 }
 
+func (r *barReporter) unreachable(err error, giveUp time.Duration) {
+	if r.bar != nil {
+		fmt.Fprintln(r.w) // below the bar, which the next update redraws
+	}
+	fmt.Fprintln(r.w, unreachableLine(r.id, err, giveUp))
+}
+
+// unreachableLine says that wait retries a server that does not answer.
+func unreachableLine(id string, err error, giveUp time.Duration) string {
+	return fmt.Sprintf("%s: no answer from the server (%v); retrying for up to %s", id, concise(err), giveUp)
+}
+
 func (r *barReporter) done(b *anthropic.MessageBatch) {
 	if r.bar == nil {
 		return
@@ -385,36 +523,110 @@ func (r *barReporter) done(b *anthropic.MessageBatch) {
 }
 
 // lineReporter logs a line when the counts change, at most every
-// lineEvery, and at least every lineHeartbeat so a stuck batch is visible.
+// lineEvery, and at least every lineHeartbeat so a stuck batch is visible:
+// ticks (a ticker in production, a channel in tests) drive the heartbeat
+// when no observation comes.
 type lineReporter struct {
-	w       io.Writer
-	now     func() time.Time
+	w     io.Writer
+	label string
+	now   func() time.Time
+
+	mu      sync.Mutex // guards the fields below, shared with the heartbeat
 	meter   rateMeter
 	last    time.Time
 	lastSum batchCounts
+	batch   *anthropic.MessageBatch // the latest observation
+	started time.Time
+	stop    chan struct{}
 }
 
 const (
 	lineEvery     = 5 * time.Second
-	lineHeartbeat = time.Minute
+	lineHeartbeat = 10 * time.Second
 )
 
+// run starts the heartbeat, which ends with done.
+func (r *lineReporter) run(ticks <-chan time.Time, stopTicks func()) {
+	r.mu.Lock()
+	r.started = r.now()
+	r.stop = make(chan struct{})
+	stop := r.stop
+	r.mu.Unlock()
+	go func() {
+		defer stopTicks()
+		for {
+			select {
+			case <-ticks:
+				r.beat()
+			case <-stop:
+				return
+			}
+		}
+	}()
+}
+
+// beat prints the latest state again when nothing was printed for
+// lineHeartbeat.
+func (r *lineReporter) beat() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	from := r.last
+	if from.IsZero() {
+		from = r.started
+	}
+	if now.Sub(from) < lineHeartbeat {
+		return
+	}
+	if r.batch == nil {
+		// Not r.last: the first observation must still print at once.
+		r.started = now
+		fmt.Fprintf(r.w, "%s: waiting for the server's first answer\n", r.label)
+		return
+	}
+	r.last = now
+	c := countsOf(r.batch)
+	rate, eta := r.meter.observe(now, c)
+	fmt.Fprintln(r.w, progressLine(r.label, string(r.batch.ProcessingStatus), c, rate, eta))
+}
+
 func (r *lineReporter) update(b *anthropic.MessageBatch) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	now := r.now()
 	c := countsOf(b)
 	rate, eta := r.meter.observe(now, c)
 	if b.ProcessingStatus == anthropic.MessageBatchProcessingStatusEnded {
 		return // the summary line follows
 	}
+	r.batch = b
 	since := now.Sub(r.last)
 	if !r.last.IsZero() && !(c != r.lastSum && since >= lineEvery) && since < lineHeartbeat {
 		return
 	}
 	r.last, r.lastSum = now, c
-	fmt.Fprintln(r.w, progressLine(b.ID, string(b.ProcessingStatus), c, rate, eta))
+	fmt.Fprintln(r.w, progressLine(r.label, string(b.ProcessingStatus), c, rate, eta))
 }
 
-func (r *lineReporter) done(*anthropic.MessageBatch) {}
+func (r *lineReporter) unreachable(err error, giveUp time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last.IsZero() {
+		r.started = r.now() // the first observation still prints at once
+	} else {
+		r.last = r.now()
+	}
+	fmt.Fprintln(r.w, unreachableLine(r.label, err, giveUp))
+}
+
+func (r *lineReporter) done(*anthropic.MessageBatch) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stop != nil {
+		close(r.stop)
+		r.stop = nil
+	}
+}
 
 // progressLine is the log form of progress, e.g.
 // "msgbatch_… in_progress: 1200/5000 done (succeeded 1100, errored 100, canceled 0, expired 0), 12.0 req/s, ETA 5m17s".

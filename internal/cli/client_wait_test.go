@@ -3,7 +3,9 @@ package cli
 import (
 	"bytes"
 	"errors"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,7 +62,7 @@ func TestLineReporterThrottles(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
 	now := time.Unix(1000, 0)
-	r := &lineReporter{w: &out, now: func() time.Time { return now }}
+	r := &lineReporter{w: &out, label: "msgbatch_x", now: func() time.Time { return now }}
 	b := &anthropic.MessageBatch{ID: "msgbatch_x", ProcessingStatus: anthropic.MessageBatchProcessingStatusInProgress}
 	step := func(d time.Duration, done int64) {
 		now = now.Add(d)
@@ -70,8 +72,8 @@ func TestLineReporterThrottles(t *testing.T) {
 	step(0, 0)               // first: printed
 	step(time.Second, 10)    // changed, too soon
 	step(5*time.Second, 20)  // changed, due
-	step(10*time.Second, 20) // unchanged
-	step(time.Minute, 20)    // heartbeat
+	step(9*time.Second, 20)  // unchanged
+	step(10*time.Second, 20) // heartbeat
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if len(lines) != 3 {
 		t.Fatalf("lines:\n%s", out.String())
@@ -155,8 +157,8 @@ func TestSubmitWait(t *testing.T) {
 	if n := len(strings.Fields(stdout)); n != 2 {
 		t.Errorf("stdout = %q, want two IDs", stdout)
 	}
-	if strings.Count(stderr, " ended: ") != 2 {
-		t.Errorf("stderr:\n%s", stderr)
+	if strings.Count(stderr, " ended: ") != 2 || !strings.Contains(stderr, "[batch 1 of 2] msgbatch_") || !strings.Contains(stderr, "[batch 2 of 2] msgbatch_") {
+		t.Errorf("stderr:\n%s\nwant two summaries, each saying which batch of 2", stderr)
 	}
 }
 
@@ -179,17 +181,97 @@ func TestWaitToleratesTransientErrors(t *testing.T) {
 	}
 	id := strings.TrimSpace(stdout)
 	srv.mu.Lock()
-	srv.failGets = maxPollFailures
+	srv.failGets = 2 * maxPollFailures
 	srv.mu.Unlock()
-	if _, _, err := runCLI(t, "", "wait", id, "--interval", "1ms", "--base-url", srv.URL()); err != nil {
-		t.Errorf("%d failed polls in a row: %v", maxPollFailures, err)
+	_, stderr, err := runCLI(t, "", "wait", id, "--interval", "1ms", "--base-url", srv.URL())
+	if err != nil {
+		t.Errorf("%d failed polls in a row: %v", 2*maxPollFailures, err)
+	}
+	if strings.Count(stderr, "retrying for up to 2m0s") != 1 {
+		t.Errorf("stderr:\n%s\nwant one line that it is retrying", stderr)
 	}
 
 	srv.mu.Lock()
-	srv.failGets = maxPollFailures + 1
+	srv.failGets = 1 << 30
 	srv.mu.Unlock()
-	_, _, err = runCLI(t, "", "wait", id, "--interval", "1ms", "--base-url", srv.URL())
-	if apiStatus(err) != 503 || !strings.Contains(err.Error(), "503 Service Unavailable overloaded_error: try later") {
-		t.Errorf("%d failed polls in a row: err = %v", maxPollFailures+1, err)
+	_, _, err = runCLI(t, "", "wait", id, "--interval", "1ms", "--give-up-after", "100ms", "--base-url", srv.URL())
+	if apiStatus(err) != 503 || !strings.Contains(err.Error(), "giving up: no answer from the server for 100ms") || !strings.Contains(err.Error(), "503 Service Unavailable overloaded_error: try later") {
+		t.Errorf("server failing for good: err = %v", err)
 	}
+}
+
+// TestWaitUnreachableServer: against a port nobody listens on, wait says at
+// once that it is retrying and gives up after --give-up-after.
+func TestWaitUnreachableServer(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	ln.Close()
+	_, stderr, err := runCLI(t, "", "wait", "msgbatch_x", "--interval", "10ms", "--give-up-after", "300ms", "--base-url", url)
+	if err == nil || !strings.Contains(err.Error(), "giving up: no answer from the server for 300ms") || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("err = %v", err)
+	}
+	if !strings.Contains(stderr, "msgbatch_x: no answer from the server") || !strings.Contains(stderr, "retrying for up to 300ms") {
+		t.Errorf("stderr = %q", stderr)
+	}
+}
+
+// TestLineReporterHeartbeat: without observations, a line comes at least
+// every lineHeartbeat, driven by the ticks.
+func TestLineReporterHeartbeat(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	out := &lockedBuffer{}
+	r := &lineReporter{w: out, label: "msgbatch_x", now: clock}
+	ticks := make(chan time.Time)
+	stopped := make(chan struct{})
+	r.run(ticks, func() { close(stopped) })
+	// The second send returns only once the first tick was handled; it
+	// finds the same time, so it prints nothing more.
+	tick := func(d time.Duration) { advance(d); ticks <- time.Time{}; ticks <- time.Time{} }
+
+	tick(lineHeartbeat) // nothing seen yet
+	b := &anthropic.MessageBatch{ID: "msgbatch_x", ProcessingStatus: anthropic.MessageBatchProcessingStatusInProgress}
+	b.RequestCounts.Processing = 10
+	r.update(b)             // printed
+	tick(lineHeartbeat / 2) // too soon
+	tick(lineHeartbeat / 2) // due: the same counts again
+	tick(lineHeartbeat - 1) // too soon
+	tick(1)                 // due
+	r.done(nil)
+	<-stopped
+
+	want := []string{
+		"msgbatch_x: waiting for the server's first answer",
+		"msgbatch_x in_progress: 0/10 done (succeeded 0, errored 0, canceled 0, expired 0)",
+		"msgbatch_x in_progress: 0/10 done (succeeded 0, errored 0, canceled 0, expired 0)",
+		"msgbatch_x in_progress: 0/10 done (succeeded 0, errored 0, canceled 0, expired 0)",
+	}
+	if got := strings.Split(strings.TrimSpace(out.String()), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("lines:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

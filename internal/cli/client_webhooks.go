@@ -255,7 +255,7 @@ func newWebhooksGetCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get ID",
 		Short: "Print an endpoint as JSON",
-		Args:  cobra.ExactArgs(1),
+		Args:  argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.RunE = webhookRun(conn, "get webhook endpoint", func(args []string) (string, string, any, bool, error) {
@@ -268,7 +268,7 @@ func newWebhooksDeleteCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "delete ID",
 		Short: "Delete an endpoint",
-		Args:  cobra.ExactArgs(1),
+		Args:  argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.RunE = webhookRun(conn, "delete webhook endpoint", func(args []string) (string, string, any, bool, error) {
@@ -289,7 +289,7 @@ func newWebhooksRotateCommand() *cobra.Command {
 with the new secret, which is shown only this once. For the --grace period
 the previous secret signs too (webhook-signature carries both signatures),
 so receivers can switch over without losing events.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.Flags().DurationVar(&grace, "grace", 24*time.Hour, "how long the previous secret keeps signing too (at most 168h)")
@@ -309,7 +309,7 @@ func newWebhooksEnableCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "enable ID",
 		Short: "Enable an endpoint that was disabled (after failing, or 410 Gone)",
-		Args:  cobra.ExactArgs(1),
+		Args:  argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.RunE = webhookRun(conn, "enable webhook endpoint", func(args []string) (string, string, any, bool, error) {
@@ -325,7 +325,7 @@ func newWebhooksTestCommand() *cobra.Command {
 		Long: `Send a webhook.test event to an endpoint, through the same queue and
 retries as real events. Prints the event and delivery IDs as JSON; see how
 the delivery went with 'batchd webhooks attempts ID'.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.RunE = webhookRun(conn, "send test event", func(args []string) (string, string, any, bool, error) {
@@ -342,7 +342,7 @@ func newWebhooksAttemptsCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "attempts ID",
 		Short: "List an endpoint's latest delivery attempts, newest first",
-		Args:  cobra.ExactArgs(1),
+		Args:  argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.Flags().IntVar(&limit, "limit", 20, "how many attempts to show (1 to 1000)")
@@ -397,7 +397,7 @@ func newWebhooksResendCommand() *cobra.Command {
 		Short: "Make a delivery due again now, whatever its state",
 		Long: `Make a delivery due again now, whatever its state, for example after
 fixing a receiver. Delivery IDs are in 'batchd webhooks attempts ID'.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.RunE = webhookRun(conn, "resend delivery", func(args []string) (string, string, any, bool, error) {
@@ -418,7 +418,7 @@ func newWebhooksRecoverCommand() *cobra.Command {
 again, for example after an outage of the receiver. --since is an RFC 3339
 time (2026-11-29T00:00:00Z) or a duration back from now (2h, 90m).
 Prints how many deliveries were recovered.`,
-		Args: cobra.ExactArgs(1),
+		Args: argsNamed,
 	}
 	conn := addConnFlags(cmd)
 	cmd.Flags().StringVar(&since, "since", "", "RFC 3339 time or a duration back from now (required)")

@@ -14,18 +14,43 @@ import (
 	"github.com/batchd/batchd/internal/store/sqlite"
 )
 
+// defaultDataDir is the --data-dir default of serve and keys alike, so that
+// keys made without the flag are the ones the server reads.
+const defaultDataDir = "./batchd-data"
+
+// absPath is path made absolute for messages, or path itself.
+func absPath(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
+}
+
 func newKeysCommand() *cobra.Command {
 	var dataDir string
 	cmd := &cobra.Command{
 		Use:   "keys",
 		Short: "Create, list and revoke API keys (on the server's data dir)",
 	}
-	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", "./batchd-data", "directory of the SQLite database")
-	open := func(cmd *cobra.Command) (*sqlite.Store, error) {
+	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", defaultDataDir, "directory of the SQLite database (the server's --data-dir)")
+	// open opens the data dir's database. Only create may make a new one:
+	// listing or revoking in a dir the server never used would otherwise
+	// leave behind an empty database that looks like the real one.
+	open := func(cmd *cobra.Command, mayCreate bool) (*sqlite.Store, error) {
+		dbPath := filepath.Join(dataDir, "batchd.db")
+		if _, err := os.Stat(dbPath); err != nil {
+			if !os.IsNotExist(err) {
+				return nil, fmt.Errorf("open data dir: %w", err)
+			}
+			if !mayCreate {
+				return nil, fmt.Errorf("no batchd database in %s: pass the --data-dir the server uses", absPath(dataDir))
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "creating a new data dir %s\n", absPath(dataDir))
+		}
 		if err := os.MkdirAll(dataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create data dir: %w", err)
 		}
-		return sqlite.Open(cmd.Context(), filepath.Join(dataDir, "batchd.db"))
+		return sqlite.Open(cmd.Context(), dbPath)
 	}
 
 	var workspace string
@@ -37,7 +62,7 @@ func newKeysCommand() *cobra.Command {
 			if workspace == "" {
 				return fmt.Errorf("--workspace is required")
 			}
-			st, err := open(cmd)
+			st, err := open(cmd, true)
 			if err != nil {
 				return err
 			}
@@ -49,6 +74,8 @@ func newKeysCommand() *cobra.Command {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), key)
+			// stderr, so that `KEY=$(batchd keys create ...)` stays clean.
+			fmt.Fprintf(cmd.ErrOrStderr(), "key %s for workspace %s stored in %s; the server using that --data-dir accepts it at once\n", prefix, workspace, absPath(dataDir))
 			return nil
 		},
 	}
@@ -59,7 +86,7 @@ func newKeysCommand() *cobra.Command {
 		Short: "List keys (id, prefix, workspace, created, revoked)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := open(cmd)
+			st, err := open(cmd, false)
 			if err != nil {
 				return err
 			}
@@ -84,9 +111,9 @@ func newKeysCommand() *cobra.Command {
 	revoke := &cobra.Command{
 		Use:   "revoke ID|PREFIX",
 		Short: "Revoke a key; requests with it get 401 at once",
-		Args:  cobra.ExactArgs(1),
+		Args:  argsNamed,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := open(cmd)
+			st, err := open(cmd, false)
 			if err != nil {
 				return err
 			}

@@ -35,6 +35,10 @@ type serveConfig struct {
 	maxAttempts     int
 	maxRequests     int
 	maxBodyBytes    int64
+	maxParamsBytes  int64
+	bodyIdle        time.Duration
+	idleTimeout     time.Duration
+	maxCreates      int
 	maxInProgress   int
 	retryBackoff    time.Duration
 	retryBackoffMax time.Duration
@@ -71,6 +75,10 @@ func newServeCommand() *cobra.Command {
 	f.IntVar(&c.maxAttempts, "max-attempts", 8, "attempts per request before a transient error becomes its result")
 	f.IntVar(&c.maxRequests, "max-requests", batch.DefaultMaxRequests, "requests per batch")
 	f.Int64Var(&c.maxBodyBytes, "max-body-bytes", batch.DefaultMaxBodyBytes, "bytes per create body (413 over it)")
+	f.DurationVar(&c.bodyIdle, "body-idle-timeout", server.DefaultBodyIdleTimeout, "a create whose body sends nothing for this long is refused (a slow upload that keeps sending is not)")
+	f.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this long")
+	f.IntVar(&c.maxCreates, "max-concurrent-creates", server.DefaultMaxConcurrentCreates, "creates one workspace may upload at once (429 over it)")
+	f.Int64Var(&c.maxParamsBytes, "max-params-bytes", batch.DefaultMaxParamsBytes, "bytes of one request's params (413 naming requests.N.params over it)")
 	f.IntVar(&c.maxInProgress, "max-in-progress", batch.DefaultMaxInProgress, "unended batches per workspace (429 over it)")
 	f.DurationVar(&c.retryBackoff, "retry-backoff", time.Second, "first retry delay after a transient error, doubled per attempt")
 	f.DurationVar(&c.retryBackoffMax, "retry-backoff-max", 5*time.Minute, "cap on the retry delay")
@@ -155,15 +163,18 @@ func serve(ctx context.Context, c serveConfig) error {
 		}
 	}
 	srvParts, err := server.Open(ctx, server.Config{
-		Backends:  backends,
-		DataDir:   c.dataDir,
-		PublicURL: c.publicURL,
+		Backends:             backends,
+		DataDir:              c.dataDir,
+		PublicURL:            c.publicURL,
+		BodyIdleTimeout:      c.bodyIdle,
+		MaxConcurrentCreates: c.maxCreates,
 		Batch: batch.Config{
-			MaxRequests:   c.maxRequests,
-			MaxBodyBytes:  c.maxBodyBytes,
-			MaxInProgress: c.maxInProgress,
-			ExpireAfter:   c.expireAfter,
-			Retention:     c.retention,
+			MaxRequests:    c.maxRequests,
+			MaxBodyBytes:   c.maxBodyBytes,
+			MaxParamsBytes: c.maxParamsBytes,
+			MaxInProgress:  c.maxInProgress,
+			ExpireAfter:    c.expireAfter,
+			Retention:      c.retention,
 		},
 		Dispatch: dispatch.Config{
 			Concurrency:    c.concurrency,
@@ -197,7 +208,7 @@ func serve(ctx context.Context, c serveConfig) error {
 		srvParts.Close(ctx)
 		return err
 	}
-	srv := &http.Server{Handler: srvParts.Handler(), ReadHeaderTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: srvParts.Handler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: c.idleTimeout}
 	log.Info("batchd listening", "url", "http://"+ln.Addr().String(), "data_dir", c.dataDir)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

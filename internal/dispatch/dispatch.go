@@ -8,8 +8,10 @@ package dispatch
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -129,6 +131,26 @@ type Dispatcher struct {
 	abandon   context.CancelFunc
 	done      chan struct{}
 	stopOnce  sync.Once
+
+	// The workers and the claim loop stop before the queues and the
+	// outcomes channel close; anyone else who queues jobs or sends outcomes
+	// (the completer refilling its slots, Canceled, the sweeper) enters the
+	// gate first, and the shutdown shuts it and waits for them.
+	gateMu   sync.Mutex
+	gateShut bool
+	senders  sync.WaitGroup
+
+	withdrawals map[int64]*withdrawal // by batch seq; guarded by mu
+}
+
+// withdrawal withdraws the calls of one batch that wait inside a backend
+// (for its rate limits) once the batch is canceled or expires: a worker has
+// handed them over, but they are not sent yet.
+type withdrawal struct {
+	ch      chan struct{}
+	expires time.Time
+	users   int // calls in Do
+	closed  bool
 }
 
 // New returns a dispatcher over st, running requests on the backends of
@@ -144,6 +166,8 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		freed:     make(chan struct{}, 1),
 		byName:    map[string]*lane{},
 		canceling: map[int64]struct{}{},
+
+		withdrawals: map[int64]*withdrawal{},
 	}
 	total := 0
 	delegated := map[string]bool{}
@@ -211,12 +235,99 @@ func (d *Dispatcher) route(model string) string {
 func (d *Dispatcher) Route(model string) string { return d.route(model) }
 
 // Canceled tells the dispatcher that a batch is canceling, so that requests
-// of it that are claimed but not yet sent settle as canceled instead of
-// being sent.
+// of it that are claimed but not yet sent settle as canceled at once instead
+// of being sent.
 func (d *Dispatcher) Canceled(batchSeq int64) {
 	d.mu.Lock()
 	d.canceling[batchSeq] = struct{}{}
 	d.mu.Unlock()
+	d.settleUnsent()
+}
+
+// enter admits a sender other than the workers and the claim loop; it
+// reports false once the shutdown has begun, when nothing may be queued or
+// sent any more. A true enter must be followed by leave.
+func (d *Dispatcher) enter() bool {
+	d.gateMu.Lock()
+	defer d.gateMu.Unlock()
+	if d.gateShut {
+		return false
+	}
+	d.senders.Add(1)
+	return true
+}
+
+func (d *Dispatcher) leave() { d.senders.Done() }
+
+// shutGate refuses new senders and waits for those inside.
+func (d *Dispatcher) shutGate() {
+	d.gateMu.Lock()
+	d.gateShut = true
+	d.gateMu.Unlock()
+	d.senders.Wait()
+}
+
+// settleUnsent settles the queued requests of batches that are canceling or
+// expired without waiting for a free worker: a worker may be busy for
+// minutes with a long request, and the batch should end as soon as nothing
+// of it is in flight.
+func (d *Dispatcher) settleUnsent() {
+	now := d.cfg.Now()
+	d.mu.Lock()
+	for seq, w := range d.withdrawals {
+		if _, canceling := d.canceling[seq]; !w.closed && (canceling || !now.Before(w.expires)) {
+			close(w.ch)
+			w.closed = true
+		}
+	}
+	d.mu.Unlock()
+	if !d.enter() {
+		return // stopping: the queues are left to leases
+	}
+	defer d.leave()
+	for _, l := range d.lanes {
+		if l.queue == nil {
+			continue
+		}
+		// All the jobs of a batch share what unsent looks at.
+		for _, j := range l.queue.take(func(j job) bool { return d.unsent(j.ClaimedRequest) != "" }) {
+			d.outcomes <- laneOutcome{unsentOutcome(j.ClaimedRequest, d.unsent(j.ClaimedRequest)), l}
+		}
+	}
+}
+
+// watch returns the channel that withdraws c's call, closed already if its
+// batch is canceling or expired; unwatch must follow the call.
+func (d *Dispatcher) watch(c store.ClaimedRequest) <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w := d.withdrawals[c.BatchSeq]
+	if w == nil {
+		w = &withdrawal{ch: make(chan struct{}), expires: c.ExpiresAt}
+		d.withdrawals[c.BatchSeq] = w
+		_, canceling := d.canceling[c.BatchSeq]
+		if canceling || !d.cfg.Now().Before(c.ExpiresAt) {
+			close(w.ch)
+			w.closed = true
+		}
+	}
+	w.users++
+	return w.ch
+}
+
+func (d *Dispatcher) unwatch(batchSeq int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if w := d.withdrawals[batchSeq]; w != nil {
+		if w.users--; w.users == 0 {
+			delete(d.withdrawals, batchSeq)
+		}
+	}
+}
+
+// unsentOutcome settles a request that was claimed but never sent.
+func unsentOutcome(c store.ClaimedRequest, typ string) store.Outcome {
+	return store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: typ}
 }
 
 // unsent is the result type for a claimed request that must not be sent
@@ -289,6 +400,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	go func() { defer wg.Done(); d.sweepLoop(ctx) }()
 	go func() {
 		wg.Wait()
+		d.shutGate()
 		// Claiming has stopped: drain the queues so workers finish what
 		// is running and exit; queued requests stay leased and are rescued.
 		for _, l := range d.lanes {
@@ -451,6 +563,11 @@ func (d *Dispatcher) nextDue(ctx context.Context) time.Duration {
 // dispatch hands one claimed request to its lane's workers, or settles it
 // at once when its params are invalid or no backend serves its model.
 func (d *Dispatcher) dispatch(l *lane, c store.ClaimedRequest) {
+	if typ := d.unsent(c); typ != "" {
+		// Its batch was canceled or expired while the claim ran.
+		d.outcomes <- laneOutcome{unsentOutcome(c, typ), l}
+		return
+	}
 	model, perr := checkParams(c.Params)
 	if perr != nil {
 		d.outcomes <- laneOutcome{d.outcome(c, nil, perr), l}
@@ -491,15 +608,23 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 		if typ := d.unsent(c.ClaimedRequest); typ != "" {
 			// Claimed ahead but its batch expired or is canceling before
 			// it was sent: it settles as never sent.
-			d.outcomes <- laneOutcome{store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: typ}, l}
+			d.outcomes <- laneOutcome{unsentOutcome(c.ClaimedRequest, typ), l}
 			continue
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
-		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas})
+		withdrawn := d.watch(c.ClaimedRequest)
+		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas, Withdrawn: withdrawn})
+		d.unwatch(c.BatchSeq)
 		cancel()
 		if runCtx.Err() != nil {
 			// Abandoned by Stop: the attempt did not really fail.
 			d.release(l, 1)
+			continue
+		}
+		if errors.Is(err, backend.ErrWithdrawn) {
+			// It waited in the backend for its rate limits, and its batch
+			// was canceled or expired meanwhile: it was never sent.
+			d.outcomes <- laneOutcome{unsentOutcome(c.ClaimedRequest, cmp.Or(d.unsent(c.ClaimedRequest), store.ResultCanceled)), l}
 			continue
 		}
 		d.outcomes <- laneOutcome{d.outcome(c.ClaimedRequest, msg, err), l}
@@ -643,27 +768,13 @@ func (d *Dispatcher) write(ctx context.Context, group []laneOutcome) {
 		}
 	}()
 	complete := store.RequestsCompleteParams{Owner: d.cfg.Owner, Now: d.cfg.Now(), Outcomes: outcomes}
-	if d.stopCtx.Err() == nil {
-		var refill *lane
-		for l, n := range released {
-			if refill == nil || n > released[refill] {
-				refill = l
-			}
-		}
-		if free := d.reserve(refill, released[refill]); free > 0 {
-			now := d.cfg.Now()
-			changes, claimed, err := d.store.RequestsCompleteAndClaim(ctx, complete,
-				store.RequestsClaimParams{Backend: refill.name, Owner: d.cfg.Owner, Limit: free, Now: now, LeaseUntil: now.Add(d.cfg.Lease)})
-			// The group's own slots are released by the deferred release.
-			d.unreserve(refill, free-len(claimed))
-			if err == nil {
-				d.emit(changes...)
-				for _, c := range claimed {
-					d.dispatch(refill, c)
-				}
-				return
-			}
-			d.log.Error("complete and claim failed", "err", err, "outcomes", len(group))
+	// The refill queues jobs and may send outcomes, so it runs inside the
+	// gate: a stop that begins meanwhile waits for it.
+	if d.stopCtx.Err() == nil && d.enter() {
+		written := d.completeAndRefill(ctx, complete, released)
+		d.leave()
+		if written {
+			return
 		}
 	}
 	delay := 10 * time.Millisecond
@@ -687,6 +798,36 @@ func (d *Dispatcher) write(ctx context.Context, group []laneOutcome) {
 		}
 		delay = min(2*delay, 5*time.Second)
 	}
+}
+
+// completeAndRefill writes complete and, in the same transaction, refills
+// the lane that has the most slots to refill; it reports whether the
+// outcomes are written.
+func (d *Dispatcher) completeAndRefill(ctx context.Context, complete store.RequestsCompleteParams, released map[*lane]int) bool {
+	var refill *lane
+	for l, n := range released {
+		if refill == nil || n > released[refill] {
+			refill = l
+		}
+	}
+	free := d.reserve(refill, released[refill])
+	if free == 0 {
+		return false
+	}
+	now := d.cfg.Now()
+	changes, claimed, err := d.store.RequestsCompleteAndClaim(ctx, complete,
+		store.RequestsClaimParams{Backend: refill.name, Owner: d.cfg.Owner, Limit: free, Now: now, LeaseUntil: now.Add(d.cfg.Lease)})
+	// The group's own slots are released by write's deferred release.
+	d.unreserve(refill, free-len(claimed))
+	if err != nil {
+		d.log.Error("complete and claim failed", "err", err, "outcomes", len(complete.Outcomes))
+		return false
+	}
+	d.emit(changes...)
+	for _, c := range claimed {
+		d.dispatch(refill, c)
+	}
+	return true
 }
 
 func (d *Dispatcher) heartbeatLoop(ctx context.Context) {
@@ -716,21 +857,23 @@ func (d *Dispatcher) sweepLoop(ctx context.Context) {
 		case <-timer.C:
 		}
 		wait := d.cfg.PollInterval
-		if err := d.sweep(ctx); err != nil {
+		swept := d.cfg.Now()
+		if err := d.sweep(ctx, swept); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			d.log.Error("sweep failed", "err", err)
 		}
-		if next, err := d.store.BatchNextExpiry(ctx); err == nil && !next.IsZero() {
+		// An expiry this sweep has passed stays the next one while the
+		// batch still has requests in flight: it is not due again.
+		if next, err := d.store.BatchNextExpiry(ctx); err == nil && next.After(swept) {
 			wait = min(wait, max(next.Sub(d.cfg.Now()), time.Millisecond))
 		}
 		timer.Reset(wait)
 	}
 }
 
-func (d *Dispatcher) sweep(ctx context.Context) error {
-	now := d.cfg.Now()
+func (d *Dispatcher) sweep(ctx context.Context, now time.Time) error {
 	rescued, err := d.store.RequestsRescue(ctx, store.RequestsRescueParams{Now: now})
 	if err != nil {
 		return err
@@ -741,6 +884,10 @@ func (d *Dispatcher) sweep(ctx context.Context) error {
 		return err
 	}
 	d.emit(expired...)
+	// Requests of expired batches that were claimed ahead are not pending,
+	// so the store cannot settle them: settle them here, not when a worker
+	// frees up.
+	d.settleUnsent()
 	if _, err := d.store.BatchesArchive(ctx, store.BatchesArchiveParams{Now: now, CreatedBefore: now.Add(-d.cfg.Retention)}); err != nil {
 		return err
 	}

@@ -63,6 +63,29 @@ func (q *fairQueue) pop() (job, bool) {
 	return j, true
 }
 
+// take removes and returns the jobs of every batch whose oldest job pred
+// accepts: pred must judge a job only by what all jobs of its batch share.
+func (q *fairQueue) take(pred func(job) bool) []job {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []job
+	for i := 0; i < len(q.ring); {
+		seq := q.ring[i]
+		jobs := q.batches[seq]
+		if !pred(jobs[0]) {
+			i++
+			continue
+		}
+		out = append(out, jobs...)
+		delete(q.batches, seq)
+		q.ring = append(q.ring[:i], q.ring[i+1:]...)
+		if q.next > i {
+			q.next-- // the batch due next stays due next
+		}
+	}
+	return out
+}
+
 // close wakes every waiting worker; they drain what is left, then stop.
 func (q *fairQueue) close() {
 	q.mu.Lock()

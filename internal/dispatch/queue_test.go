@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/batchd/batchd/internal/store"
@@ -51,5 +52,53 @@ func TestFairQueueCloseDrainsThenStops(t *testing.T) {
 	q.close()
 	if ids := <-done; len(ids) != 1 || ids[0] != 1 {
 		t.Fatalf("a closed queue must hand out what it holds, then stop: %v", ids)
+	}
+}
+
+// TestFairQueueTake: take removes whole batches and leaves the turns of the
+// others as they were.
+func TestFairQueueTake(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		popped int   // jobs popped before take, to move the turn
+		take   int64 // the batch taken
+		want   []int64
+	}{
+		{"first batch", 0, 1, []int64{20, 30, 21}},
+		{"middle batch", 0, 2, []int64{10, 30, 11}},
+		{"batch before the turn", 2, 1, []int64{30, 21}},
+		{"batch at the turn", 1, 2, []int64{30, 11}},
+		{"last batch", 2, 3, []int64{11, 21}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			q := newFairQueue()
+			for _, id := range []int64{10, 11, 20, 21, 30} {
+				q.push(job{ClaimedRequest: store.ClaimedRequest{ID: id, BatchSeq: id / 10}})
+			}
+			for range tt.popped {
+				q.pop()
+			}
+			var taken []int64
+			for _, j := range q.take(func(j job) bool { return j.BatchSeq == tt.take }) {
+				if j.BatchSeq != tt.take {
+					t.Errorf("took job %d of batch %d", j.ID, j.BatchSeq)
+				}
+				taken = append(taken, j.ID)
+			}
+			if len(taken) == 0 {
+				t.Error("took nothing")
+			}
+			q.close()
+			var got []int64
+			for j, ok := q.pop(); ok; j, ok = q.pop() {
+				got = append(got, j.ID)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("after take, pop order %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

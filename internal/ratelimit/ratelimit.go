@@ -129,7 +129,13 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 		}
 	}
 	for try := 1; ; try++ {
-		if err := l.acquire(ctx, inTok, outTok); err != nil {
+		// Only a call never sent may be withdrawn; a resend after a
+		// throttle settles with the throttle's error instead.
+		withdrawn := call.Withdrawn
+		if try > 1 {
+			withdrawn = nil
+		}
+		if err := l.acquire(ctx, inTok, outTok, withdrawn); err != nil {
 			return nil, err
 		}
 		start := l.now()
@@ -148,9 +154,14 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 }
 
 // acquire waits for a concurrency slot and the tokens of the per-minute
-// buckets.
-func (l *Limiter) acquire(ctx context.Context, inTok, outTok int) error {
+// buckets, until ctx ends or withdrawn closes (backend.ErrWithdrawn).
+func (l *Limiter) acquire(ctx context.Context, inTok, outTok int, withdrawn <-chan struct{}) error {
 	for {
+		select {
+		case <-withdrawn:
+			return backend.ErrWithdrawn
+		default:
+		}
 		l.mu.Lock()
 		now := l.now()
 		wait := time.Duration(0)
@@ -184,6 +195,7 @@ func (l *Limiter) acquire(ctx context.Context, inTok, outTok int) error {
 		case <-ctx.Done():
 		case <-ch:
 		case <-timer:
+		case <-withdrawn:
 		}
 		if t != nil {
 			t.Stop()

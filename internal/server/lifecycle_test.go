@@ -547,22 +547,29 @@ func TestInvalidParamsAreErroredResults(t *testing.T) {
 
 func TestSDKResultsExpired(t *testing.T) {
 	t.Parallel()
+	// The clock is injected: the batch expires when the test moves it, so
+	// however slow the machine, at most the one request in flight by then
+	// was sent, and every other one expires.
+	clock := &testClock{now: time.Now()}
 	ts := newTestServer(t, withConfig(func(c *server.Config) {
+		c.Now = clock.Now
 		c.Batch.ExpireAfter = 300 * time.Millisecond
 		c.Dispatch.Concurrency = 1
+		c.Dispatch.Lease = time.Hour // outlasts the clock's jump
 	}))
 	var reqs []anthropic.MessageBatchNewParamsRequest
 	for i := range 6 {
-		reqs = append(reqs, sdkRequest(fmt.Sprint("r", i), "[[sim latency=1s]] slow", 16))
+		reqs = append(reqs, sdkRequest(fmt.Sprint("r", i), "[[sim latency=200ms]] slow", 16))
 	}
 	b := sdkBatch(t, ts.Client, reqs...)
 	if got := b.ExpiresAt.Sub(b.CreatedAt); got != 300*time.Millisecond {
 		t.Errorf("expires_at - created_at = %v, want the configured 300ms", got)
 	}
+	clock.Add(time.Second)
 	ended := waitEnded(t, ts.Client, b.ID, 15*time.Second)
 	c := ended.RequestCounts
-	if c.Expired < 3 || c.Succeeded < 1 || countsSum(c) != 6 || c.Canceled != 0 {
-		t.Errorf("counts %+v, want the running request succeeded and ≥3 unsent ones expired", c)
+	if c.Expired < 5 || c.Succeeded > 1 || countsSum(c) != 6 || c.Canceled != 0 {
+		t.Errorf("counts %+v, want at most the one request in flight succeeded and the others expired", c)
 	}
 	res := sdkResults(t, ts.Client, b.ID)
 	expired := 0
@@ -582,60 +589,92 @@ func TestSDKResultsExpired(t *testing.T) {
 // TestExpiryDoesNotSendClaimedRequests: a request that was claimed ahead of
 // time but not yet sent when its batch expired must not be sent afterwards;
 // it is expired ("Batch reached its 24 hour expiration before this request
-// could be sent to the model").
+// could be sent to the model") at once, without waiting for a free worker.
+// The clock is injected, so the expiry happens exactly when the test says.
 func TestExpiryDoesNotSendClaimedRequests(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, withConfig(func(c *server.Config) {
-		c.Batch.ExpireAfter = 300 * time.Millisecond
-		c.Dispatch.Concurrency = 1
+	up := newGatedUpstream(t)
+	clock := &testClock{now: time.Now()}
+	ts := newTestServer(t, withGatedUpstream(up, 1), withConfig(func(c *server.Config) {
+		c.Now = clock.Now
+		c.Batch.ExpireAfter = time.Hour
+		// The lease outlasts the clock's jump, so the request in flight
+		// stays leased.
+		c.Dispatch.Lease = 24 * time.Hour
 	}))
+	ctx := context.Background()
 	var reqs []anthropic.MessageBatchNewParamsRequest
 	for i := range 4 {
-		reqs = append(reqs, sdkRequest(fmt.Sprint("r", i), "[[sim latency=1s]] slow", 16))
+		reqs = append(reqs, sdkRequest(fmt.Sprint("r", i), fmt.Sprint("r", i), 16))
 	}
 	b := sdkBatch(t, ts.Client, reqs...)
-	ended := waitEnded(t, ts.Client, b.ID, 15*time.Second)
-	// Only r0 can have been sent before the batch expired at 300ms: with
-	// one request at a time, r1 could start only at 1s.
-	if c := ended.RequestCounts; c.Succeeded != 1 || c.Expired != 3 {
-		t.Errorf("counts %+v, want 1 succeeded and 3 expired: a request was sent to the backend after its batch expired", c)
+	// One request at a time, all four claimed in one go: r0 is in flight,
+	// r1..r3 wait for the worker.
+	if got := up.waitStarted(t, 1); got[0] != "r0" {
+		t.Fatalf("first call %q, want r0", got[0])
 	}
-}
-
-// TestCancelDoesNotSendClaimedRequests: cancel may let requests already in
-// flight finish, but a request claimed ahead and not yet sent must be
-// canceled ("User canceled the batch before this request could be sent to
-// the model"), not sent after the cancel.
-func TestCancelDoesNotSendClaimedRequests(t *testing.T) {
-	t.Parallel()
-	ts := newTestServer(t, withConfig(func(c *server.Config) { c.Dispatch.Concurrency = 1 }))
-	ctx := context.Background()
-	reqs := []anthropic.MessageBatchNewParamsRequest{sdkRequest("fast", "hi", 16)}
-	for i := range 3 {
-		reqs = append(reqs, sdkRequest(fmt.Sprint("slow-", i), "[[sim latency=1s]] slow", 16))
-	}
-	b := sdkBatch(t, ts.Client, reqs...)
-	waitFor(t, 10*time.Second, "the fast request to succeed", func() bool {
+	clock.Add(time.Hour + time.Second)
+	waitFor(t, 20*time.Second, "the unsent requests to expire while r0 is in flight", func() bool {
 		got, err := ts.Client.Messages.Batches.Get(ctx, b.ID, anthropic.MessageBatchGetParams{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return got.RequestCounts.Succeeded >= 1
+		return got.RequestCounts.Expired == 3 && got.RequestCounts.Processing == 1
 	})
-	// One request at a time: slow-0 is in flight; slow-1 cannot start
-	// before slow-0 ends a second from now.
+	up.release()
+	ended := waitEnded(t, ts.Client, b.ID, 20*time.Second)
+	if c := ended.RequestCounts; c.Succeeded != 1 || c.Expired != 3 {
+		t.Errorf("counts %+v, want 1 succeeded and 3 expired", c)
+	}
+	if n := up.calls.Load(); n != 1 {
+		t.Errorf("the upstream got %d calls, want 1: a request was sent after its batch expired", n)
+	}
+	for id, r := range sdkResults(t, ts.Client, b.ID) {
+		if want := map[bool]string{true: "succeeded", false: "expired"}[id == "r0"]; r.Result.Type != want {
+			t.Errorf("%s: %s, want %s", id, r.Result.Type, want)
+		}
+	}
+}
+
+// TestCancelDoesNotSendClaimedRequests: cancel lets requests already in
+// flight finish, but requests claimed ahead and not yet sent are canceled
+// ("User canceled the batch before this request could be sent to the
+// model") at once: not sent after the cancel, and not left waiting for a
+// free worker (with two workers busy with long requests, that took 14 s).
+func TestCancelDoesNotSendClaimedRequests(t *testing.T) {
+	t.Parallel()
+	up := newGatedUpstream(t)
+	ts := newTestServer(t, withGatedUpstream(up, 2))
+	ctx := context.Background()
+	var reqs []anthropic.MessageBatchNewParamsRequest
+	for i := range 8 {
+		reqs = append(reqs, sdkRequest(fmt.Sprint("r", i), fmt.Sprint("r", i), 16))
+	}
+	b := sdkBatch(t, ts.Client, reqs...)
+	// All eight are claimed in one go; two are in flight, six wait.
+	sent := map[string]bool{}
+	for _, p := range up.waitStarted(t, 2) {
+		sent[p] = true
+	}
 	if _, err := ts.Client.Messages.Batches.Cancel(ctx, b.ID, anthropic.MessageBatchCancelParams{}); err != nil {
 		t.Fatal(err)
 	}
-	waitEnded(t, ts.Client, b.ID, 15*time.Second)
-	res := sdkResults(t, ts.Client, b.ID)
-	got := map[string]string{}
-	for id, r := range res {
-		got[id] = r.Result.Type
+	waitFor(t, 20*time.Second, "the unsent requests to be canceled while two are in flight", func() bool {
+		got, err := ts.Client.Messages.Batches.Get(ctx, b.ID, anthropic.MessageBatchGetParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.RequestCounts.Canceled == 6 && got.RequestCounts.Processing == 2
+	})
+	up.release()
+	waitEnded(t, ts.Client, b.ID, 20*time.Second)
+	if n := up.calls.Load(); n != 2 {
+		t.Errorf("the upstream got %d calls, want 2: a request was sent after the cancel", n)
 	}
-	want := map[string]string{"fast": "succeeded", "slow-0": "succeeded", "slow-1": "canceled", "slow-2": "canceled"}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("results %v, want %v: a request not yet sent when the batch was canceled was sent afterwards", got, want)
+	for id, r := range sdkResults(t, ts.Client, b.ID) {
+		if want := map[bool]string{true: "succeeded", false: "canceled"}[sent[id]]; r.Result.Type != want {
+			t.Errorf("%s: %s, want %s", id, r.Result.Type, want)
+		}
 	}
 }
 
@@ -651,7 +690,7 @@ func TestBetaClient(t *testing.T) {
 		option.WithQuery("beta", "true"),
 		option.WithHeaderAdd("anthropic-beta", "message-batches-2024-09-24"),
 		option.WithHeaderAdd("anthropic-beta", "files-api-2025-04-14"))
-	betas := []anthropic.AnthropicBeta{anthropic.AnthropicBetaMessageBatches2024_09_24, "some-other-beta"}
+	betas := []anthropic.AnthropicBeta{"message-batches-2024-09-24", "some-other-beta"} // the beta old clients still send
 	bc := c.Beta.Messages.Batches
 
 	req := func(id, prompt string) anthropic.BetaMessageBatchNewParamsRequest {

@@ -53,7 +53,17 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock shared by every part (default time.Now).
 	Now func() time.Time
+	// BodyIdleTimeout and MaxConcurrentCreates guard uploads; see
+	// api.Config.
+	BodyIdleTimeout      time.Duration
+	MaxConcurrentCreates int
 }
+
+// Defaults of the upload guards, for the serve flags.
+const (
+	DefaultBodyIdleTimeout      = api.DefaultBodyIdleTimeout
+	DefaultMaxConcurrentCreates = api.DefaultMaxConcurrentCreates
+)
 
 // WebhookConfig configures webhook delivery.
 type WebhookConfig struct {
@@ -176,7 +186,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	svc := batch.NewService(st, bc)
 	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built),
 		Webhooks: &api.Webhooks{Store: st, Sealer: sealer, Guard: guard, Now: cfg.Now, Wake: deliverer.Wake},
-		Events:   st})
+		Events:   st, BodyIdleTimeout: cfg.BodyIdleTimeout, MaxConcurrentCreates: cfg.MaxConcurrentCreates})
 	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, handler: h}, nil
 }
 

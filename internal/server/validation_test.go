@@ -116,7 +116,8 @@ func TestCreateBodyTooLarge(t *testing.T) {
 		return append(bytes.Clone(valid), bytes.Repeat([]byte(" "), n-len(valid))...)
 	}
 	many := createBody(t, nRequests("r", 600, "hello")...) // ~60 KB
-	longString := []byte(`{"requests":[{"custom_id":"` + strings.Repeat("a", 100_000) + `"}]}`)
+	// One long string that the server skips as it streams still counts.
+	longString := []byte(`{"requests":[{"custom_id":"a","junk":"` + strings.Repeat("a", 100_000) + `"}]}`)
 
 	tests := []struct {
 		name string

@@ -439,6 +439,11 @@ func TestWebhookRotationAndTestEvent(t *testing.T) {
 	if !strings.Contains(string(d.body), `"type":"webhook.test"`) || d.header.Get("webhook-id") != test.ID {
 		t.Fatalf("test event %s", d.body)
 	}
+	// The receiver has the event before the deliverer records the attempt;
+	// a delivery still in flight cannot be resent, so wait for the record.
+	waitFor(t, 10*time.Second, "the test event's attempt record", func() bool {
+		return strings.Contains(string(do(t, "GET", ts.URL+"/v1/webhooks/endpoints/"+id+"/attempts", nil).Body), `"attempt":`)
+	})
 	r = do(t, "POST", ts.URL+"/v1/webhooks/deliveries/"+fmt.Sprint(test.DeliveryID)+"/resend", nil)
 	if r.Status != 200 {
 		t.Fatalf("resend: %d %s", r.Status, r.Body)

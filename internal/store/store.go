@@ -239,6 +239,42 @@ type ResultsListParams struct {
 	Limit         int
 	WithParams    bool
 	SkipSucceeded bool
+	// MaxBytes, when > 0, ends the page after the result whose result
+	// and params bytes bring the page's total to it (a page always holds
+	// at least one result), so a reader of big requests holds a bounded
+	// amount of memory however many fit in Limit.
+	MaxBytes int64
+}
+
+// Idempotency is what an Idempotency-Key recorded: the hash of the body
+// of the request that first used it and the batch that request made
+// (BatchID is empty while that request still runs).
+type Idempotency struct {
+	BodyHash  string
+	BatchID   string
+	CreatedAt time.Time
+}
+
+// IdempotencyReserveParams reserves Key for a request starting Now.
+type IdempotencyReserveParams struct {
+	Workspace string
+	Key       string
+	Now       time.Time
+	// TTL is how long a recorded key holds (a day); an older one is
+	// replaced.
+	TTL time.Duration
+	// StaleAfter is how long a reservation whose request never finished
+	// (a crash) blocks the key before another request may take it over.
+	StaleAfter time.Duration
+}
+
+// IdempotencyRecordParams records the outcome of the request that
+// reserved Key.
+type IdempotencyRecordParams struct {
+	Workspace string
+	Key       string
+	BodyHash  string
+	BatchID   string
 }
 
 // Key is an API key record; the key itself is never stored, only its hash.
@@ -530,6 +566,16 @@ type Store interface {
 	// DeliveriesRecover makes an endpoint's failed deliveries of events
 	// since then due again, returning how many.
 	DeliveriesRecover(ctx context.Context, workspace, endpointID string, since, now time.Time) (int, error)
+
+	// IdempotencyReserve reserves a key for the calling request and
+	// returns nil, or returns what the key already holds (a running or a
+	// finished request's) without changing it. Expired keys are forgotten.
+	IdempotencyReserve(ctx context.Context, p IdempotencyReserveParams) (*Idempotency, error)
+	// IdempotencyRecord stores the reserving request's body hash and batch.
+	IdempotencyRecord(ctx context.Context, p IdempotencyRecordParams) error
+	// IdempotencyRelease drops a reservation whose request failed, so that
+	// a retry of it starts afresh.
+	IdempotencyRelease(ctx context.Context, workspace, key string) error
 
 	KeyCreate(ctx context.Context, p KeyCreateParams) (*Key, error)
 	KeyList(ctx context.Context) ([]*Key, error)

@@ -42,7 +42,9 @@ func TestAttemptClassification(t *testing.T) {
 			w.Header().Set("Retry-After", "30")
 			w.WriteHeader(202)
 		}, 202, "", true, false, 30 * time.Second, 0, false},
-		{"301", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/elsewhere", 301) }, 301, ClassHTTP3xx, false, false, 0, -1, false},
+		{"301", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "/elsewhere", http.StatusMovedPermanently)
+		}, 301, ClassHTTP3xx, false, false, 0, -1, false},
 		{"304", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(304) }, 304, ClassHTTP3xx, false, false, 0, 0, false},
 		{"400", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad", 400) }, 400, ClassHTTP4xx, false, false, 0, 4, false},
 		{"410", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(410) }, 410, ClassHTTP4xx, false, true, 0, 0, false},

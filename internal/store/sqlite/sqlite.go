@@ -1723,6 +1723,7 @@ func (s *Store) ResultsList(ctx context.Context, p store.ResultsListParams) ([]s
 	}
 	defer rows.Close()
 	out := make([]store.Result, 0, min(p.Limit, 1000))
+	var size int64
 	for rows.Next() {
 		var r store.Result
 		var result, params []byte
@@ -1735,11 +1736,60 @@ func (s *Store) ResultsList(ctx context.Context, p store.ResultsListParams) ([]s
 		}
 		r.Result, r.Params = result, params
 		out = append(out, r)
+		if size += int64(len(result) + len(params)); p.MaxBytes > 0 && size >= p.MaxBytes {
+			break
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list results: %w", err)
 	}
 	return out, nil
+}
+
+// IdempotencyReserve implements store.Store.
+func (s *Store) IdempotencyReserve(ctx context.Context, p store.IdempotencyReserveParams) (*store.Idempotency, error) {
+	var held *store.Idempotency
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE created_at < ?`, micros(p.Now.Add(-p.TTL))); err != nil {
+			return err
+		}
+		var hash string
+		var batchID sql.NullString
+		var created int64
+		err := tx.QueryRowContext(ctx, `SELECT body_hash, batch_id, created_at FROM idempotency_keys WHERE workspace = ? AND key = ?`,
+			p.Workspace, p.Key).Scan(&hash, &batchID, &created)
+		switch {
+		case err == nil && (batchID.Valid || created >= micros(p.Now.Add(-p.StaleAfter))):
+			held = &store.Idempotency{BodyHash: hash, BatchID: batchID.String, CreatedAt: fromMicros(created)}
+			return nil
+		case err != nil && !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO idempotency_keys (workspace, key, created_at) VALUES (?, ?, ?)
+			ON CONFLICT (workspace, key) DO UPDATE SET body_hash = '', batch_id = NULL, created_at = excluded.created_at`,
+			p.Workspace, p.Key, micros(p.Now))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reserve idempotency key: %w", err)
+	}
+	return held, nil
+}
+
+// IdempotencyRecord implements store.Store.
+func (s *Store) IdempotencyRecord(ctx context.Context, p store.IdempotencyRecordParams) error {
+	n, err := s.execAffected(ctx, "record idempotency key", `UPDATE idempotency_keys SET body_hash = ?, batch_id = ?
+		WHERE workspace = ? AND key = ? AND batch_id IS NULL`, p.BodyHash, p.BatchID, p.Workspace, p.Key)
+	if err == nil && n == 0 {
+		err = fmt.Errorf("record idempotency key: %w", store.ErrConflict)
+	}
+	return err
+}
+
+// IdempotencyRelease implements store.Store.
+func (s *Store) IdempotencyRelease(ctx context.Context, workspace, key string) error {
+	_, err := s.execAffected(ctx, "release idempotency key", `DELETE FROM idempotency_keys WHERE workspace = ? AND key = ? AND batch_id IS NULL`, workspace, key)
+	return err
 }
 
 // KeyCreate implements store.Store.

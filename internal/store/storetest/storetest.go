@@ -136,17 +136,17 @@ func Run(t *testing.T, newStore NewStore) {
 		"DiscardStaleCreating":               testDiscardStale,
 		"ResultsPageInOrderAndSkipSucceeded": testResultsPaging,
 		"Keys":                               testKeys,
+		"IdempotencyKeys":                    testIdempotency,
 		"UpstreamBatches":                    testUpstreamBatches,
 		"IDsNeverReused":                     testIDsNeverReused,
-		// These existed but were never registered, so never ran.
-		"CompleteAndClaim":      testCompleteAndClaim,
-		"ClaimByBackend":        testClaimByBackend,
-		"Reroute":               testReroute,
-		"Betas":                 testBetas,
-		"Events":                testEvents,
-		"Endpoints":             testEndpoints,
-		"Deliveries":            testDeliveries,
-		"DeliveriesPerEndpoint": testDeliveriesPerEndpoint,
+		"CompleteAndClaim":                   testCompleteAndClaim,
+		"ClaimByBackend":                     testClaimByBackend,
+		"Reroute":                            testReroute,
+		"Betas":                              testBetas,
+		"Events":                             testEvents,
+		"Endpoints":                          testEndpoints,
+		"Deliveries":                         testDeliveries,
+		"DeliveriesPerEndpoint":              testDeliveriesPerEndpoint,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -640,6 +640,17 @@ func testResultsPaging(t *testing.T, b *bundle) {
 	failed, err := b.st.ResultsList(b.ctx, store.ResultsListParams{BatchSeq: bt.Seq, Limit: 10, SkipSucceeded: true, WithParams: true})
 	if err != nil || len(failed) != 2 || string(failed[0].Params) != `{"i":1}` {
 		t.Fatalf("skip succeeded: %+v %v", failed, err)
+	}
+	// MaxBytes ends a page at the result that reaches it, never empty.
+	var cum int64
+	for k, r := range all {
+		cum += int64(len(r.Result))
+		for max, want := range map[int64]int{cum: k + 1, cum + 1: min(k+2, len(all)), 1: 1} {
+			page, err := b.st.ResultsList(b.ctx, store.ResultsListParams{BatchSeq: bt.Seq, Limit: 10, MaxBytes: max})
+			if err != nil || len(page) != want {
+				t.Fatalf("MaxBytes %d: %d results, want %d (%v)", max, len(page), want, err)
+			}
+		}
 	}
 }
 
@@ -1176,5 +1187,53 @@ func testIDsNeverReused(t *testing.T, b *bundle) {
 		if c.next <= c.first {
 			t.Errorf("%s reused: %d after %d was deleted", c.name, c.next, c.first)
 		}
+	}
+}
+
+func testIdempotency(t *testing.T, b *bundle) {
+	reserve := func(ws, key string, now time.Time) *store.Idempotency {
+		t.Helper()
+		held, err := b.st.IdempotencyReserve(b.ctx, store.IdempotencyReserveParams{Workspace: ws, Key: key, Now: now, TTL: 24 * time.Hour, StaleAfter: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return held
+	}
+	if held := reserve("a", "k", t0); held != nil {
+		t.Fatalf("a new key is held: %+v", held)
+	}
+	if held := reserve("a", "k", t0.Add(time.Second)); held == nil || held.BatchID != "" {
+		t.Fatalf("a reserved key: %+v, want a running reservation", held)
+	}
+	if held := reserve("b", "k", t0); held != nil {
+		t.Fatalf("a key of workspace a is held in workspace b: %+v", held)
+	}
+	rec := store.IdempotencyRecordParams{Workspace: "a", Key: "k", BodyHash: "h1", BatchID: "msgbatch_1"}
+	if err := b.st.IdempotencyRecord(b.ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.st.IdempotencyRecord(b.ctx, rec); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("recording twice: %v, want ErrConflict", err)
+	}
+	if err := b.st.IdempotencyRelease(b.ctx, "a", "k"); err != nil { // a recorded key is not released
+		t.Fatal(err)
+	}
+	if held := reserve("a", "k", t0.Add(23*time.Hour)); held == nil || held.BatchID != "msgbatch_1" || held.BodyHash != "h1" {
+		t.Fatalf("a recorded key within the TTL: %+v", held)
+	}
+	// After the TTL the key is free; a new reservation replaces the old.
+	if held := reserve("a", "k", t0.Add(25*time.Hour)); held != nil {
+		t.Fatalf("an expired key is still held: %+v", held)
+	}
+	// A reservation whose request never finished lapses after StaleAfter.
+	if held := reserve("a", "k", t0.Add(25*time.Hour+2*time.Hour)); held != nil {
+		t.Fatalf("a stale reservation still blocks the key: %+v", held)
+	}
+	// A released reservation frees the key at once.
+	if err := b.st.IdempotencyRelease(b.ctx, "a", "k"); err != nil {
+		t.Fatal(err)
+	}
+	if held := reserve("a", "k", t0.Add(27*time.Hour+time.Second)); held != nil {
+		t.Fatalf("a released key is still held: %+v", held)
 	}
 }
