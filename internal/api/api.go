@@ -258,6 +258,11 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		default:
 			writeError(w, r, http.StatusInternalServerError, "api_error", de.Message)
 		}
+	case errors.Is(err, store.ErrFull):
+		// 507 Insufficient Storage: the server's disk, not the request, is
+		// at fault; deletes still work and free room (README, "Disk full").
+		a.log.Warn("storage full", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeError(w, r, http.StatusInsufficientStorage, "api_error", "storage full")
 	default:
 		if r.Context().Err() != nil {
 			return // the client went away; nobody to answer

@@ -28,6 +28,10 @@ import (
 type Config struct {
 	// DataDir holds the SQLite database (batchd.db).
 	DataDir string
+	// StorageReserve is the disk space batchd keeps back so that deletes and
+	// cancels work when the disk is full (default sqlite.DefaultReserve;
+	// negative: none).
+	StorageReserve int64
 	// PublicURL is the base of results_url; empty derives it per request.
 	PublicURL string
 	// Batch limits and timings; see batch.Config.
@@ -108,7 +112,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "batchd.db"))
+	st, err := sqlite.OpenWith(ctx, filepath.Join(cfg.DataDir, "batchd.db"), sqlite.Options{Reserve: cmp.Or(cfg.StorageReserve, sqlite.DefaultReserve)})
 	if err != nil {
 		return nil, fmt.Errorf("open server: %w", err)
 	}

@@ -23,6 +23,9 @@ var (
 	ErrConflict = errors.New("state conflict")
 	// ErrTooManyBatches means the workspace is at its in-progress limit.
 	ErrTooManyBatches = errors.New("too many batches in progress")
+	// ErrFull means the disk (or the database's size limit) is full: the
+	// write did not happen. Writes that free space still work.
+	ErrFull = errors.New("storage full")
 )
 
 // Batch statuses. StatusCreating is internal: the batch is still being

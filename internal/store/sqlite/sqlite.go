@@ -39,6 +39,8 @@ type Store struct {
 
 	stop, stopped chan struct{} // the checkpointer's
 	closeOnce     sync.Once
+
+	space *space // the disk-space state (space.go)
 }
 
 // Hot statements, prepared once at Open so that the claim and complete paths
@@ -107,14 +109,21 @@ func (s *Store) stmt(ctx context.Context, tx *sql.Tx, q string) *sql.Stmt {
 
 var _ store.Store = (*Store)(nil)
 
-// Open opens (creating if needed) the database file at path and migrates it.
+// Open opens (creating if needed) the database file at path and migrates
+// it, with no space reserve.
 func Open(ctx context.Context, path string) (*Store, error) {
+	return OpenWith(ctx, path, Options{})
+}
+
+// OpenWith is Open with options.
+func OpenWith(ctx context.Context, path string, o Options) (*Store, error) {
 	dsn := func(txlock string) string {
 		q := url.Values{}
 		// wal_autocheckpoint(0): commits never checkpoint (and so never
 		// wait on fsync); the checkpointer goroutine does it beside them.
 		for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "foreign_keys(OFF)",
-			"cache_size(-16000)", "wal_autocheckpoint(0)", "temp_store(MEMORY)"} {
+			"cache_size(-16000)", "wal_autocheckpoint(0)", "temp_store(MEMORY)",
+			fmt.Sprintf("journal_size_limit(%d)", walLimit(o.Reserve))} {
 			q.Add("_pragma", p)
 		}
 		q.Set("_txlock", txlock)
@@ -137,10 +146,13 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	r.SetMaxOpenConns(4)
 	r.SetMaxIdleConns(4)
 	r.SetConnMaxIdleTime(0)
-	s := &Store{w: w, r: r, stop: make(chan struct{}), stopped: make(chan struct{})}
+	s := &Store{w: w, r: r, stop: make(chan struct{}), stopped: make(chan struct{}), space: newSpace(path, o.Reserve)}
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
 		return nil, err
+	}
+	if err := s.ensureReserve(); err != nil {
+		s.space.setFull() // no room for it: full until there is
 	}
 	if err := s.prepare(ctx); err != nil {
 		s.Close()
@@ -161,14 +173,22 @@ func (s *Store) checkpointLoop() {
 	defer close(s.stopped)
 	t := time.NewTicker(checkpointInterval)
 	defer t.Stop()
-	for {
+	for tick := 1; ; tick++ {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
 			// PASSIVE never blocks readers or the writer. Errors are
 			// retried on the next tick; the WAL only grows meanwhile.
-			s.r.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+			// A checkpoint that cannot grow the database file means the
+			// disk is full: stop the writes that grow it now, while the
+			// reserve still covers what the WAL holds (space.go).
+			if _, err := s.r.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); isFull(err) {
+				s.space.setFull()
+			}
+			if tick%maintainEvery == 0 {
+				s.maintain(context.Background())
+			}
 		}
 	}
 }
@@ -200,7 +220,8 @@ func (s *Store) migrate(ctx context.Context) error {
 	}
 	if tables == 0 {
 		// A new file: the page size can only change outside WAL mode.
-		for _, q := range []string{`PRAGMA journal_mode=DELETE`, fmt.Sprintf(`PRAGMA page_size=%d`, pageSize), `VACUUM`, `PRAGMA journal_mode=WAL`} {
+		for _, q := range []string{`PRAGMA journal_mode=DELETE`, fmt.Sprintf(`PRAGMA page_size=%d`, pageSize), `PRAGMA auto_vacuum=INCREMENTAL`,
+			`VACUUM`, `PRAGMA journal_mode=WAL`} {
 			if _, err := s.w.ExecContext(ctx, q); err != nil {
 				return fmt.Errorf("migrate: %s: %w", q, err)
 			}
@@ -238,6 +259,10 @@ func (s *Store) migrate(ctx context.Context) error {
 			return fmt.Errorf("migrate %s: %w", version, err)
 		}
 	}
+	// A data dir from before auto_vacuum: convert it once (space.go).
+	if err := s.convertAutoVacuum(ctx); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
 	return nil
 }
 
@@ -260,17 +285,28 @@ func (s *Store) execAffected(ctx context.Context, action, q string, args ...any)
 	return n, nil
 }
 
-// tx runs fn in a write transaction.
+// tx runs fn in a write transaction. A full disk fails it with
+// store.ErrFull, and while the store is full it fails at once (space.go).
 func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	if err := s.refuseWhenFull(); err != nil {
+		return err
+	}
+	return s.write(ctx, fn)
+}
+
+// write runs fn in a write transaction, full or not: for the writes that
+// free space (txFreeing) and for completions, which a canceled batch needs
+// to end, and so to be deleted, and which write little.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return s.classify(err)
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
-		return err
+		return s.classify(err)
 	}
-	return tx.Commit()
+	return s.classify(tx.Commit())
 }
 
 func micros(t time.Time) int64 {
@@ -430,7 +466,7 @@ func (s *Store) BatchPublish(ctx context.Context, p store.BatchPublishParams) (*
 
 // BatchDiscard implements store.Store.
 func (s *Store) BatchDiscard(ctx context.Context, batchSeq int64) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		return deleteBatch(ctx, tx, batchSeq)
 	})
 	if err != nil {
@@ -450,7 +486,7 @@ func deleteBatch(ctx context.Context, tx *sql.Tx, seq int64) error {
 // BatchesDiscardStale implements store.Store.
 func (s *Store) BatchesDiscardStale(ctx context.Context, before time.Time) (int, error) {
 	n := 0
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		seqs, err := querySeqs(ctx, tx, `SELECT seq FROM batches WHERE status = 'creating' AND created_at < ?`, micros(before))
 		if err != nil {
 			return err
@@ -602,7 +638,7 @@ func (s *Store) settle(ctx context.Context, tx *sql.Tx, seq int64, d counts, now
 // BatchCancel implements store.Store.
 func (s *Store) BatchCancel(ctx context.Context, p store.BatchCancelParams) (*store.BatchChange, error) {
 	var ch *store.BatchChange
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		b, err := scanBatch(tx.QueryRowContext(ctx, `SELECT `+batchCols+` FROM batches
 			WHERE id = ? AND workspace = ? AND status != 'creating'`, p.ID, p.Workspace))
 		if err != nil {
@@ -1133,7 +1169,7 @@ func (s *Store) DeliveriesRecover(ctx context.Context, workspace, endpointID str
 
 // BatchDelete implements store.Store.
 func (s *Store) BatchDelete(ctx context.Context, p store.BatchGetParams) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		var seq int64
 		var status string
 		err := tx.QueryRowContext(ctx, `SELECT seq, status FROM batches WHERE id = ? AND workspace = ? AND status != 'creating'`,
@@ -1158,7 +1194,7 @@ func (s *Store) BatchDelete(ctx context.Context, p store.BatchGetParams) error {
 // BatchesExpire implements store.Store.
 func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) ([]*store.BatchChange, error) {
 	var out []*store.BatchChange
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		out = nil
 		seqs, err := querySeqs(ctx, tx, `SELECT seq FROM batches WHERE status IN ('in_progress', 'canceling') AND expires_at <= ?`, micros(p.Now))
 		if err != nil {
@@ -1194,7 +1230,7 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 // BatchesArchive implements store.Store.
 func (s *Store) BatchesArchive(ctx context.Context, p store.BatchesArchiveParams) (int, error) {
 	n := 0
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		seqs, err := querySeqs(ctx, tx, `UPDATE batches SET archived_at = ?
 			WHERE status = 'ended' AND archived_at IS NULL AND created_at <= ? RETURNING seq`,
 			micros(p.Now), micros(p.CreatedBefore))
@@ -1384,7 +1420,7 @@ func (s *Store) fillParams(ctx context.Context, tx *sql.Tx, claimed []store.Clai
 // RequestsComplete implements store.Store.
 func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompleteParams) ([]*store.BatchChange, error) {
 	var out []*store.BatchChange
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
 		var err error
 		out, err = s.completeTx(ctx, tx, p)
 		return err
@@ -1400,7 +1436,7 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 func (s *Store) RequestsCompleteAndClaim(ctx context.Context, c store.RequestsCompleteParams, p store.RequestsClaimParams) ([]*store.BatchChange, []store.ClaimedRequest, error) {
 	var changes []*store.BatchChange
 	var claimed []store.ClaimedRequest
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
 		var err error
 		if changes, err = s.completeTx(ctx, tx, c); err != nil {
 			return err
@@ -1554,7 +1590,7 @@ func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeat
 // RequestsRescue implements store.Store.
 func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams) ([]*store.BatchChange, error) {
 	var out []*store.BatchChange
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		out = nil
 		// Requests handed to an upstream batch are not lost when a lease
 		// lapses: the upstream holds them and the delegator resumes polling.
@@ -1661,7 +1697,7 @@ func (s *Store) RequestsReroute(ctx context.Context, route func(model string) st
 // RequestsPurge implements store.Store.
 func (s *Store) RequestsPurge(ctx context.Context, limit int) (int, error) {
 	n := 0
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		var seq int64
 		err := tx.QueryRowContext(ctx, `SELECT batch_seq FROM purges LIMIT 1`).Scan(&seq)
 		if errors.Is(err, sql.ErrNoRows) {

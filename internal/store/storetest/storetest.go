@@ -138,6 +138,7 @@ func Run(t *testing.T, newStore NewStore) {
 		"Keys":                               testKeys,
 		"IdempotencyKeys":                    testIdempotency,
 		"UpstreamBatches":                    testUpstreamBatches,
+		"IDsNeverReused":                     testIDsNeverReused,
 		"CompleteAndClaim":                   testCompleteAndClaim,
 		"ClaimByBackend":                     testClaimByBackend,
 		"Reroute":                            testReroute,
@@ -1236,6 +1237,61 @@ func testDeliveriesRecoverMissing(t *testing.T, b *bundle) {
 	}
 	if n, _ := b.st.DeliveriesRecover(b.ctx, "w", all.ID, now, now); n != 1 {
 		t.Fatalf("recover of %s's created: %d, want 1", late.ID, n)
+	}
+}
+
+// testIDsNeverReused deletes the newest event, delivery and attempt (the
+// retention sweep prunes them) and inserts again: the new rows get new ids.
+// A reused delivery id would make a receiver's dedup, or a resend by id,
+// hit another delivery.
+func testIDsNeverReused(t *testing.T, b *bundle) {
+	ep := &store.WebhookEndpoint{ID: "whep_ids", Workspace: "w", URL: "https://a.example/hook", Secret: "s", CreatedAt: t0}
+	if err := b.st.WebhookEndpointCreate(b.ctx, ep); err != nil {
+		t.Fatal(err)
+	}
+	// one inserts a test event and records one attempt of its delivery at
+	// now, returning the event seq, delivery id and attempt id.
+	one := func(now time.Time) (int64, int64, int64) {
+		t.Helper()
+		evID, dID, err := b.st.EventTestInsert(b.ctx, "w", ep.ID, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs, err := b.st.EventsList(b.ctx, store.EventsListParams{Workspace: "w", BatchID: evID, Limit: 10})
+		if err != nil || len(evs) != 1 {
+			t.Fatalf("events: %d %v", len(evs), err)
+		}
+		ds, err := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d", Limit: 10, Now: now, LeaseUntil: now.Add(time.Minute)})
+		if err != nil || len(ds) != 1 || ds[0].ID != dID {
+			t.Fatalf("claim: %+v %v", ds, err)
+		}
+		if err := b.st.DeliveryRecord(b.ctx, store.DeliveryRecordParams{ID: dID, Owner: "d", Attempt: 1, Now: now,
+			State: store.DeliverySucceeded, Record: store.AttemptRecord{Status: 204}}); err != nil {
+			t.Fatal(err)
+		}
+		atts, err := b.st.DeliveryAttempts(b.ctx, "w", ep.ID, 1)
+		if err != nil || len(atts) != 1 || atts[0].DeliveryID != dID {
+			t.Fatalf("attempts: %+v %v", atts, err)
+		}
+		return evs[0].Seq, dID, atts[0].ID
+	}
+	ev1, d1, a1 := one(t0)
+	// The retention sweep prunes the event with its delivery and attempt:
+	// they were the newest rows of their tables.
+	if _, err := b.st.BatchesArchive(b.ctx, store.BatchesArchiveParams{Now: t0.Add(time.Hour), CreatedBefore: t0.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if atts, _ := b.st.DeliveryAttempts(b.ctx, "w", ep.ID, 10); len(atts) != 0 {
+		t.Fatalf("%d attempts survived the prune", len(atts))
+	}
+	ev2, d2, a2 := one(t0.Add(2 * time.Hour))
+	for _, c := range []struct {
+		name        string
+		first, next int64
+	}{{"event seq", ev1, ev2}, {"delivery id", d1, d2}, {"attempt id", a1, a2}} {
+		if c.next <= c.first {
+			t.Errorf("%s reused: %d after %d was deleted", c.name, c.next, c.first)
+		}
 	}
 }
 

@@ -1,0 +1,262 @@
+package sqlite
+
+// Disk space. A full disk must not lock batchd up: the writes that free
+// space (DELETE, cancel, the purge and archive sweeps, the vacuum) must
+// still commit, and the space they free must go back to the file system.
+//
+// SQLite needs free space even to delete: every changed page is appended
+// to the WAL first. So the store keeps a reserve, a file of Options.Reserve
+// bytes beside the database. A write that frees space and fails with
+// SQLITE_FULL removes the reserve and runs once more. Meanwhile the store
+// is "full": every other write fails at once with store.ErrFull (creates,
+// results, leases, webhook records), so that none of them takes the room
+// the freeing writes need; the dispatcher and deliverer retry theirs. The maintenance loop puts the reserve back
+// and ends the full state as soon as the file system has the room again.
+//
+// Freed pages go back to the file system through auto_vacuum=INCREMENTAL
+// and a periodic incremental_vacuum; the file shrinks at the checkpoint
+// that copies the vacuumed pages back. The WAL is cut back to
+// journalSizeLimit whenever it restarts after a checkpoint.
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+
+	"modernc.org/sqlite"
+
+	"github.com/batchd/batchd/internal/store"
+)
+
+// Options tune Open.
+type Options struct {
+	// Reserve is how many bytes of disk the store holds back in a file
+	// beside the database (<path>-reserve) for the writes that free space
+	// when the disk is full. 0 means none: a full disk may then refuse
+	// deletes too.
+	Reserve int64
+}
+
+// DefaultReserve is the reserve batchd serve keeps: enough WAL for deleting
+// and canceling batches, the purge's chunks and the vacuum's steps.
+const DefaultReserve = 64 << 20
+
+// walLimit is what the WAL is cut back to when it restarts (a large create
+// may grow it past this for a while, never for good): half the reserve, so
+// that the reserve given back always has room for the checkpoint that
+// copies the WAL into the database file and then empties it.
+func walLimit(reserve int64) int64 {
+	if reserve <= 0 {
+		return DefaultReserve / 2
+	}
+	return max(reserve/2, 1<<20)
+}
+
+// vacuumPages is how many free pages one incremental_vacuum step returns
+// (16 MiB), so that a step holds the writer briefly.
+const vacuumPages = 1024
+
+// Every how many checkpoint ticks the vacuum and reserve run.
+const maintainEvery = 4
+
+const sqliteFull = 13 // SQLITE_FULL
+
+// isFull tells whether err is the disk (or the database's size limit)
+// being full.
+func isFull(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) && se.Code()&0xff == sqliteFull {
+		return true
+	}
+	return errors.Is(err, syscall.ENOSPC)
+}
+
+// space is the store's disk-space state.
+type space struct {
+	path string // the reserve file
+	size int64
+	full chan struct{} // holds a token while the store is full
+}
+
+func newSpace(dbPath string, size int64) *space {
+	return &space{path: dbPath + "-reserve", size: size, full: make(chan struct{}, 1)}
+}
+
+func (sp *space) isFull() bool { return len(sp.full) > 0 }
+
+func (sp *space) setFull() {
+	select {
+	case sp.full <- struct{}{}:
+	default:
+	}
+}
+
+func (sp *space) clearFull() {
+	select {
+	case <-sp.full:
+	default:
+	}
+}
+
+// classify marks the store full on a full-disk error and wraps it so that
+// callers see store.ErrFull.
+func (s *Store) classify(err error) error {
+	if err == nil || !isFull(err) {
+		return err
+	}
+	s.space.setFull()
+	if errors.Is(err, store.ErrFull) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", store.ErrFull, err)
+}
+
+// refuseWhenFull fails at once while the store is full: any other write
+// (a create, a result, a lease) would only eat the room that the writes
+// which free space need. Those run through txFreeing.
+func (s *Store) refuseWhenFull() error {
+	if s.space.isFull() {
+		return store.ErrFull
+	}
+	return nil
+}
+
+// txFreeing runs fn, a write that frees space or that the freeing ones
+// wait on (rescue, which the sweep runs before its purge), in a write
+// transaction, even while the store is full; on a full disk it gives up
+// the reserve and runs fn once more.
+func (s *Store) txFreeing(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return s.withRoom(ctx, func() error { return s.write(ctx, fn) })
+}
+
+// withRoom runs write, and on a full disk makes what room it can and runs
+// it again: first by giving up the reserve, then by emptying the WAL, which
+// a full disk stops the background checkpoint from doing (it cannot grow
+// the database file for the pages it copies back).
+func (s *Store) withRoom(ctx context.Context, write func() error) error {
+	err := write()
+	if errors.Is(err, store.ErrFull) && s.releaseReserve() {
+		err = write()
+	}
+	if errors.Is(err, store.ErrFull) && s.truncateWAL(ctx) {
+		err = write()
+	}
+	return err
+}
+
+// truncateWAL copies the whole WAL back and cuts it to zero bytes. It runs
+// on the writer connection, so it waits for the writes in turn instead of
+// failing them, and for readers on older snapshots.
+func (s *Store) truncateWAL(ctx context.Context) bool {
+	var busy, log, done int
+	err := s.w.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &log, &done)
+	return err == nil && busy == 0
+}
+
+// releaseReserve removes the reserve file, reporting whether there was one.
+func (s *Store) releaseReserve() bool {
+	if s.space.size <= 0 {
+		return false
+	}
+	return os.Remove(s.space.path) == nil
+}
+
+// fillFile makes path a file of n bytes actually written (a sparse file
+// reserves nothing), removing it again if the disk cannot hold it.
+func fillFile(path string, n int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	chunk := make([]byte, 1<<20)
+	for left := n; left > 0 && err == nil; left -= int64(len(chunk)) {
+		_, err = f.Write(chunk[:min(left, int64(len(chunk)))])
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
+}
+
+// ensureReserve puts the reserve file back if it is missing or short.
+func (s *Store) ensureReserve() error {
+	if s.space.size <= 0 {
+		return nil
+	}
+	if fi, err := os.Stat(s.space.path); err == nil && fi.Size() == s.space.size {
+		return nil
+	}
+	return fillFile(s.space.path, s.space.size)
+}
+
+// probeRoom tells whether the file system has another reserve's worth of
+// room beyond the reserve: only then does the full state end, or the next
+// create would fill the disk again at once.
+func (s *Store) probeRoom() bool {
+	size := max(s.space.size, 1<<20)
+	probe := s.space.path + "-probe"
+	if err := fillFile(probe, size); err != nil {
+		return false
+	}
+	os.Remove(probe)
+	return true
+}
+
+// maintain vacuums free pages back to the file system and, while the store
+// is full, restores the reserve and ends the full state once there is room.
+// Errors wait for the next round.
+func (s *Store) maintain(ctx context.Context) {
+	var free int64
+	if err := s.r.QueryRowContext(ctx, `PRAGMA freelist_count`).Scan(&free); err == nil && free > 0 {
+		s.vacuum(ctx)
+	}
+	if !s.space.isFull() {
+		return
+	}
+	// The vacuumed pages leave the file at a complete checkpoint; the
+	// passive ones may never complete while writers retry.
+	s.truncateWAL(ctx)
+	if s.ensureReserve() == nil && s.probeRoom() {
+		s.space.clearFull()
+	}
+}
+
+// vacuum returns up to vacuumPages free pages to the file system.
+func (s *Store) vacuum(ctx context.Context) error {
+	q := fmt.Sprintf(`PRAGMA incremental_vacuum(%d)`, vacuumPages)
+	return s.withRoom(ctx, func() error {
+		_, err := s.w.ExecContext(ctx, q)
+		return s.classify(err)
+	})
+}
+
+// convertAutoVacuum turns auto_vacuum on in a database made before it was:
+// that takes one VACUUM, which rewrites the file (and needs room for a copy
+// of it). On a full disk it is left for the next start.
+func (s *Store) convertAutoVacuum(ctx context.Context) error {
+	var mode int
+	if err := s.w.QueryRowContext(ctx, `PRAGMA auto_vacuum`).Scan(&mode); err != nil {
+		return fmt.Errorf("auto_vacuum: %w", err)
+	}
+	if mode == 2 { // INCREMENTAL
+		return nil
+	}
+	for _, q := range []string{`PRAGMA auto_vacuum=INCREMENTAL`, `VACUUM`} {
+		if _, err := s.w.ExecContext(ctx, q); err != nil {
+			if isFull(err) {
+				return nil
+			}
+			return fmt.Errorf("auto_vacuum: %s: %w", q, err)
+		}
+	}
+	return nil
+}
