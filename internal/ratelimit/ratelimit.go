@@ -280,6 +280,12 @@ func (l *Limiter) grow() {
 	if l.limits.Fixed {
 		return
 	}
+	// A limit that is not binding proves nothing about the upstream: grow
+	// only while the calls in flight (this one included) are near it, so a
+	// light load does not leave a limit far above anything ever tried.
+	if float64(l.inFlight+1) < 0.8*l.limit {
+		return
+	}
 	l.successes++
 	if float64(l.successes) < l.limit {
 		return
