@@ -221,7 +221,11 @@ func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessag
 	l.inFlight--
 	if err != nil {
 		be := backend.AsError(err)
-		l.lastErr = be.Type + ": " + be.Message
+		// A request's own fault (bad params, too large) says nothing about
+		// the upstream's health, which is what last_error reports.
+		if be.Type != backend.ErrInvalidRequest && be.Type != backend.ErrRequestTooLarge && be.Type != backend.ErrNotFound {
+			l.lastErr = be.Type + ": " + be.Message
+		}
 		if be.Type == backend.ErrRateLimit || be.Type == backend.ErrOverloaded {
 			l.throttled++
 			// A rejected call used no tokens; its request slot stays spent,
