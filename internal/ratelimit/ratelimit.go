@@ -221,7 +221,11 @@ func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessag
 	l.inFlight--
 	if err != nil {
 		be := backend.AsError(err)
-		l.lastErr = be.Type + ": " + be.Message
+		// A request's own fault (bad params, too large) says nothing about
+		// the upstream's health, which is what last_error reports.
+		if be.Type != backend.ErrInvalidRequest && be.Type != backend.ErrRequestTooLarge && be.Type != backend.ErrNotFound {
+			l.lastErr = be.Type + ": " + be.Message
+		}
 		if be.Type == backend.ErrRateLimit || be.Type == backend.ErrOverloaded {
 			l.throttled++
 			// A rejected call used no tokens; its request slot stays spent,
@@ -278,6 +282,12 @@ func (l *Limiter) cut(now time.Time, typ string) {
 // the upstream last accepted; before any throttle it doubles (slow start).
 func (l *Limiter) grow() {
 	if l.limits.Fixed {
+		return
+	}
+	// A limit that is not binding proves nothing about the upstream: grow
+	// only while the calls in flight (this one included) are near it, so a
+	// light load does not leave a limit far above anything ever tried.
+	if float64(l.inFlight+1) < 0.8*l.limit {
 		return
 	}
 	l.successes++
