@@ -7,8 +7,10 @@ import "testing"
 func TestCreateSlotsCapPerWorkspace(t *testing.T) {
 	t.Parallel()
 	c := &createSlots{max: 2, n: map[string]int{}}
-	if !c.acquire("a") || !c.acquire("a") {
-		t.Fatal("the first two creates of a were refused")
+	for i := range 2 {
+		if !c.acquire("a") {
+			t.Fatalf("create %d of a was refused", i+1)
+		}
 	}
 	if c.acquire("a") {
 		t.Fatal("a third concurrent create of a was allowed")
