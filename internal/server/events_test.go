@@ -65,7 +65,8 @@ func readSSE(t *testing.T, url string, headers map[string]string, stop func(sseE
 func TestBatchEventStream(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t, withConfig(func(c *server.Config) { c.Dispatch.Concurrency = 2 }))
-	b := createRaw(t, ts.URL, createBody(t, nRequests("s", 6, "[[sim latency=150ms]] hi")...))
+	// Three waves of two, long enough for progress (polled every 250 ms) to see several counts.
+	b := createRaw(t, ts.URL, createBody(t, nRequests("s", 6, "[[sim latency=600ms]] hi")...))
 	url := ts.URL + "/v1/messages/batches/" + b.ID + "/events"
 	events := readSSE(t, url, nil, func(sseEvent) bool { return false }) // ends by itself
 	if len(events) < 3 || events[0].event != "message_batch.created" || events[len(events)-1].event != "message_batch.ended" {
