@@ -412,10 +412,7 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return &batch.Error{Kind: batch.KindInvalid, Message: fmt.Sprintf("limit: Input should be a valid integer, got %q", v)}
 		}
-		if n == 0 {
-			n = -1 // an explicit 0 is out of range, not "default"
-		}
-		p.Limit = n
+		p.Limit = &n
 	}
 	page, err := a.svc.List(r.Context(), workspace(r), p)
 	if err != nil {

@@ -236,7 +236,7 @@ func (h *hub) pollProgress(ctx context.Context) {
 
 	wsSnap := map[string][]progress{}
 	for ws := range wss {
-		page, err := h.svc.List(ctx, ws, batch.ListParams{Limit: 100})
+		page, err := h.svc.List(ctx, ws, batch.ListParams{Limit: new(100)})
 		if err != nil {
 			h.log.Warn("event streams: read progress", "workspace", ws, "err", err)
 			continue

@@ -275,7 +275,12 @@ type Attempt struct {
 	Status     int    `json:"status"`
 	ErrorClass string `json:"error_class"`
 	DurationMS int64  `json:"duration_ms"`
-	Response   string `json:"response"`
+	// Error says why a failed attempt failed, in words.
+	Error string `json:"error,omitempty"`
+	// Response is the start of the receiver's answer, at most 16 KiB;
+	// ResponseTruncated says there was more (or it was cut short).
+	Response          string `json:"response"`
+	ResponseTruncated bool   `json:"response_truncated"`
 }
 
 func (a *API) endpointAttempts(w http.ResponseWriter, r *http.Request) error {
@@ -300,7 +305,8 @@ func (a *API) endpointAttempts(w http.ResponseWriter, r *http.Request) error {
 	out := make([]Attempt, 0, len(list))
 	for _, at := range list {
 		out = append(out, Attempt{ID: at.ID, DeliveryID: at.DeliveryID, EventID: at.EventID, Attempt: at.Attempt, At: wireTime(at.At),
-			Status: at.Status, ErrorClass: at.ErrorClass, DurationMS: at.Duration.Milliseconds(), Response: string(at.Response)})
+			Status: at.Status, ErrorClass: at.ErrorClass, DurationMS: at.Duration.Milliseconds(),
+			Error: at.Error, Response: string(at.Response), ResponseTruncated: at.Truncated})
 	}
 	return writeJSON(w, map[string]any{"data": out})
 }

@@ -165,7 +165,9 @@ func (s *Service) Get(ctx context.Context, workspace, id string) (*store.Batch, 
 // ListParams are the list query, validated by List.
 type ListParams struct {
 	AfterID, BeforeID string
-	Limit             int
+	// Limit is the page size; nil means the default (20). A pointer, so
+	// that an explicit 0 is refused naming what the client sent.
+	Limit *int
 }
 
 // List pages the workspace's batches, newest first.
@@ -173,13 +175,14 @@ func (s *Service) List(ctx context.Context, workspace string, p ListParams) (*st
 	if p.AfterID != "" && p.BeforeID != "" {
 		return nil, invalid("before_id and after_id cannot both be set")
 	}
-	if p.Limit == 0 {
-		p.Limit = 20
+	limit := 20
+	if p.Limit != nil {
+		limit = *p.Limit
 	}
-	if p.Limit < 1 || p.Limit > 1000 {
-		return nil, invalid("limit: Input should be between 1 and 1000, got %d", p.Limit)
+	if limit < 1 || limit > 1000 {
+		return nil, invalid("limit: Input should be between 1 and 1000, got %d", limit)
 	}
-	page, err := s.store.BatchList(ctx, store.BatchListParams{Workspace: workspace, AfterID: p.AfterID, BeforeID: p.BeforeID, Limit: p.Limit})
+	page, err := s.store.BatchList(ctx, store.BatchListParams{Workspace: workspace, AfterID: p.AfterID, BeforeID: p.BeforeID, Limit: limit})
 	if errors.Is(err, store.ErrNotFound) {
 		field, id := "after_id", p.AfterID
 		if p.BeforeID != "" {

@@ -45,6 +45,8 @@ type webhookAttempt struct {
 	Status     int    `json:"status"`
 	ErrorClass string `json:"error_class"`
 	DurationMS int64  `json:"duration_ms"`
+	Error      string `json:"error"`
+	Truncated  bool   `json:"response_truncated"`
 }
 
 func newWebhooksCommand() *cobra.Command {
@@ -369,7 +371,7 @@ func newWebhooksAttemptsCommand() *cobra.Command {
 			return writeJSONLines(w, page.Data)
 		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "AT\tEVENT\tDELIVERY\tATTEMPT\tSTATUS\tCLASS\tDURATION")
+		fmt.Fprintln(tw, "AT\tEVENT\tDELIVERY\tATTEMPT\tSTATUS\tCLASS\tDURATION\tNOTE")
 		for _, item := range page.Data {
 			var a webhookAttempt
 			if err := json.Unmarshal(item, &a); err != nil {
@@ -383,8 +385,15 @@ func newWebhooksAttemptsCommand() *cobra.Command {
 			if class == "" {
 				class = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", a.At, a.EventID, a.DeliveryID, a.Attempt, status, class,
-				time.Duration(a.DurationMS)*time.Millisecond)
+			note := a.Error
+			if a.Truncated {
+				note = strings.TrimPrefix(note+"; response truncated to its first 16 KiB", "; ")
+			}
+			if note == "" {
+				note = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", a.At, a.EventID, a.DeliveryID, a.Attempt, status, class,
+				time.Duration(a.DurationMS)*time.Millisecond, note)
 		}
 		return tw.Flush()
 	}

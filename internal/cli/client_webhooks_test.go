@@ -136,13 +136,13 @@ func TestWebhooksCommands(t *testing.T) {
 		},
 		{
 			name: "Attempts", args: []string{"attempts", "whep_1", "--limit", "5"},
-			answer: `{"data":[{"id":9,"delivery_id":17,"event_id":"evt_01T","attempt":2,"at":"2026-11-29T10:00:05Z","status":204,"error_class":"","duration_ms":12,"response":""},` +
-				`{"id":8,"delivery_id":17,"event_id":"evt_01T","attempt":1,"at":"2026-11-29T10:00:00Z","status":0,"error_class":"timeout","duration_ms":15000,"response":""}]}`,
+			answer: `{"data":[{"id":9,"delivery_id":17,"event_id":"evt_01T","attempt":2,"at":"2026-11-29T10:00:05Z","status":204,"error_class":"","duration_ms":12,"response":"ok…","response_truncated":true},` +
+				`{"id":8,"delivery_id":17,"event_id":"evt_01T","attempt":1,"at":"2026-11-29T10:00:00Z","status":0,"error_class":"timeout","error":"timed out after 15s","duration_ms":15000,"response":""}]}`,
 			wantMethod: "GET", wantPath: "/v1/webhooks/endpoints/whep_1/attempts", wantQuery: "limit=5",
 			wantOut: []string{
-				"AT                    EVENT    DELIVERY  ATTEMPT  STATUS  CLASS    DURATION\n",
-				"2026-11-29T10:00:05Z  evt_01T  17        2        204     -        12ms\n",
-				"2026-11-29T10:00:00Z  evt_01T  17        1        -       timeout  15s\n",
+				"AT                    EVENT    DELIVERY  ATTEMPT  STATUS  CLASS    DURATION  NOTE\n",
+				"2026-11-29T10:00:05Z  evt_01T  17        2        204     -        12ms      response truncated to its first 16 KiB\n",
+				"2026-11-29T10:00:00Z  evt_01T  17        1        -       timeout  15s       timed out after 15s\n",
 			},
 		},
 		{

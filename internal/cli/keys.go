@@ -47,8 +47,8 @@ func newKeysCommand() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "creating a new data dir %s\n", absPath(dataDir))
 		}
-		if err := os.MkdirAll(dataDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create data dir: %w", err)
+		if err := prepareDataDir(dataDir, func(msg string) { fmt.Fprintln(cmd.ErrOrStderr(), "warning: "+msg) }); err != nil {
+			return nil, err
 		}
 		return sqlite.Open(cmd.Context(), dbPath)
 	}

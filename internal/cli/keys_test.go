@@ -62,3 +62,39 @@ func TestKeysDefaultDataDirMatchesServe(t *testing.T) {
 		t.Errorf("keys --data-dir default %q, serve's %q", keys, serve)
 	}
 }
+
+// TestDataDirMadePrivate: a data dir that already existed readable by
+// others is narrowed to 0700 with a warning naming it, and the database
+// made in it is 0600; a private one is left alone without a warning.
+func TestDataDirMadePrivate(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		mode     os.FileMode
+		wantWarn bool
+	}{{0o755, true}, {0o750, true}, {0o700, false}} {
+		t.Run(tt.mode.String(), func(t *testing.T) {
+			t.Parallel()
+			dir := filepath.Join(t.TempDir(), "data")
+			if err := os.Mkdir(dir, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(dir, tt.mode) // past the umask
+			_, stderr, err := runKeys(t, "create", "--workspace", "w", "--data-dir", dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(stderr, "warning") && strings.Contains(stderr, dir); got != tt.wantWarn {
+				t.Errorf("stderr = %q; warning naming the dir: %v, want %v", stderr, got, tt.wantWarn)
+			}
+			for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, "batchd.db"): 0o600} {
+				fi, err := os.Stat(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode().Perm() != want {
+					t.Errorf("%s: mode %#o, want %#o", path, fi.Mode().Perm(), want)
+				}
+			}
+		})
+	}
+}

@@ -141,8 +141,8 @@ func serve(ctx context.Context, c serveConfig) error {
 			defer trace.Stop()
 		}
 	}
-	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
+	if err := prepareDataDir(c.dataDir, func(msg string) { log.Warn(msg) }); err != nil {
+		return err
 	}
 	unlock, err := lockDataDir(c.dataDir)
 	if err != nil {

@@ -197,9 +197,9 @@ func TestListParamValidation(t *testing.T) {
 		query    string
 		contains []string
 	}{
-		{"limit=0", []string{"limit"}},
-		{"limit=1001", []string{"limit"}},
-		{"limit=-1", []string{"limit"}},
+		{"limit=0", []string{"limit", "got 0"}},
+		{"limit=1001", []string{"limit", "got 1001"}},
+		{"limit=-1", []string{"limit", "got -1"}},
 		{"limit=abc", []string{"limit"}},
 		{"limit=1.5", []string{"limit"}},
 		{"limit=99999999999999999999", []string{"limit"}},

@@ -450,6 +450,12 @@ type AttemptRecord struct {
 	ErrorClass string
 	Duration   time.Duration
 	Response   []byte // the first 16 KB of the response body
+	// Truncated says Response is only the start of the body: it was
+	// longer, or it was cut short after the status arrived.
+	Truncated bool
+	// Error is the readable cause of a failure (a refused connection, a
+	// timeout, the status text), never holding the URL or a secret.
+	Error string
 }
 
 // DeliveryRecordParams records an attempt held under Owner's lease and

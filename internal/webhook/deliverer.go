@@ -236,7 +236,8 @@ func (d *Deliverer) deliver(ctx context.Context, del *store.Delivery) {
 	}
 	rec := store.DeliveryRecordParams{
 		ID: del.ID, Owner: d.cfg.Owner, Attempt: del.Attempt, Now: d.cfg.Now(),
-		Record: store.AttemptRecord{Status: res.Status, ErrorClass: res.ErrorClass, Duration: res.Duration, Response: res.Body},
+		Record: store.AttemptRecord{Status: res.Status, ErrorClass: res.ErrorClass, Duration: res.Duration, Response: res.Body,
+			Truncated: res.Truncated, Error: res.Error},
 	}
 	switch {
 	case res.OK:

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -128,7 +129,10 @@ func OpenWith(ctx context.Context, path string, o Options) (*Store, error) {
 		}
 		q.Set("_txlock", txlock)
 		q.Set("_time_format", "sqlite")
-		return "file:" + path + "?" + q.Encode()
+		return "file:" + escapePath(path) + "?" + q.Encode()
+	}
+	if err := privateFiles(path); err != nil {
+		return nil, err
 	}
 	w, err := sql.Open("sqlite", dsn("immediate"))
 	if err != nil {
@@ -160,6 +164,33 @@ func OpenWith(ctx context.Context, path string, o Options) (*Store, error) {
 	}
 	go s.checkpointLoop()
 	return s, nil
+}
+
+// privateFiles creates the database file 0600 if it is missing, and
+// narrows it and its WAL and shared-memory files to 0600 if they are
+// readable by others: they hold every prompt and result. SQLite gives the
+// WAL and shared-memory files it creates the database file's mode.
+func privateFiles(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open sqlite: %w", err)
+	}
+	f.Close()
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, 0o600); err != nil {
+				return fmt.Errorf("open sqlite: make %s private: %w", p, err)
+			}
+		}
+	}
+	return nil
+}
+
+// escapePath makes a file path safe inside a file: URI, where SQLite
+// would read '?' as the start of the query, '#' as a fragment and '%' as an
+// escape.
+func escapePath(path string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
 }
 
 // checkpointInterval is how often the WAL is copied back into the database.
@@ -1055,8 +1086,8 @@ func (s *Store) DeliveryRecord(ctx context.Context, p store.DeliveryRecordParams
 			return err
 		}
 		r := p.Record
-		if _, err := tx.ExecContext(ctx, `INSERT INTO delivery_attempts (delivery_id, endpoint_id, attempt, at, status, error_class, duration_us, response)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, p.ID, endpoint, p.Attempt, micros(p.Now), r.Status, r.ErrorClass, r.Duration.Microseconds(), r.Response); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO delivery_attempts (delivery_id, endpoint_id, attempt, at, status, error_class, duration_us, response, error, truncated)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, p.ID, endpoint, p.Attempt, micros(p.Now), r.Status, r.ErrorClass, r.Duration.Microseconds(), r.Response, r.Error, r.Truncated); err != nil {
 			return err
 		}
 		// The endpoint's health: failing since the first failure after a
@@ -1094,7 +1125,7 @@ func (s *Store) DeliveryNextDue(ctx context.Context) (time.Time, error) {
 
 // DeliveryAttempts implements store.Store.
 func (s *Store) DeliveryAttempts(ctx context.Context, workspace, endpointID string, limit int) ([]*store.Attempt, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT a.id, a.delivery_id, e.id, a.attempt, a.at, a.status, a.error_class, a.duration_us, a.response
+	rows, err := s.r.QueryContext(ctx, `SELECT a.id, a.delivery_id, e.id, a.attempt, a.at, a.status, a.error_class, a.duration_us, a.response, a.error, a.truncated
 		FROM delivery_attempts a JOIN webhook_endpoints w ON w.id = a.endpoint_id AND w.workspace = ?
 		JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.seq = d.event_seq
 		WHERE a.endpoint_id = ? ORDER BY a.id DESC LIMIT ?`, workspace, endpointID, limit)
@@ -1106,7 +1137,7 @@ func (s *Store) DeliveryAttempts(ctx context.Context, workspace, endpointID stri
 	for rows.Next() {
 		var a store.Attempt
 		var at, dur int64
-		if err := rows.Scan(&a.ID, &a.DeliveryID, &a.EventID, &a.Attempt, &at, &a.Status, &a.ErrorClass, &dur, &a.Response); err != nil {
+		if err := rows.Scan(&a.ID, &a.DeliveryID, &a.EventID, &a.Attempt, &at, &a.Status, &a.ErrorClass, &dur, &a.Response, &a.Error, &a.Truncated); err != nil {
 			return nil, fmt.Errorf("list attempts: %w", err)
 		}
 		a.At, a.Duration = fromMicros(at), time.Duration(dur)*time.Microsecond

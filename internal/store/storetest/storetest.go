@@ -1038,7 +1038,7 @@ func testDeliveries(t *testing.T, b *bundle) {
 	}
 	d := ds[0]
 	fail := store.DeliveryRecordParams{ID: d.ID, Owner: "d", Attempt: 1, Now: t0, State: store.DeliveryPending, RetryAt: t0.Add(5 * time.Second),
-		Record: store.AttemptRecord{Status: 500, ErrorClass: "http_5xx", Duration: 3 * time.Millisecond, Response: []byte("boom")}}
+		Record: store.AttemptRecord{Status: 500, ErrorClass: "http_5xx", Duration: 3 * time.Millisecond, Response: []byte("boom"), Truncated: true, Error: "500 Internal Server Error"}}
 	if err := b.st.DeliveryRecord(b.ctx, fail); err != nil {
 		t.Fatal(err)
 	}
@@ -1080,7 +1080,8 @@ func testDeliveries(t *testing.T, b *bundle) {
 		t.Fatalf("%d deliveries still pending", n)
 	}
 	atts, err := b.st.DeliveryAttempts(b.ctx, "w", ep.ID, 10)
-	if err != nil || len(atts) != 2 || atts[0].Status != 204 || atts[1].Status != 500 || string(atts[1].Response) != "boom" || atts[0].EventID == "" {
+	if err != nil || len(atts) != 2 || atts[0].Status != 204 || atts[1].Status != 500 || string(atts[1].Response) != "boom" || atts[0].EventID == "" ||
+		!atts[1].Truncated || atts[1].Error != "500 Internal Server Error" || atts[0].Truncated || atts[0].Error != "" {
 		t.Fatalf("attempts: %+v %v", atts, err)
 	}
 	if foreign, _ := b.st.DeliveryAttempts(b.ctx, "x", ep.ID, 10); len(foreign) != 0 {
