@@ -86,7 +86,7 @@ func TestRetryAfterOnACapHoldsOnlyThatCall(t *testing.T) {
 // clock is a settable time for driving a Limiter without sleeping.
 type clock struct{ t time.Time }
 
-func (c *clock) now() time.Time           { return c.t }
+func (c *clock) now() time.Time          { return c.t }
 func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
 func newClocked(l Limits) (*Limiter, *clock) {
