@@ -84,12 +84,13 @@ type Limiter struct {
 	window    time.Duration
 	wmax      float64 // calls the upstream accepted when it last throttled; 0 before
 	// probeEvery is how many windows of successes the limit waits, at or
-	// above wmax, before it steps one above it again; it doubles with each
-	// throttle (at most once per window) and halves when a step above held.
+	// above wmax, before it steps one above it again; it grows fourfold
+	// with each throttle (at most once per window) and halves when a step
+	// above held.
 	probeEvery int
 	probeWins  int       // windows of successes at the current probing level
 	probing    bool      // the limit stepped above wmax and no throttle has come since
-	probeCutAt time.Time // when probeEvery was last doubled
+	probeCutAt time.Time // when probeEvery was last raised
 	// lastOK is when a call last succeeded; streakSince is when the first
 	// throttle since then came (zero when none has).
 	lastOK      time.Time
@@ -118,8 +119,9 @@ type waiter struct {
 
 // maxProbeEvery caps the windows between two probes above the level the
 // upstream last accepted: a concurrency cap rarely moves, and each probe
-// above it costs one throttled call.
-const maxProbeEvery = 32
+// above it costs one throttled call. (Against an upstream capped at 32
+// calls, probing every window throttled 3% of the calls.)
+const maxProbeEvery = 64
 
 // New wraps inner.
 func New(inner backend.Backend, l Limits) *Limiter {
@@ -458,7 +460,7 @@ func (l *Limiter) cut(now time.Time, typ string) {
 	// for the probing backoff.
 	if now.Sub(l.probeCutAt) >= l.window {
 		l.probeCutAt = now
-		l.probeEvery = min(2*l.probeEvery, maxProbeEvery)
+		l.probeEvery = min(4*l.probeEvery, maxProbeEvery)
 	}
 	if typ == backend.ErrOverloaded || l.limits.HalveOn429 {
 		if now.Sub(l.cutAt) >= l.window {
@@ -479,7 +481,7 @@ func (l *Limiter) cut(now time.Time, typ string) {
 // the upstream last accepted; before any throttle it doubles (slow start).
 // At or above that level each step is a probe that costs a throttled call
 // if the upstream's capacity has not moved, so it waits probeEvery windows,
-// which doubles with each throttle and halves when a step held.
+// which grows fourfold with each throttle and halves when a step held.
 func (l *Limiter) grow() {
 	if l.limits.Fixed {
 		return

@@ -199,7 +199,7 @@ func TestProbingAboveTheCapBacksOff(t *testing.T) {
 	}
 	t.Logf("%d throttles, %.2f%% busy", throttles, 100*float64(busy)/float64(windows*capacity*capacity))
 	// The start at 4× the capacity costs 96 throttles, the rest are probes.
-	if probes := throttles - 96; probes > 20 {
+	if probes := throttles - 96; probes > 12 {
 		t.Errorf("%d throttles over %d windows at the upstream's capacity: probing too often", throttles, windows)
 	}
 	if use := float64(busy) / float64(windows*capacity*capacity); use < 0.97 {
