@@ -1,12 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,6 +34,7 @@ type fakeUpstream struct {
 	at         time.Time
 	oks        []time.Time // when each success was answered
 	bucketSize float64
+	retryAfter string // the retry-after header of a 429; "" for none
 }
 
 func (f *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -57,6 +60,9 @@ func (f *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	if throttle {
 		f.throttled.Add(1)
+		if f.retryAfter != "" {
+			w.Header().Set("Retry-After", f.retryAfter)
+		}
 		w.WriteHeader(429)
 		w.Write([]byte(`{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`))
 		return
@@ -68,7 +74,7 @@ func (f *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte(`{"id":"msg_x","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}`))
 }
 
-func upstreamServe(b *testing.B, up *fakeUpstream, backendTOML string) *proc {
+func upstreamServe(b testing.TB, up *fakeUpstream, backendTOML string, flags ...string) *proc {
 	b.Helper()
 	srv := httptest.NewServer(up)
 	b.Cleanup(srv.Close)
@@ -79,7 +85,7 @@ func upstreamServe(b *testing.B, up *fakeUpstream, backendTOML string) *proc {
 		b.Fatal(err)
 	}
 	os.Setenv("BENCH_UPSTREAM_KEY", "sk-bench")
-	return startServe(b, filepath.Join(dir, "data"), "--config", cfg, "--retry-backoff", "50ms")
+	return startServe(b, filepath.Join(dir, "data"), append([]string{"--config", cfg, "--retry-backoff", "50ms"}, flags...)...)
 }
 
 // BenchmarkUpstreamWrongConcurrency: the upstream admits C requests at once
@@ -132,5 +138,59 @@ func BenchmarkUpstreamRequestsPerMinute(b *testing.B) {
 		b.ReportMetric(got, "req/min")
 		b.ReportMetric(got/rpm, "x_R")
 		b.ReportMetric(float64(up.throttled.Load())/float64(up.calls.Load()), "share_429")
+	}
+}
+
+// BenchmarkUpstreamThrottled: the upstream admits C = 32 calls at once with
+// latency L = 100 ms and answers 429 above that, with or without a
+// `retry-after: 1`. batchd guesses 4× too high (max_concurrency = 128) and
+// 4× too low (concurrency = 8, max_concurrency = 128). Target for N = 5,000
+// requests (BATCHD_BENCH_N): ratio, the wall time from create to end over
+// N·L/C, at most 1.15, and share_429, the upstream calls answered 429,
+// under 0.02. A 429's retry-after used to pause the whole backend (10×).
+//
+//	go test ./cmd/batchd -run '^$' -bench 'UpstreamThrottled' -benchtime 1x -p 1
+func BenchmarkUpstreamThrottled(b *testing.B) {
+	const c = 32
+	lat := 100 * time.Millisecond
+	n, _ := strconv.Atoi(benchEnv("BATCHD_BENCH_N", "5000"))
+	for _, guess := range []struct{ name, toml string }{
+		{"guess=128", "max_concurrency = 128"},
+		{"guess=8", "concurrency = 8\nmax_concurrency = 128"},
+	} {
+		for _, ra := range []string{"1", ""} {
+			b.Run(guess.name+"/retry_after="+cmp.Or(ra, "none"), func(b *testing.B) {
+				for range b.N {
+					up := &fakeUpstream{latency: lat, capacity: c, retryAfter: ra}
+					p := upstreamServe(b, up, guess.toml)
+					t0 := time.Now()
+					bt := createBatch(b, p.URL, bodyReader(n, func(i int) string { return "q " + strconv.Itoa(i) }))
+					end := waitEnded(b, p.URL, bt.ID, 10*time.Minute)
+					ideal := time.Duration(n) * lat / c
+					b.ReportMetric(time.Since(t0).Seconds()/ideal.Seconds(), "ratio")
+					b.ReportMetric(float64(up.throttled.Load())/float64(up.calls.Load()), "share_429")
+					if end.RequestCounts.Succeeded != int64(n) {
+						b.Fatalf("counts %+v", end.RequestCounts)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestUpstreamThrottleIsLoggedAtDebug: with --log-level debug, each
+// upstream throttle is logged with its backend, status, retry-after and
+// the new limit, so an operator can see why a backend slows down.
+func TestUpstreamThrottleIsLoggedAtDebug(t *testing.T) {
+	t.Parallel()
+	up := &fakeUpstream{latency: 20 * time.Millisecond, capacity: 1, retryAfter: "1"}
+	p := upstreamServe(t, up, "concurrency = 4", "--log-level", "debug")
+	bt := createBatch(t, p.URL, bodyReader(8, func(i int) string { return "q " + strconv.Itoa(i) }))
+	waitEnded(t, p.URL, bt.ID, 2*time.Minute)
+	logs := p.Logs()
+	for _, want := range []string{"upstream throttled", "backend=up", "status=429", "retry_after=1s", "limit="} {
+		if !strings.Contains(logs, want) {
+			t.Fatalf("debug logs lack %q:\n%s", want, logs)
+		}
 	}
 }

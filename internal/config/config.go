@@ -4,8 +4,10 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path"
 	"strings"
@@ -57,8 +59,12 @@ type Backend struct {
 	// Latency is the sim backend's default latency.
 	Latency Duration `toml:"latency"`
 
-	// Rate control; see ratelimit.Limits. Concurrency is the starting
-	// limit, adapted unless fixed_concurrency is set.
+	// Rate control; see ratelimit.Limits. MaxConcurrency is the ceiling
+	// on calls in flight and the number of workers (default: the server's
+	// --concurrency); Concurrency is where the adaptive limit starts
+	// (default, and at most, MaxConcurrency), adapted unless
+	// fixed_concurrency is set. A low guess with room to grow is
+	// concurrency = 8, max_concurrency = 128.
 	Concurrency           int  `toml:"concurrency"`
 	MaxConcurrency        int  `toml:"max_concurrency"`
 	FixedConcurrency      bool `toml:"fixed_concurrency"`
@@ -156,6 +162,9 @@ func (c *Config) validate() error {
 		if b.Concurrency < 0 || b.MaxConcurrency < 0 || b.RequestsPerMinute < 0 || b.InputTokensPerMinute < 0 || b.OutputTokensPerMinute < 0 {
 			return fmt.Errorf("%s: limits must not be negative", field)
 		}
+		if b.MaxConcurrency > 0 && b.Concurrency > b.MaxConcurrency {
+			return ceilingError(field, b.Concurrency, b.MaxConcurrency, false)
+		}
 	}
 	if len(c.Routes) == 0 {
 		return errors.New("routes: at least one route is needed")
@@ -169,6 +178,16 @@ func (c *Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// ceilingError says that a backend's starting concurrency is above its
+// ceiling, naming both fields.
+func ceilingError(field string, conc, ceiling int, defaulted bool) error {
+	from := ""
+	if defaulted {
+		from = " (its default, the server's --concurrency)"
+	}
+	return fmt.Errorf("%s.concurrency: %d is above max_concurrency %d%s, the most calls in flight; raise max_concurrency or lower concurrency", field, conc, ceiling, from)
 }
 
 // Built is the running form of a configuration.
@@ -185,15 +204,18 @@ type Built struct {
 	Delegated []delegate.Config
 }
 
-// Build creates the backends and the router. getenv reads the key
-// variables (os.Getenv in production).
-func (c *Config) Build(defaultConcurrency int, getenv func(string) string) (*Built, error) {
+// Build creates the backends and the router. defaultConcurrency (the
+// server's --concurrency) is each backend's ceiling unless it sets
+// max_concurrency; getenv reads the key variables (os.Getenv in
+// production); logger receives the rate controllers' debug logs (nil:
+// discard).
+func (c *Config) Build(defaultConcurrency int, getenv func(string) string, logger *slog.Logger) (*Built, error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
 	out := &Built{Limiters: map[string]*ratelimit.Limiter{}, Backends: c.Backends, Concurrency: map[string]int{}}
 	byName := map[string]backend.Backend{}
-	for _, b := range c.Backends {
+	for i, b := range c.Backends {
 		var inner backend.Backend
 		key := ""
 		if b.APIKeyEnv != "" {
@@ -229,19 +251,21 @@ func (c *Config) Build(defaultConcurrency int, getenv func(string) string) (*Bui
 		if err != nil {
 			return nil, fmt.Errorf("backend %s: %w", b.Name, err)
 		}
-		conc := b.Concurrency
-		if conc == 0 {
-			conc = defaultConcurrency
-		}
 		if b.Kind == KindSim && !b.FixedConcurrency && b.MaxConcurrency == 0 && b.RequestsPerMinute == 0 && b.InputTokensPerMinute == 0 && b.OutputTokensPerMinute == 0 {
-			// The simulator has no upstream to protect: no limiter.
-			out.Concurrency[b.Name] = conc
+			// The simulator has no upstream to protect: no limiter, and
+			// concurrency (default --concurrency) calls in flight.
+			out.Concurrency[b.Name] = cmp.Or(b.Concurrency, defaultConcurrency)
 			byName[b.Name] = inner
 			continue
 		}
+		ceiling := cmp.Or(b.MaxConcurrency, defaultConcurrency)
+		if b.Concurrency > ceiling {
+			return nil, ceilingError(fmt.Sprintf("backends.%d", i), b.Concurrency, ceiling, b.MaxConcurrency == 0)
+		}
 		lim := ratelimit.New(inner, ratelimit.Limits{
-			Concurrency: conc, MaxConcurrency: b.MaxConcurrency, Fixed: b.FixedConcurrency, HalveOn429: b.HalveOn429,
+			Concurrency: cmp.Or(b.Concurrency, ceiling), MaxConcurrency: ceiling, Fixed: b.FixedConcurrency, HalveOn429: b.HalveOn429,
 			RequestsPerMinute: b.RequestsPerMinute, InputTokensPerMinute: b.InputTokensPerMinute, OutputTokensPerMinute: b.OutputTokensPerMinute,
+			Logger: logger,
 		})
 		out.Limiters[b.Name] = lim
 		out.Concurrency[b.Name] = lim.Limits().MaxConcurrency

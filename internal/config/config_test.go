@@ -23,7 +23,7 @@ func TestExampleConfigLoadsAndBuilds(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := map[string]string{"ANTHROPIC_UPSTREAM_KEY": "sk-ant-test"}
-	built, err := c.Build(64, func(k string) string { return env[k] })
+	built, err := c.Build(64, func(k string) string { return env[k] }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,14 +75,14 @@ func TestBuildNeedsTheKeyVariable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Build(8, func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "NOPE_KEY") {
+	if _, err := c.Build(8, func(string) string { return "" }, nil); err == nil || !strings.Contains(err.Error(), "NOPE_KEY") {
 		t.Fatalf("want an error naming the empty variable, got %v", err)
 	}
 }
 
 func TestDefaultRoutesEverythingToSim(t *testing.T) {
 	t.Parallel()
-	built, err := Default(0).Build(64, nil)
+	built, err := Default(0).Build(64, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,10 +101,10 @@ func TestAnthropicBatchBuildsADelegator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Build(8, func(string) string { return "" }); err == nil {
+	if _, err := c.Build(8, func(string) string { return "" }, nil); err == nil {
 		t.Error("built without its key")
 	}
-	built, err := c.Build(8, func(string) string { return "sk" })
+	built, err := c.Build(8, func(string) string { return "sk" }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,5 +120,68 @@ func TestAnthropicBatchBuildsADelegator(t *testing.T) {
 	}
 	if built.Limiters["b"] != nil {
 		t.Error("an anthropic-batch backend got a rate limiter")
+	}
+}
+
+// TestConcurrencyCeiling: max_concurrency is the ceiling and defaults to
+// the server's --concurrency (it was 16 × concurrency, above what the
+// README promised); the adaptive limit starts at concurrency (default: the
+// ceiling); the backend runs as many workers as its ceiling.
+func TestConcurrencyCeiling(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name                    string
+		limits                  string
+		start, ceiling, workers int
+	}{
+		{"nothing set", "", 64, 64, 64},
+		{"a low start", "concurrency = 8\n", 8, 64, 64},
+		{"a low guess with room to grow", "concurrency = 8\nmax_concurrency = 128\n", 8, 128, 128},
+		{"a ceiling only", "max_concurrency = 128\n", 128, 128, 128},
+		{"fixed", "concurrency = 16\nfixed_concurrency = true\n", 16, 64, 64},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := Load(write(t, "[[backends]]\nname = \"a\"\nkind = \"anthropic\"\napi_key_env = \"K\"\n"+tt.limits+"[[routes]]\nmodel = \"*\"\nbackend = \"a\"\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			built, err := c.Build(64, func(string) string { return "sk" }, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lim := built.Limiters["a"]
+			if got := lim.Limits(); got.Concurrency != tt.start || got.MaxConcurrency != tt.ceiling {
+				t.Errorf("start %d, ceiling %d; want %d, %d", got.Concurrency, got.MaxConcurrency, tt.start, tt.ceiling)
+			}
+			if got := lim.Stats().Concurrency; got != tt.start {
+				t.Errorf("the adaptive limit starts at %d, want %d", got, tt.start)
+			}
+			if got := built.Concurrency["a"]; got != tt.workers {
+				t.Errorf("%d workers, want %d", got, tt.workers)
+			}
+		})
+	}
+}
+
+// TestConcurrencyAboveTheCeilingIsRefused: a start above the ceiling,
+// whether max_concurrency is written or defaulted to --concurrency, is a
+// configuration error naming the field.
+func TestConcurrencyAboveTheCeilingIsRefused(t *testing.T) {
+	t.Parallel()
+	backend := "[[backends]]\nname = \"a\"\nkind = \"anthropic\"\napi_key_env = \"K\"\n"
+	route := "[[routes]]\nmodel = \"*\"\nbackend = \"a\"\n"
+	_, err := Load(write(t, backend+"concurrency = 128\nmax_concurrency = 32\n"+route))
+	if err == nil || !strings.Contains(err.Error(), "backends.0.concurrency: 128 is above max_concurrency 32") {
+		t.Errorf("concurrency above max_concurrency: %v", err)
+	}
+	c, err := Load(write(t, backend+"concurrency = 128\n"+route))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Build(64, func(string) string { return "sk" }, nil)
+	if err == nil || !strings.Contains(err.Error(), "backends.0.concurrency: 128 is above max_concurrency 64 (its default, the server's --concurrency)") {
+		t.Errorf("concurrency above the default ceiling: %v", err)
 	}
 }

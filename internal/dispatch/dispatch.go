@@ -29,7 +29,9 @@ type Config struct {
 	Owner string
 	// Concurrency is each backend's limit on requests in flight (default 64).
 	Concurrency int
-	// BackendConcurrency overrides Concurrency per backend name.
+	// BackendConcurrency overrides Concurrency per backend name: the
+	// workers of a rate-controlled backend are its ceiling
+	// (max_concurrency), its adaptive limit at most that.
 	BackendConcurrency map[string]int
 	// ClaimAhead is how many requests per backend are claimed ahead of a
 	// free slot (default: Concurrency, at least 256). Deeper keeps fast

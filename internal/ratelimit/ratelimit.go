@@ -13,6 +13,7 @@ package ratelimit
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -24,10 +25,14 @@ import (
 // Limits configures a Limiter. Zero means "no limit" for the per-minute
 // figures.
 type Limits struct {
-	// Concurrency is the starting limit on calls in flight (default 64).
-	Concurrency int
-	// MaxConcurrency caps adaptive growth (default 16 × Concurrency).
+	// MaxConcurrency is the ceiling on calls in flight: the adaptive limit
+	// never goes above it, and the dispatcher runs this many workers for
+	// the backend (default: Concurrency, or 64 if neither is set).
 	MaxConcurrency int
+	// Concurrency is where the adaptive limit starts (default, and at most,
+	// MaxConcurrency). A low guess with room to grow is Concurrency 8,
+	// MaxConcurrency 128.
+	Concurrency int
 	// Fixed turns adaptive concurrency off: Concurrency is then the limit.
 	Fixed bool
 	// HalveOn429 makes a 429 halve the limit, as a 529 does (classic AIMD),
@@ -38,6 +43,10 @@ type Limits struct {
 	RequestsPerMinute     int
 	InputTokensPerMinute  int
 	OutputTokensPerMinute int
+	// Logger receives, at debug level, each upstream throttle and each
+	// backend-wide pause, so an operator can see why calls slow down
+	// (default: discard).
+	Logger *slog.Logger
 }
 
 // Stats is a snapshot for GET /v1/backends.
@@ -54,16 +63,39 @@ type Limiter struct {
 	inner  backend.Backend
 	limits Limits
 	now    func() time.Time
+	log    *slog.Logger
 
-	mu        sync.Mutex
-	changed   chan struct{} // closed and replaced whenever a waiter may proceed
-	limit     float64       // current concurrency limit
+	mu sync.Mutex
+	// queue holds the calls waiting, first come first served. A call that
+	// finds it empty and the limits open goes at once; otherwise it queues
+	// and grant hands it a slot, so a release wakes only the waiter that
+	// can use what was freed, never every waiting worker.
+	queue []*waiter
+	// timer runs grant when the waiter at the head of the queue is held by
+	// time (a pause, the spacing, a bucket) rather than by a slot.
+	timer      *time.Timer
+	timerArmed bool
+	timerAt    time.Time
+
+	limit     float64 // current concurrency limit
 	inFlight  int
 	successes int       // successes in the current window
 	cutAt     time.Time // when the limit was last halved
 	window    time.Duration
 	wmax      float64 // calls the upstream accepted when it last throttled; 0 before
-	paused    time.Time
+	// probeEvery is how many windows of successes the limit waits, at or
+	// above wmax, before it steps one above it again; it grows fourfold
+	// with each throttle (at most once per window) and halves when a step
+	// above held.
+	probeEvery int
+	probeWins  int       // windows of successes at the current probing level
+	probing    bool      // the limit stepped above wmax and no throttle has come since
+	probeCutAt time.Time // when probeEvery was last raised
+	// lastOK is when a call last succeeded; streakSince is when the first
+	// throttle since then came (zero when none has).
+	lastOK      time.Time
+	streakSince time.Time
+	paused      time.Time
 	// spacing, until spacingUntil, is the least time between two calls
 	// while the upstream's requests budget runs low; nextAt is the earliest
 	// the next call may go.
@@ -77,18 +109,38 @@ type Limiter struct {
 	lastErr      string
 }
 
+// waiter is one call queued in acquire.
+type waiter struct {
+	inTok, outTok int
+	ready         chan struct{} // closed once granted
+	granted       bool          // a slot and its tokens were taken for it
+	gone          bool          // it stopped waiting (ctx, withdrawn); skip it
+}
+
+// maxProbeEvery caps the windows between two probes above the level the
+// upstream last accepted: a concurrency cap rarely moves, and each probe
+// above it costs one throttled call. (Against an upstream capped at 32
+// calls, probing every window throttled 3% of the calls.)
+const maxProbeEvery = 64
+
 // New wraps inner.
 func New(inner backend.Backend, l Limits) *Limiter {
-	if l.Concurrency <= 0 {
-		l.Concurrency = 64
+	if l.MaxConcurrency <= 0 {
+		l.MaxConcurrency = l.Concurrency
 	}
 	if l.MaxConcurrency <= 0 {
-		l.MaxConcurrency = 16 * l.Concurrency
+		l.MaxConcurrency = 64
 	}
-	l.MaxConcurrency = max(l.MaxConcurrency, l.Concurrency)
+	if l.Concurrency <= 0 || l.Concurrency > l.MaxConcurrency {
+		l.Concurrency = l.MaxConcurrency
+	}
+	log := l.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	lim := &Limiter{
-		inner: inner, limits: l, now: time.Now, changed: make(chan struct{}),
-		limit: float64(l.Concurrency), window: time.Second,
+		inner: inner, limits: l, now: time.Now, log: log,
+		limit: float64(l.Concurrency), window: time.Second, probeEvery: 1,
 	}
 	t := lim.now()
 	lim.rpm = newBucket(l.RequestsPerMinute, t)
@@ -110,7 +162,7 @@ func (l *Limiter) Stats() Stats {
 	return Stats{Concurrency: int(l.limit), MaxConcurrency: l.limits.MaxConcurrency, InFlight: l.inFlight, Throttled: l.throttled, LastError: l.lastErr}
 }
 
-// Limits returns the configured limits.
+// Limits returns the configured limits, defaults applied.
 func (l *Limiter) Limits() Limits { return l.limits }
 
 // maxTries bounds the throttled calls resent here: an upstream that keeps
@@ -140,7 +192,7 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 		}
 		start := l.now()
 		msg, err := l.inner.Do(ctx, call)
-		l.release(start, inTok, outTok, msg, err)
+		own := l.release(start, inTok, outTok, msg, err)
 		if err == nil {
 			return msg, nil
 		}
@@ -148,75 +200,180 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 		if (be.Type != backend.ErrRateLimit && be.Type != backend.ErrOverloaded) || ctx.Err() != nil || try >= maxTries {
 			return nil, err
 		}
-		// Throttled: acquire paces the next try (a cut limit, a pause for
-		// retry-after); it does not count as one of the request's attempts.
+		// Throttled: acquire paces the next try (a cut limit, a backend-wide
+		// pause); a retry-after meant for this call alone is waited here,
+		// holding no slot. It does not count as one of the request's
+		// attempts.
+		if own > 0 {
+			t := time.NewTimer(own)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, err
+			case <-t.C:
+			}
+		}
 	}
 }
 
 // acquire waits for a concurrency slot and the tokens of the per-minute
 // buckets, until ctx ends or withdrawn closes (backend.ErrWithdrawn).
 func (l *Limiter) acquire(ctx context.Context, inTok, outTok int, withdrawn <-chan struct{}) error {
-	for {
-		select {
-		case <-withdrawn:
-			return backend.ErrWithdrawn
-		default:
-		}
-		l.mu.Lock()
+	select {
+	case <-withdrawn:
+		return backend.ErrWithdrawn
+	default:
+	}
+	l.mu.Lock()
+	if len(l.queue) == 0 {
 		now := l.now()
-		wait := time.Duration(0)
-		if l.paused.After(now) {
-			wait = l.paused.Sub(now)
-		} else if l.nextAt.After(now) {
-			wait = l.nextAt.Sub(now)
-		} else if float64(l.inFlight) < l.limit {
-			wait = max(l.rpm.wait(1, now), l.itpm.wait(inTok, now), l.otpm.wait(outTok, now))
-			if wait == 0 {
-				l.rpm.take(1, now)
-				l.itpm.take(inTok, now)
-				l.otpm.take(outTok, now)
-				if now.Before(l.spacingUntil) {
-					l.nextAt = now.Add(l.spacing)
-				}
-				l.inFlight++
-				l.mu.Unlock()
-				return nil
-			}
+		wait, ok := l.admitLocked(now, inTok, outTok)
+		if ok {
+			l.mu.Unlock()
+			return nil
 		}
-		ch := l.changed
-		l.mu.Unlock()
-		var t *time.Timer
-		var timer <-chan time.Time
 		if wait > 0 {
-			t = time.NewTimer(wait)
-			timer = t.C
-		}
-		select {
-		case <-ctx.Done():
-		case <-ch:
-		case <-timer:
-		case <-withdrawn:
-		}
-		if t != nil {
-			t.Stop()
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+			l.armLocked(now, wait)
 		}
 	}
-}
-
-func (l *Limiter) signal() {
-	close(l.changed)
-	l.changed = make(chan struct{})
-}
-
-// release ends a call: it adapts the concurrency limit and corrects the
-// token estimates with the real usage.
-func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessage, err error) {
+	w := &waiter{inTok: inTok, outTok: outTok, ready: make(chan struct{})}
+	l.queue = append(l.queue, w)
+	l.grantLocked() // the head may be one that gave up
+	l.mu.Unlock()
+	var err error
+	select {
+	case <-w.ready:
+		return nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-withdrawn:
+		err = backend.ErrWithdrawn
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	defer l.signal()
+	if w.granted {
+		// Granted as it gave up: hand the slot and tokens on.
+		l.inFlight--
+		now := l.now()
+		l.rpm.give(1, now)
+		l.itpm.give(inTok, now)
+		l.otpm.give(outTok, now)
+	}
+	w.gone = true
+	l.grantLocked()
+	return err
+}
+
+// admitLocked takes a slot and the call's tokens if the limits allow it
+// now. Otherwise it returns how long until time alone may allow it: 0 when
+// the call waits for a slot, which only a release or a grown limit frees.
+func (l *Limiter) admitLocked(now time.Time, inTok, outTok int) (time.Duration, bool) {
+	switch {
+	case l.paused.After(now):
+		return l.paused.Sub(now), false
+	case l.nextAt.After(now):
+		return l.nextAt.Sub(now), false
+	case float64(l.inFlight) >= l.limit:
+		return 0, false
+	}
+	if wait := max(l.rpm.wait(1, now), l.itpm.wait(inTok, now), l.otpm.wait(outTok, now)); wait > 0 {
+		return wait, false
+	}
+	l.rpm.take(1, now)
+	l.itpm.take(inTok, now)
+	l.otpm.take(outTok, now)
+	if now.Before(l.spacingUntil) {
+		l.nextAt = now.Add(l.spacing)
+	}
+	l.inFlight++
+	return 0, true
+}
+
+// grantLocked admits waiters from the head of the queue while the limits
+// allow, waking each one it admits and no other. When the head is held by
+// time, the timer runs grant again then.
+func (l *Limiter) grantLocked() {
+	if len(l.queue) == 0 {
+		return
+	}
+	now := l.now()
+	for len(l.queue) > 0 {
+		w := l.queue[0]
+		if !w.gone {
+			wait, ok := l.admitLocked(now, w.inTok, w.outTok)
+			if !ok {
+				if wait > 0 {
+					l.armLocked(now, wait)
+				}
+				return
+			}
+			w.granted = true
+			close(w.ready)
+		}
+		l.queue[0] = nil
+		l.queue = l.queue[1:]
+	}
+	l.queue = nil // let the emptied backing array go
+}
+
+// armLocked makes sure grant runs within wait.
+func (l *Limiter) armLocked(now time.Time, wait time.Duration) {
+	at := now.Add(wait)
+	if l.timerArmed && !at.Before(l.timerAt) {
+		return
+	}
+	l.timerArmed, l.timerAt = true, at
+	if l.timer == nil {
+		l.timer = time.AfterFunc(wait, l.onTimer)
+		return
+	}
+	l.timer.Reset(wait)
+}
+
+func (l *Limiter) onTimer() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.timerArmed = false
+	l.grantLocked()
+}
+
+// throttleEvent is what a throttle changed, logged after the lock is let go.
+type throttleEvent struct {
+	status     int
+	typ        string
+	retryAfter time.Duration
+	limit      int
+	inFlight   int
+	pausedFor  time.Duration // > 0: the whole backend pauses
+	reason     string
+}
+
+// release ends a call: it adapts the concurrency limit, corrects the token
+// estimates with the real usage and admits the waiters that can now go. It
+// returns how long the call must wait before it is sent again, when the
+// upstream throttled it alone.
+//
+// A 429's retry-after applies to the throttled call only while other calls
+// still get through: that is an upstream's concurrency cap, and pausing
+// every call for one excess call would idle the capacity that is there. The
+// whole backend pauses for it when throttles repeat: no call has succeeded
+// for at least the retry-after since the first of them (the throttled calls
+// waited and were throttled again), or nothing else is in flight and
+// nothing succeeded within the retry-after. A 529's retry-after (the
+// upstream overloaded as a whole) always pauses the backend, as does a
+// spent anthropic-ratelimit-* budget (observe).
+func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessage, err error) (own time.Duration) {
+	l.mu.Lock()
+	ev, own := l.releaseLocked(start, inTok, outTok, msg, err)
+	l.grantLocked()
+	l.mu.Unlock()
+	if ev != nil {
+		l.logThrottle(ev)
+	}
+	return own
+}
+
+func (l *Limiter) releaseLocked(start time.Time, inTok, outTok int, msg json.RawMessage, err error) (*throttleEvent, time.Duration) {
 	now := l.now()
 	l.inFlight--
 	if err != nil {
@@ -226,19 +383,39 @@ func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessag
 		if be.Type != backend.ErrInvalidRequest && be.Type != backend.ErrRequestTooLarge && be.Type != backend.ErrNotFound {
 			l.lastErr = be.Type + ": " + be.Message
 		}
-		if be.Type == backend.ErrRateLimit || be.Type == backend.ErrOverloaded {
-			l.throttled++
-			// A rejected call used no tokens; its request slot stays spent,
-			// which slows the resend a little.
-			l.itpm.give(inTok, now)
-			l.otpm.give(outTok, now)
-			if be.RetryAfter > 0 {
-				l.paused = maxTime(l.paused, now.Add(be.RetryAfter))
-			}
-			l.cut(now, be.Type)
+		if be.Type != backend.ErrRateLimit && be.Type != backend.ErrOverloaded {
+			return nil, 0
 		}
-		return
+		l.throttled++
+		// A rejected call used no tokens; its request slot stays spent,
+		// which slows the resend a little.
+		l.itpm.give(inTok, now)
+		l.otpm.give(outTok, now)
+		if l.streakSince.IsZero() {
+			l.streakSince = now
+		}
+		l.cut(now, be.Type)
+		ev := &throttleEvent{status: be.Status, typ: be.Type, retryAfter: be.RetryAfter, limit: int(l.limit), inFlight: l.inFlight}
+		var own time.Duration
+		if ra := be.RetryAfter; ra > 0 {
+			switch {
+			case be.Type == backend.ErrOverloaded:
+				ev.reason = "overloaded"
+			case now.Sub(l.streakSince) >= ra:
+				ev.reason = "throttles repeated for a whole retry-after"
+			case l.inFlight <= 0 && now.Sub(l.lastOK) >= ra:
+				ev.reason = "nothing else in flight or succeeding"
+			default:
+				own = ra
+			}
+			if ev.reason != "" {
+				ev.pausedFor = ra
+				l.paused = maxTime(l.paused, now.Add(ra))
+			}
+		}
+		return ev, own
 	}
+	l.lastOK, l.streakSince = now, time.Time{}
 	if latency := now.Sub(start); latency > 0 {
 		// The window of AIMD is one call's latency: a smoothed average.
 		l.window = (7*l.window + latency) / 8
@@ -248,6 +425,21 @@ func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessag
 		l.otpm.give(outTok-out, now)
 	}
 	l.grow()
+	return nil, 0
+}
+
+func (l *Limiter) logThrottle(ev *throttleEvent) {
+	ctx := context.Background()
+	if !l.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	l.log.LogAttrs(ctx, slog.LevelDebug, "upstream throttled", slog.String("backend", l.inner.Name()),
+		slog.Int("status", ev.status), slog.String("type", ev.typ), slog.Duration("retry_after", ev.retryAfter),
+		slog.Int("limit", ev.limit), slog.Int("in_flight", ev.inFlight))
+	if ev.pausedFor > 0 {
+		l.log.LogAttrs(ctx, slog.LevelDebug, "backend paused", slog.String("backend", l.inner.Name()),
+			slog.Duration("for", ev.pausedFor), slog.String("reason", ev.reason))
+	}
 }
 
 // cut lowers the limit after a throttle. A 529 (the upstream is
@@ -263,6 +455,13 @@ func (l *Limiter) cut(now time.Time, typ string) {
 	accepted := float64(max(1, l.inFlight))
 	l.wmax = accepted
 	l.successes = 0
+	l.probeWins, l.probing = 0, false
+	// The throttles of one overshoot come back together: they count as one
+	// for the probing backoff.
+	if now.Sub(l.probeCutAt) >= l.window {
+		l.probeCutAt = now
+		l.probeEvery = min(4*l.probeEvery, maxProbeEvery)
+	}
 	if typ == backend.ErrOverloaded || l.limits.HalveOn429 {
 		if now.Sub(l.cutAt) >= l.window {
 			l.cutAt = now
@@ -280,6 +479,9 @@ func (l *Limiter) cut(now time.Time, typ string) {
 // grow adds one to the limit per window of successes (a window being as
 // many successes as the limit), and returns quickly to just below the level
 // the upstream last accepted; before any throttle it doubles (slow start).
+// At or above that level each step is a probe that costs a throttled call
+// if the upstream's capacity has not moved, so it waits probeEvery windows,
+// which grows fourfold with each throttle and halves when a step held.
 func (l *Limiter) grow() {
 	if l.limits.Fixed {
 		return
@@ -300,7 +502,21 @@ func (l *Limiter) grow() {
 		l.limit *= 2
 	case l.limit < 0.9*l.wmax:
 		l.limit = min(2*l.limit, 0.9*l.wmax)
+	case l.limit < l.wmax:
+		l.limit++
 	default:
+		l.probeWins++
+		if l.probeWins < l.probeEvery {
+			return
+		}
+		l.probeWins = 0
+		if l.probing {
+			// The last step above held for a whole probing period: the
+			// upstream accepts this much now; probe sooner.
+			l.wmax = l.limit
+			l.probeEvery = max(1, l.probeEvery/2)
+		}
+		l.probing = true
 		l.limit++
 	}
 	l.limit = min(l.limit, float64(l.limits.MaxConcurrency))
@@ -312,8 +528,9 @@ func (l *Limiter) grow() {
 // spent, the backend pauses until that budget's reset instead of being told
 // with a 429.
 func (l *Limiter) observe(h http.Header) {
+	var spent string
+	var pausedFor time.Duration
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	now := l.now()
 	for _, kind := range []string{"requests", "input-tokens", "output-tokens", "tokens"} {
 		rem, err := strconv.ParseInt(h.Get("anthropic-ratelimit-"+kind+"-remaining"), 10, 64)
@@ -325,6 +542,9 @@ func (l *Limiter) observe(h http.Header) {
 			continue
 		}
 		if rem <= 0 {
+			if !l.paused.After(now) {
+				spent, pausedFor = kind, reset.Sub(now) // a new pause, not one extended
+			}
 			l.paused = maxTime(l.paused, reset)
 			continue
 		}
@@ -332,6 +552,11 @@ func (l *Limiter) observe(h http.Header) {
 		if kind == "requests" && limit > 0 && rem*10 < limit {
 			l.spacing, l.spacingUntil = reset.Sub(now)/time.Duration(rem), reset
 		}
+	}
+	l.mu.Unlock()
+	if spent != "" {
+		l.log.LogAttrs(context.Background(), slog.LevelDebug, "backend paused", slog.String("backend", l.inner.Name()),
+			slog.Duration("for", pausedFor), slog.String("reason", "anthropic-ratelimit-"+spent+"-remaining: 0"))
 	}
 }
 

@@ -170,7 +170,7 @@ func BenchmarkWrongGuess(b *testing.B) {
 			for range b.N {
 				f := &fake{capacity: c, latency: lat}
 				// start == c is the baseline: a fixed, perfect guess.
-				l := New(f, Limits{Concurrency: start, Fixed: start == c, HalveOn429: os.Getenv("HALVE_ON_429") != ""})
+				l := New(f, Limits{Concurrency: start, MaxConcurrency: 4 * c, Fixed: start == c, HalveOn429: os.Getenv("HALVE_ON_429") != ""})
 				t0 := time.Now()
 				var wg sync.WaitGroup
 				for range n {

@@ -65,3 +65,61 @@ func TestWithdrawnWhileWaiting(t *testing.T) {
 		t.Fatal("the withdrawn call was sent")
 	}
 }
+
+// TestGivingUpPassesTheSlotOn: waiters are admitted first come first
+// served, one per freed slot; one that gives up while queued must not
+// keep the next from the slot it would have had.
+func TestGivingUpPassesTheSlotOn(t *testing.T) {
+	t.Parallel()
+	inner := &blocking{started: make(chan struct{}, 3), release: make(chan struct{})}
+	l := New(inner, Limits{Concurrency: 1, Fixed: true})
+	first := make(chan error, 1)
+	go func() {
+		_, err := l.Do(context.Background(), backend.Call{Params: json.RawMessage(`{}`)})
+		first <- err
+	}()
+	<-inner.started
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := l.Do(ctx, backend.Call{Params: json.RawMessage(`{}`)})
+		gaveUp <- err
+	}()
+	waitQueued(t, l, 1)
+	third := make(chan error, 1)
+	go func() {
+		_, err := l.Do(context.Background(), backend.Call{Params: json.RawMessage(`{}`)})
+		third <- err
+	}()
+	waitQueued(t, l, 2)
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the call that gave up: %v", err)
+	}
+	close(inner.release)
+	for _, c := range []chan error{first, third} {
+		if err := <-c; err != nil {
+			t.Fatalf("call: %v", err)
+		}
+	}
+	if n := len(inner.started); n != 1 {
+		t.Fatalf("%d more calls started, want the third only", n)
+	}
+}
+
+// waitQueued waits until n calls are queued in l.
+func waitQueued(t *testing.T, l *Limiter, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		l.mu.Lock()
+		got := len(l.queue)
+		l.mu.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls queued, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -140,7 +140,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if bcfg == nil {
 		bcfg = config.Default(cfg.SimLatency)
 	}
-	built, err := bcfg.Build(cmp.Or(cfg.Dispatch.Concurrency, 64), cfg.Getenv)
+	built, err := bcfg.Build(cmp.Or(cfg.Dispatch.Concurrency, 64), cfg.Getenv, cfg.Logger)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("open server: %w", err)
