@@ -69,7 +69,7 @@ func newServeCommand() *cobra.Command {
 	f.StringArrayVar(&c.webhookAllow, "webhook-allow-cidr", nil, "a private range webhook receivers may be in (repeatable); others are refused")
 	f.StringVar(&c.dataDir, "data-dir", "./batchd-data", "directory of the SQLite database")
 	f.StringVar(&c.publicURL, "public-url", "", "base URL clients reach batchd at, for results_url (default: from each request's Host)")
-	f.IntVar(&c.concurrency, "concurrency", 64, "requests in flight per backend")
+	f.IntVar(&c.concurrency, "concurrency", 64, "default ceiling on requests in flight per backend (a backend's max_concurrency overrides it)")
 	f.DurationVar(&c.expireAfter, "expire-after", batch.DefaultExpireAfter, "a batch expires this long after creation")
 	f.DurationVar(&c.retention, "retention", batch.DefaultRetention, "results are kept this long after creation, then archived")
 	f.DurationVar(&c.simLatency, "sim-latency", 0, "latency of simulator requests without a latency directive")
