@@ -44,6 +44,7 @@ type serveConfig struct {
 	retryBackoff    time.Duration
 	retryBackoffMax time.Duration
 	requestTimeout  time.Duration
+	shutdownTimeout time.Duration
 	logLevel        string
 	logFormat       string
 	cpuProfile      string
@@ -85,6 +86,7 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&c.retryBackoff, "retry-backoff", time.Second, "first retry delay after a transient error, doubled per attempt")
 	f.DurationVar(&c.retryBackoffMax, "retry-backoff-max", 5*time.Minute, "cap on the retry delay")
 	f.DurationVar(&c.requestTimeout, "request-timeout", 10*time.Minute, "timeout of one attempt at a request")
+	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "after SIGTERM or SIGINT, how long requests in flight may take to finish before they are abandoned (they run again at the next start)")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until shutdown (for benchmarks)")
@@ -227,7 +229,7 @@ func serve(ctx context.Context, c serveConfig) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: finishing requests in flight")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		log.Error("http shutdown", "err", err)
