@@ -210,6 +210,11 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 // Handler is the HTTP API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
+// CloseStreams ends the event streams and results downloads in progress,
+// which would otherwise hold http.Server.Shutdown until its deadline;
+// register it with http.Server.RegisterOnShutdown. See api.CloseStreams.
+func (s *Server) CloseStreams() { s.handler.CloseStreams() }
+
 // Start starts dispatching and delegating in the background. The
 // dispatcher starts first: its start-up rescue must run before the
 // delegators claim, and it leaves their upstream requests alone.
