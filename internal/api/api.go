@@ -90,6 +90,8 @@ type API struct {
 	slots *createSlots
 	// hub feeds the event streams; nil without Events.
 	hub *hub
+	// long holds the streams and downloads CloseStreams ends.
+	long longResponses
 
 	// mode says whether requests need a key. It moves one way only, from
 	// open to enforced (when a first key appears), so revoking every key
@@ -142,7 +144,7 @@ func New(cfg Config) *API {
 	a.handle("GET /v1/messages/batches/{id}", a.get)
 	a.handle("POST /v1/messages/batches/{id}/cancel", a.cancel)
 	a.handle("DELETE /v1/messages/batches/{id}", a.delete)
-	a.handle("GET /v1/messages/batches/{id}/results", a.results)
+	a.handle("GET /v1/messages/batches/{id}/results", a.longLived(a.results))
 	a.handle("POST /v1/messages/batches/{id}/retry", a.retry)
 	a.handle("GET /v1/backends", a.backends)
 	a.handleWebhooks()

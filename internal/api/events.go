@@ -34,8 +34,8 @@ func (a *API) handleEvents() {
 		return
 	}
 	a.hub = newHub(a.cfg.Events, a.svc, a.log, a.cfg.MaxStreamsPerWorkspace)
-	a.handle("GET /v1/messages/batches/{id}/events", a.batchEvents)
-	a.handle("GET /v1/events", a.workspaceEvents)
+	a.handle("GET /v1/messages/batches/{id}/events", a.longLived(a.batchEvents))
+	a.handle("GET /v1/events", a.longLived(a.workspaceEvents))
 }
 
 // progress is the live-counts event of the streams.

@@ -44,6 +44,7 @@ type serveConfig struct {
 	retryBackoff    time.Duration
 	retryBackoffMax time.Duration
 	requestTimeout  time.Duration
+	shutdownTimeout time.Duration
 	logLevel        string
 	logFormat       string
 	cpuProfile      string
@@ -58,9 +59,11 @@ func newServeCommand() *cobra.Command {
 		Short: "Run the batchd server (embedded SQLite, simulator backend by default)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			return serve(ctx, c)
+			// Two: the graceful stop's and the one that cuts it short.
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			return serve(cmd.Context(), c, sigs)
 		},
 	}
 	f := cmd.Flags()
@@ -85,6 +88,7 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&c.retryBackoff, "retry-backoff", time.Second, "first retry delay after a transient error, doubled per attempt")
 	f.DurationVar(&c.retryBackoffMax, "retry-backoff-max", 5*time.Minute, "cap on the retry delay")
 	f.DurationVar(&c.requestTimeout, "request-timeout", 10*time.Minute, "timeout of one attempt at a request")
+	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "after SIGTERM or SIGINT, how long requests in flight may take to finish before they are abandoned (they run again at the next start)")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until shutdown (for benchmarks)")
@@ -120,11 +124,41 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func serve(ctx context.Context, c serveConfig) error {
+// forceExitWait bounds the orderly part of an exit forced by a second
+// signal (abandoning requests in flight, closing the store), which takes
+// milliseconds; past it the process exits regardless.
+const forceExitWait = 3 * time.Second
+
+// signalExitCode is the exit code of a stop forced by sig: 128 + its
+// number, as a shell reports a process killed by it (130 for SIGINT, 143
+// for SIGTERM).
+func signalExitCode(sig os.Signal) int {
+	if s, ok := sig.(syscall.Signal); ok {
+		return 128 + int(s)
+	}
+	return 1
+}
+
+// serve runs the server until ctx ends or a signal arrives on sigs. The
+// first signal stops it gracefully: the listener closes, event streams and
+// results downloads are ended, requests in flight get --shutdown-timeout
+// to finish, and serve returns nil (exit 0). A second signal during that
+// stop exits at once with signalExitCode, abandoning the requests in
+// flight to their leases: they run again at the next start.
+func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 	log, err := newLogger(c.logLevel, c.logFormat)
 	if err != nil {
 		return err
 	}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-sigs:
+			stop()
+		case <-ctx.Done():
+		}
+	}()
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
@@ -216,6 +250,9 @@ func serve(ctx context.Context, c serveConfig) error {
 		return err
 	}
 	srv := &http.Server{Handler: srvParts.Handler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: c.idleTimeout}
+	// Shutdown waits for every response in progress: streams and downloads,
+	// which last as long as their clients want, are ended when it begins.
+	srv.RegisterOnShutdown(srvParts.CloseStreams)
 	log.Info("batchd listening", "url", "http://"+ln.Addr().String(), "data_dir", c.dataDir)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -226,14 +263,32 @@ func serve(ctx context.Context, c serveConfig) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down: finishing requests in flight")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	log.Info("shutting down: finishing requests in flight; a second signal exits at once", "timeout", c.shutdownTimeout)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	forced := make(chan os.Signal, 1)
+	go func() {
+		select {
+		case sig := <-sigs:
+			code := signalExitCode(sig)
+			log.Warn("second signal: exiting now; requests in flight are abandoned and run again at the next start", "signal", sig.String(), "exit_code", code)
+			forced <- sig
+			cancel() // the stop below abandons what is in flight and returns
+			time.AfterFunc(forceExitWait, func() { os.Exit(code) })
+		case <-shutdownCtx.Done():
+		}
+	}()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		log.Error("http shutdown", "err", err)
 	}
 	if err := srvParts.Close(shutdownCtx); err != nil {
 		log.Error("close", "err", err)
+	}
+	select {
+	case sig := <-forced:
+		log.Info("stopped by a second signal", "signal", sig.String())
+		return &ExitError{Code: signalExitCode(sig)}
+	default:
 	}
 	log.Info("stopped")
 	return nil

@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/batchd/batchd/internal/api"
+	"github.com/batchd/batchd/internal/backend/anthropic"
 	"github.com/batchd/batchd/internal/batch"
 	"github.com/batchd/batchd/internal/config"
 	"github.com/batchd/batchd/internal/delegate"
@@ -145,6 +147,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, fmt.Errorf("open server: %w", err)
 	}
+	logBackends(cfg.Logger, bcfg, built)
 	router := built.Router
 	dc := cfg.Dispatch
 	dc.BackendConcurrency = built.Concurrency
@@ -209,6 +212,11 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 
 // Handler is the HTTP API.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// CloseStreams ends the event streams and results downloads in progress,
+// which would otherwise hold http.Server.Shutdown until its deadline;
+// register it with http.Server.RegisterOnShutdown. See api.CloseStreams.
+func (s *Server) CloseStreams() { s.handler.CloseStreams() }
 
 // Start starts dispatching and delegating in the background. The
 // dispatcher starts first: its start-up rescue must run before the
@@ -277,4 +285,75 @@ func backendLister(c *config.Config, built *config.Built) func() []api.BackendIn
 		}
 		return out
 	}
+}
+
+// logBackends logs, at start, what the configuration amounts to: each
+// backend with its kind, base URL, the route patterns that reach it and its
+// effective limits, then the routes in the order they are matched, so an
+// operator can check what will run where. Keys are never logged: only the
+// name of the variable that holds one, and base URLs without userinfo or
+// query values.
+func logBackends(log *slog.Logger, c *config.Config, built *config.Built) {
+	for _, b := range c.Backends {
+		models := []string{}
+		for _, r := range c.Routes {
+			if r.Backend == b.Name {
+				models = append(models, r.Model)
+			}
+		}
+		attrs := []any{"name", b.Name, "kind", b.Kind, "models", models}
+		switch b.Kind {
+		case config.KindSim:
+			attrs = append(attrs, "latency", b.Latency.Duration)
+		case config.KindAnthropic, config.KindAnthropicBatch:
+			attrs = append(attrs, "base_url", redactURL(cmp.Or(b.BaseURL, anthropic.DefaultBaseURL)))
+		default:
+			attrs = append(attrs, "base_url", redactURL(b.BaseURL))
+		}
+		if b.APIKeyEnv != "" {
+			attrs = append(attrs, "api_key_env", b.APIKeyEnv)
+		}
+		switch lim := built.Limiters[b.Name]; {
+		case b.Kind == config.KindAnthropicBatch:
+			attrs = append(attrs, "limits", "paced by the upstream's batches")
+		case lim != nil:
+			l := lim.Limits()
+			ceiling := l.MaxConcurrency
+			if l.Fixed {
+				ceiling = l.Concurrency // a fixed limit never rises
+			}
+			attrs = append(attrs, "concurrency", l.Concurrency, "max_concurrency", ceiling, "adaptive", !l.Fixed,
+				"requests_per_minute", l.RequestsPerMinute, "input_tokens_per_minute", l.InputTokensPerMinute,
+				"output_tokens_per_minute", l.OutputTokensPerMinute)
+		default: // the simulator without limits: a fixed worker count
+			attrs = append(attrs, "concurrency", built.Concurrency[b.Name], "max_concurrency", built.Concurrency[b.Name], "adaptive", false)
+		}
+		log.Info("backend", attrs...)
+	}
+	for i, r := range c.Routes {
+		log.Info("route", "order", i+1, "model", r.Model, "backend", r.Backend)
+	}
+}
+
+// redactURL is u with its userinfo and query values masked: either can
+// hold a credential.
+func redactURL(u string) string {
+	if u == "" {
+		return ""
+	}
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	if p.RawQuery != "" {
+		q := p.Query()
+		for k := range q {
+			q[k] = []string{"xxxxx"}
+		}
+		p.RawQuery = q.Encode()
+	}
+	if p.User != nil {
+		p.User = url.User("xxxxx")
+	}
+	return p.String()
 }
