@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -421,6 +422,28 @@ func testBatches(t *testing.T, newStore NewStore) {
 			t.Fatalf("publish after discard: %v", err)
 		}
 	})
+	// Creates racing in one workspace (several API handlers, or
+	// processes) never pass the cap together.
+	run(t, "MaxInProgressHoldsUnderConcurrentCreates", newStore, func(t *testing.T, b *bundle) {
+		const limit, tries = 3, 8
+		var ok, full atomic.Int64
+		race(t, tries, func(i int) error {
+			_, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: fmt.Sprintf("msgbatch_race_%d", i), Workspace: "w",
+				CreatedAt: t0, ExpiresAt: t0.Add(time.Hour), MaxInProgress: limit})
+			switch {
+			case err == nil:
+				ok.Add(1)
+			case errors.Is(err, store.ErrTooManyBatches):
+				full.Add(1)
+			default:
+				return err
+			}
+			return nil
+		})
+		if ok.Load() != limit || full.Load() != tries-limit {
+			t.Fatalf("%d creates passed a cap of %d (%d refused)", ok.Load(), limit, full.Load())
+		}
+	})
 }
 
 // testRequests is claims, leases and outcomes: the guards that make every
@@ -707,9 +730,53 @@ func testRequests(t *testing.T, newStore NewStore) {
 		}
 		_ = running
 	})
+	// Claimers racing for one batch (several dispatchers, or processes):
+	// no request is leased twice, every one settles once, the batch ends
+	// once.
+	run(t, "ConcurrentClaimsNeverOverlap", newStore, func(t *testing.T, b *bundle) {
+		const n, workers = 300, 4
+		bt := b.batch(t, "w", n, t0)
+		var mu sync.Mutex
+		leased := map[int64]int{}
+		ended := 0
+		race(t, workers, func(w int) error {
+			owner := fmt.Sprint("o", w)
+			for {
+				c, err := b.st.RequestsClaim(b.ctx, store.RequestsClaimParams{Owner: owner, Limit: 7, Now: t0, LeaseUntil: t0.Add(time.Minute)})
+				if err != nil || len(c) == 0 {
+					return err // none left that another claimer does not hold
+				}
+				var os []store.Outcome
+				mu.Lock()
+				for _, r := range c {
+					leased[r.ID]++
+					os = append(os, succeed(r))
+				}
+				mu.Unlock()
+				chs, err := b.st.RequestsComplete(b.ctx, store.RequestsCompleteParams{Owner: owner, Now: t0, Outcomes: os})
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				ended += endedCount(chs)
+				mu.Unlock()
+			}
+		})
+		for id, k := range leased {
+			if k != 1 {
+				t.Fatalf("request %d leased %d times", id, k)
+			}
+		}
+		if got := b.get(t, bt); len(leased) != n || ended != 1 || got.Status != store.StatusEnded || got.Counts.Succeeded != n {
+			t.Fatalf("%d of %d leased, ended %d times: %+v", len(leased), n, ended, got)
+		}
+		if r := b.results(t, bt); len(r) != n {
+			t.Fatalf("%d results, want %d", len(r), n)
+		}
+	})
 }
 
-// testUpstream is requests delegated to an upstream Message Batches API.
+// testUpstreamBatches is requests delegated to an upstream Message Batches API.
 func testUpstreamBatches(t *testing.T, newStore NewStore) {
 	t.Parallel()
 	run(t, "UpstreamBatches", newStore, func(t *testing.T, b *bundle) {
@@ -1293,6 +1360,21 @@ func testIdempotency(t *testing.T, newStore NewStore) {
 			t.Fatalf("a released key is still held: %+v", held)
 		}
 	})
+	// Requests racing with one new key: exactly one reserves it.
+	run(t, "IdempotencyReserveRace", newStore, func(t *testing.T, b *bundle) {
+		const tries = 8
+		var won atomic.Int64
+		race(t, tries, func(int) error {
+			held, err := b.st.IdempotencyReserve(b.ctx, store.IdempotencyReserveParams{Workspace: "a", Key: "k", Now: t0, TTL: 24 * time.Hour, StaleAfter: time.Hour})
+			if err == nil && held == nil {
+				won.Add(1)
+			}
+			return err
+		})
+		if won.Load() != 1 {
+			t.Fatalf("%d of %d racing requests reserved one key", won.Load(), tries)
+		}
+	})
 }
 
 // routedBatch creates a batch whose requests i go to model models[i%len].
@@ -1323,4 +1405,29 @@ func (b *bundle) claimFor(t *testing.T, backend string, limit int) []store.Claim
 		t.Fatal(err)
 	}
 	return c
+}
+
+// race runs fn(0..n-1) at once, released together, and fails t with the
+// first error any returns.
+func race(t *testing.T, n int, fn func(i int) error) {
+	t.Helper()
+	start := make(chan struct{})
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs <- fn(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
