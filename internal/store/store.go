@@ -1,6 +1,6 @@
 // Package store is batchd's storage seam: one interface of domain verbs, each
-// with a params struct, implemented by an embedded SQLite driver and (later)
-// a PostgreSQL driver. Both run the same conformance suite in storetest.
+// with a params struct, implemented by an embedded SQLite driver (store/sqlite)
+// and a PostgreSQL driver (store/postgres). Both run the same conformance suite in storetest.
 //
 // State transitions are guarded in SQL, never in Go memory: a request result
 // is written only while the request is still running and still leased by the
