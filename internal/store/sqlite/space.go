@@ -306,10 +306,14 @@ func (s *Store) maintain(ctx context.Context) {
 // ends the full state once the reserve is back and there is room beyond
 // it. Errors wait for the next round.
 func (s *Store) recoverRoom(ctx context.Context) {
-	for range maxVacuumSteps {
-		if s.freePages(ctx) == 0 || s.vacuum(ctx) != nil {
+	// Until no page is free, or a step frees none (auto_vacuum is off in
+	// a data dir not yet converted).
+	for i, last := 0, int64(-1); i < maxVacuumSteps; i++ {
+		free := s.freePages(ctx)
+		if free == 0 || free == last || s.vacuum(ctx) != nil {
 			break
 		}
+		last = free
 	}
 	if !s.checkpointSafe(ctx) {
 		return
