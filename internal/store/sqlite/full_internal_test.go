@@ -2,10 +2,12 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -169,4 +171,99 @@ func newBatch(t *testing.T, s *Store, id string, n int) *store.Batch {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestFullDiskRecoversByDeleting: a disk filled while the WAL holds a large
+// batch that was never copied into the database file (a reader pinned
+// it), and freed only by deleting that batch through the store. Before,
+// the background checkpoint ran first and copied the batch's pages into
+// the file, growing it into the room the released reserve had given the
+// deletes, and failed half way: the vacuum then had no WAL room, the WAL
+// could not be emptied, and the store stayed full for good. Now the
+// vacuum runs first and the checkpoint only once it cannot run out of
+// room, so the space comes back and so do creates.
+func TestFullDiskRecoversByDeleting(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := mountTmpfs(t, 48)
+	path := filepath.Join(dir, "batchd.db")
+	s, err := OpenWith(ctx, path, Options{Reserve: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	newBatch(t, s, "msgbatch_0", 1)
+
+	// A reader on an older snapshot keeps every checkpoint from copying
+	// what follows into the database file.
+	pin, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pin.Close()
+	ptx, err := pin.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := ptx.QueryRowContext(ctx, `SELECT count(*) FROM batches`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1e9, 0)
+	big, err := s.BatchInsert(ctx, store.BatchInsertParams{ID: "msgbatch_big", Workspace: "w", CreatedAt: now, ExpiresAt: now.Add(24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := []byte(`{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"` + strings.Repeat("x", 64<<10) + `"}]}`)
+	var reqs []store.NewRequest
+	for i := range 320 { // 20 MiB
+		reqs = append(reqs, store.NewRequest{CustomID: fmt.Sprint("r", i), Params: params, Model: "m", Backend: "sim"})
+	}
+	if err := s.RequestsInsert(ctx, store.RequestsInsertParams{BatchSeq: big.Seq, Requests: reqs}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: big.Seq, Total: int64(len(reqs))}); err != nil {
+		t.Fatal(err)
+	}
+	fillDisk(t, dir) // left in place: only the delete may free room
+	ptx.Rollback()
+	state := func() string {
+		return fmt.Sprintf("full %v, %d free pages; db %d KiB, WAL %d KiB, reserve %d KiB",
+			s.space.isFull(), s.freePages(ctx), fileSize(path)>>10, fileSize(path+"-wal")>>10, fileSize(s.space.path)>>10)
+	}
+	t.Logf("filled: %s", state())
+
+	if _, err := s.BatchCancel(ctx, store.BatchCancelParams{Workspace: "w", ID: big.ID, Now: now}); err != nil {
+		t.Fatalf("cancel on the full disk: %v (%s)", err, state())
+	}
+	if err := s.BatchDelete(ctx, store.BatchGetParams{Workspace: "w", ID: big.ID}); err != nil {
+		t.Fatalf("delete on the full disk: %v (%s)", err, state())
+	}
+	for {
+		n, err := s.RequestsPurge(ctx, 1000)
+		if err != nil {
+			t.Fatalf("purge on the full disk: %v (%s)", err, state())
+		}
+		if n == 0 {
+			break
+		}
+	}
+	t.Logf("deleted: %s", state())
+	deadline := time.Now().Add(time.Minute)
+	for s.space.isFull() || fileSize(path)+fileSize(path+"-wal") > 4<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("space not given back a minute after the delete: %s", state())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("recovered: %s", state())
+	newBatch(t, s, "msgbatch_after", 1)
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }
