@@ -87,7 +87,7 @@ func TestClaimFailuresBackOff(t *testing.T) {
 			t.Errorf("claim %d came %v after the one before, want at least %v", i, gap, want)
 		}
 	}
-	const failed = "claim failed; retrying with backoff until claims work again"
+	const failed = "claim failed"
 	if n := logs.count(failed); n != 1 {
 		t.Errorf("%d %q records after %d failed claims, want 1", n, failed, len(times))
 	}

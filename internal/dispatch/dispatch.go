@@ -472,8 +472,8 @@ func (f *claimFailures) failed(log *slog.Logger, err error, now time.Time) time.
 	if f.backoff == 0 {
 		f.since = now
 		f.backoff = claimBackoffMin
-		log.Error("claim failed; retrying with backoff until claims work again", "err", err,
-			"retry_in", f.backoff, "max_retry_in", claimBackoffMax)
+		log.Error("claim failed", "err", err, "retry_in", f.backoff,
+			"backoff_max", claimBackoffMax, "note", "logged again only when claims work again")
 		return f.backoff
 	}
 	f.backoff = min(2*f.backoff, claimBackoffMax)
