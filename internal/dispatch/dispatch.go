@@ -452,25 +452,76 @@ func (d *Dispatcher) emit(changes ...*store.BatchChange) {
 	}
 }
 
+// Failed claims (a full disk, a store that is down) are retried after a
+// delay that doubles from claimBackoffMin up to claimBackoffMax and starts
+// again from nothing after a claim that works.
+const (
+	claimBackoffMin = 10 * time.Millisecond
+	claimBackoffMax = 5 * time.Second
+)
+
+// claimFailures is the claim loop's state of failure, logged when it
+// begins and when it ends rather than at every try.
+type claimFailures struct {
+	backoff time.Duration // the wait before the next try; 0: not failing
+	tries   int
+	since   time.Time
+}
+
+// failed records a failed claim and returns how long to wait.
+func (f *claimFailures) failed(log *slog.Logger, err error, now time.Time) time.Duration {
+	f.tries++
+	if f.backoff == 0 {
+		f.since = now
+		f.backoff = claimBackoffMin
+		log.Error("claim failed", "err", err, "retry_in", f.backoff,
+			"backoff_max", claimBackoffMax, "note", "logged again only when claims work again")
+		return f.backoff
+	}
+	f.backoff = min(2*f.backoff, claimBackoffMax)
+	log.Debug("claim failed again", "err", err, "tries", f.tries, "retry_in", f.backoff)
+	return f.backoff
+}
+
+// succeeded records a claim that worked.
+func (f *claimFailures) succeeded(log *slog.Logger, now time.Time) {
+	if f.backoff > 0 {
+		log.Info("claims work again", "failed_tries", f.tries, "after", now.Sub(f.since).Round(time.Millisecond))
+	}
+	*f = claimFailures{}
+}
+
 func (d *Dispatcher) claimLoop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	backoff := time.Duration(0)
+	var failures claimFailures
 	for {
 		// A lane that ran out of due work is asked again only when new work
 		// may exist (a new batch, or the timer for retries), not whenever a
 		// slot frees: an empty claim still costs a write transaction.
+		// After a failure only the backoff's timer ends the wait.
 		rescan := false
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.wake:
-			rescan = true
-		case <-d.freed:
-		case <-timer.C:
-			rescan = true
+		if failures.backoff > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+				rescan = true
+			}
+		} else {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.wake:
+				rescan = true
+			case <-d.freed:
+			case <-timer.C:
+				rescan = true
+			}
 		}
 		drained := false // a lane ran dry in this round
+		var backoff time.Duration
+	lanes:
 		for _, l := range d.lanes {
 			if l.drained && !rescan {
 				continue
@@ -486,13 +537,14 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 				})
 				if err != nil {
 					d.unreserve(l, free)
-					if ctx.Err() == nil {
-						backoff = min(max(2*backoff, 10*time.Millisecond), d.cfg.PollInterval)
-						d.log.Error("claim failed", "backend", l.name, "err", err, "retry_in", backoff)
+					if ctx.Err() != nil {
+						return
 					}
-					break
+					// The store is shared: the other lanes wait too.
+					backoff = failures.failed(d.log, err, time.Now())
+					break lanes
 				}
-				backoff = 0
+				failures.succeeded(d.log, time.Now())
 				d.unreserve(l, free-len(claimed))
 				for _, c := range claimed {
 					d.dispatch(l, c)

@@ -7,16 +7,31 @@ package sqlite
 // SQLite needs free space even to delete: every changed page is appended
 // to the WAL first. So the store keeps a reserve, a file of Options.Reserve
 // bytes beside the database. A write that frees space and fails with
-// SQLITE_FULL removes the reserve and runs once more. Meanwhile the store
-// is "full": every other write fails at once with store.ErrFull (creates,
-// results, leases, webhook records), so that none of them takes the room
-// the freeing writes need; the dispatcher and deliverer retry theirs. The maintenance loop puts the reserve back
-// and ends the full state as soon as the file system has the room again.
+// SQLITE_FULL removes the reserve and runs once more (txFreeing). Meanwhile
+// the store is "full": every other write fails at once with store.ErrFull
+// (creates, claims, webhook records), so that none of them takes the room
+// the freeing writes need; the dispatcher and deliverer retry theirs. The
+// checkpoint loop puts the reserve back and ends the full state as soon as
+// the file system has the room for it and as much again (recoverRoom).
 //
 // Freed pages go back to the file system through auto_vacuum=INCREMENTAL
 // and a periodic incremental_vacuum; the file shrinks at the checkpoint
 // that copies the vacuumed pages back. The WAL is cut back to
 // journalSizeLimit whenever it restarts after a checkpoint.
+//
+// While the store is full the order matters. The WAL then holds pages up
+// to the database's peak size (the create that filled the disk), and a
+// checkpoint copies them into the database file, growing it, before the
+// WAL can be emptied: on the disk that has just been freed by giving up
+// the reserve, that copy took the freed room and failed half way, and
+// then nothing could run any more (the vacuum needs WAL room, the WAL
+// needs a complete checkpoint, the checkpoint needs room). So while full
+// no background checkpoint runs: the deletes commit into the WAL, the
+// vacuum shrinks the database's size in the WAL, and only then does one
+// checkpoint run, when it no longer grows the file or when the file
+// system has the room for all it grows (checkpointSafe); it copies only
+// the pages that are left, cuts the file to its new size and empties the
+// WAL.
 
 import (
 	"context"
@@ -24,6 +39,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"sync"
 	"syscall"
 
 	"modernc.org/sqlite"
@@ -76,13 +93,19 @@ func isFull(err error) bool {
 
 // space is the store's disk-space state.
 type space struct {
+	db   string // the database file
 	path string // the reserve file
 	size int64
 	full chan struct{} // holds a token while the store is full
+
+	// ckpt is held by every checkpoint and by the release of the reserve,
+	// so that no background checkpoint that began before the store was
+	// full runs on into the room the reserve gave back.
+	ckpt sync.Mutex
 }
 
 func newSpace(dbPath string, size int64) *space {
-	return &space{path: dbPath + "-reserve", size: size, full: make(chan struct{}, 1)}
+	return &space{db: dbPath, path: dbPath + "-reserve", size: size, full: make(chan struct{}, 1)}
 }
 
 func (sp *space) isFull() bool { return len(sp.full) > 0 }
@@ -124,44 +147,103 @@ func (s *Store) refuseWhenFull() error {
 	return nil
 }
 
-// txFreeing runs fn, a write that frees space or that the freeing ones
-// wait on (rescue, which the sweep runs before its purge), in a write
-// transaction, even while the store is full; on a full disk it gives up
-// the reserve and runs fn once more.
+// txFreeing runs fn in a write transaction even while the store is full;
+// on a full disk it gives up the reserve and runs fn once more. It is for
+// the writes that free space (delete, cancel, expiry, the purge and
+// archive sweeps, the vacuum), those the freeing ones wait on (rescue,
+// which the sweep runs before its purge; completions, without which a
+// canceled batch never ends and so cannot be deleted) and heartbeats, whose
+// lapse would send the running requests a second time. All of them write
+// little or are bounded by what is already claimed.
 func (s *Store) txFreeing(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return s.withRoom(ctx, func() error { return s.write(ctx, fn) })
 }
 
 // withRoom runs write, and on a full disk makes what room it can and runs
-// it again: first by giving up the reserve, then by emptying the WAL, which
-// a full disk stops the background checkpoint from doing (it cannot grow
-// the database file for the pages it copies back).
+// it again: first by giving up the reserve, then by emptying the WAL if
+// that cannot take the room instead (checkpointSafe).
 func (s *Store) withRoom(ctx context.Context, write func() error) error {
 	err := write()
 	if errors.Is(err, store.ErrFull) && s.releaseReserve() {
 		err = write()
 	}
-	if errors.Is(err, store.ErrFull) && s.truncateWAL(ctx) {
+	if errors.Is(err, store.ErrFull) && s.checkpointSafe(ctx) {
 		err = write()
 	}
 	return err
 }
 
-// truncateWAL copies the whole WAL back and cuts it to zero bytes. It runs
-// on the writer connection, so it waits for the writes in turn instead of
-// failing them, and for readers on older snapshots.
-func (s *Store) truncateWAL(ctx context.Context) bool {
+// checkpointSafe copies the whole WAL back into the database file and cuts
+// the WAL to zero bytes, but only when that cannot fail half way for want
+// of room: when the database file need not grow, or when the file system
+// has the room for all it grows. A checkpoint that fails half way has
+// grown the file into the room the deletes and the vacuum need, and the
+// WAL stays as large as it was. Where the free room cannot be read, a
+// growing checkpoint runs only once the vacuum has nothing left to shrink.
+//
+// It runs on the writer connection, so no commit changes the database's
+// size between the check and the checkpoint, and it waits for the writes
+// in turn instead of failing them, and for readers on older snapshots.
+func (s *Store) checkpointSafe(ctx context.Context) bool {
+	conn, err := s.w.Conn(ctx)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	s.space.ckpt.Lock()
+	defer s.space.ckpt.Unlock()
+	var pages, pageSize, free int64
+	for q, v := range map[string]*int64{`PRAGMA page_count`: &pages, `PRAGMA page_size`: &pageSize, `PRAGMA freelist_count`: &free} {
+		if err := conn.QueryRowContext(ctx, q).Scan(v); err != nil {
+			return false
+		}
+	}
+	fi, err := os.Stat(s.space.db)
+	if err != nil {
+		return false
+	}
+	if grow := pages*pageSize - fi.Size(); grow > 0 {
+		avail, known := availBytes(filepath.Dir(s.space.db))
+		if known && avail < grow+checkpointSlack || !known && free > 0 {
+			return false
+		}
+	}
 	var busy, log, done int
-	err := s.w.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &log, &done)
+	err = conn.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &log, &done)
 	return err == nil && busy == 0
 }
 
+// checkpointSlack is room a growing checkpoint leaves beyond what it
+// grows the database file by (a file system's own blocks, a concurrent
+// small write).
+const checkpointSlack = 1 << 20
+
 // releaseReserve removes the reserve file, reporting whether there was one.
+// It waits for a background checkpoint in progress (see space.ckpt).
 func (s *Store) releaseReserve() bool {
 	if s.space.size <= 0 {
 		return false
 	}
+	s.space.ckpt.Lock()
+	defer s.space.ckpt.Unlock()
 	return os.Remove(s.space.path) == nil
+}
+
+// checkpointPassive copies what it can of the WAL back into the database
+// file without waiting for anyone, unless the store is full (see the
+// comment at the top). A checkpoint that cannot grow the file means the
+// disk is full: the writes that grow it stop now, while the reserve still
+// covers what the WAL holds.
+func (s *Store) checkpointPassive() {
+	s.space.ckpt.Lock()
+	defer s.space.ckpt.Unlock()
+	if s.space.isFull() {
+		return
+	}
+	// Errors are retried on the next tick; the WAL only grows meanwhile.
+	if _, err := s.r.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); isFull(err) {
+		s.space.setFull()
+	}
 }
 
 // fillFile makes path a file of n bytes actually written (a sparse file
@@ -211,26 +293,51 @@ func (s *Store) probeRoom() bool {
 	return true
 }
 
-// maintain vacuums free pages back to the file system and, while the store
-// is full, restores the reserve and ends the full state once there is room.
+// maintain vacuums one step of free pages back to the file system.
 // Errors wait for the next round.
 func (s *Store) maintain(ctx context.Context) {
-	var free int64
-	if err := s.r.QueryRowContext(ctx, `PRAGMA freelist_count`).Scan(&free); err == nil && free > 0 {
+	if s.freePages(ctx) > 0 {
 		s.vacuum(ctx)
 	}
-	if !s.space.isFull() {
+}
+
+// recoverRoom runs on every checkpoint tick while the store is full: it
+// vacuums every free page, then empties the WAL when that is safe, and
+// ends the full state once the reserve is back and there is room beyond
+// it. Errors wait for the next round.
+func (s *Store) recoverRoom(ctx context.Context) {
+	// Until no page is free, or a step frees none (auto_vacuum is off in
+	// a data dir not yet converted).
+	for i, last := 0, int64(-1); i < maxVacuumSteps; i++ {
+		free := s.freePages(ctx)
+		if free == 0 || free == last || s.vacuum(ctx) != nil {
+			break
+		}
+		last = free
+	}
+	if !s.checkpointSafe(ctx) {
 		return
 	}
-	// The vacuumed pages leave the file at a complete checkpoint; the
-	// passive ones may never complete while writers retry.
-	s.truncateWAL(ctx)
 	if s.ensureReserve() == nil && s.probeRoom() {
 		s.space.clearFull()
 	}
 }
 
-// vacuum returns up to vacuumPages free pages to the file system.
+// maxVacuumSteps bounds one recoverRoom's vacuum (16 GiB of free pages).
+const maxVacuumSteps = 1024
+
+// freePages is the database's count of free pages, 0 if it cannot be read.
+func (s *Store) freePages(ctx context.Context) int64 {
+	var free int64
+	if err := s.r.QueryRowContext(ctx, `PRAGMA freelist_count`).Scan(&free); err != nil {
+		return 0
+	}
+	return free
+}
+
+// vacuum returns up to vacuumPages free pages to the file system: it moves
+// the pages at the end of the file into free ones and shrinks the
+// database's size; the file shrinks at the next complete checkpoint.
 func (s *Store) vacuum(ctx context.Context) error {
 	q := fmt.Sprintf(`PRAGMA incremental_vacuum(%d)`, vacuumPages)
 	return s.withRoom(ctx, func() error {

@@ -209,14 +209,13 @@ func (s *Store) checkpointLoop() {
 		case <-s.stop:
 			return
 		case <-t.C:
-			// PASSIVE never blocks readers or the writer. Errors are
-			// retried on the next tick; the WAL only grows meanwhile.
-			// A checkpoint that cannot grow the database file means the
-			// disk is full: stop the writes that grow it now, while the
-			// reserve still covers what the WAL holds (space.go).
-			if _, err := s.r.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); isFull(err) {
-				s.space.setFull()
+			// PASSIVE never blocks readers or the writer. While the store
+			// is full the checkpoint waits for the vacuum (space.go).
+			if s.space.isFull() {
+				s.recoverRoom(context.Background())
+				continue
 			}
+			s.checkpointPassive()
 			if tick%maintainEvery == 0 {
 				s.maintain(context.Background())
 			}
@@ -325,9 +324,7 @@ func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return s.write(ctx, fn)
 }
 
-// write runs fn in a write transaction, full or not: for the writes that
-// free space (txFreeing) and for completions, which a canceled batch needs
-// to end, and so to be deleted, and which write little.
+// write runs fn in a write transaction, full or not (see txFreeing).
 func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -1450,8 +1447,11 @@ func (s *Store) fillParams(ctx context.Context, tx *sql.Tx, claimed []store.Clai
 
 // RequestsComplete implements store.Store.
 func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompleteParams) ([]*store.BatchChange, error) {
+	// Outcomes are written even while the store is full, with the reserve
+	// if need be: a canceled batch ends only once its claimed requests
+	// are written, and only an ended batch can be deleted to free space.
 	var out []*store.BatchChange
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		var err error
 		out, err = s.completeTx(ctx, tx, p)
 		return err
@@ -1467,7 +1467,7 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 func (s *Store) RequestsCompleteAndClaim(ctx context.Context, c store.RequestsCompleteParams, p store.RequestsClaimParams) ([]*store.BatchChange, []store.ClaimedRequest, error) {
 	var changes []*store.BatchChange
 	var claimed []store.ClaimedRequest
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
 		if changes, err = s.completeTx(ctx, tx, c); err != nil {
 			return err
@@ -1475,6 +1475,11 @@ func (s *Store) RequestsCompleteAndClaim(ctx context.Context, c store.RequestsCo
 		claimed, err = s.claimTx(ctx, tx, p)
 		return err
 	})
+	if errors.Is(err, store.ErrFull) {
+		// No claims on a full disk, but the outcomes are written.
+		changes, err := s.RequestsComplete(ctx, c)
+		return changes, nil, err
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("complete and claim requests: %w", err)
 	}
@@ -1613,9 +1618,16 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 
 // RequestsHeartbeat implements store.Store.
 func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeatParams) error {
-	_, err := s.execAffected(ctx, "heartbeat", `UPDATE tasks SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
-		micros(p.LeaseUntil), p.Owner)
-	return err
+	// Even on a full disk: a lapsed lease sends the running requests again.
+	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE tasks SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
+			micros(p.LeaseUntil), p.Owner)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	return nil
 }
 
 // RequestsRescue implements store.Store.

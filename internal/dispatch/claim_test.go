@@ -1,0 +1,109 @@
+package dispatch
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/batchd/batchd/internal/store"
+	"github.com/batchd/batchd/internal/store/faultstore"
+)
+
+// logCounter is a slog.Handler that counts records by message.
+type logCounter struct {
+	mu   *sync.Mutex
+	msgs map[string]int
+}
+
+func newLogCounter() *logCounter { return &logCounter{mu: &sync.Mutex{}, msgs: map[string]int{}} }
+
+func (h *logCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logCounter) WithGroup(string) slog.Handler            { return h }
+func (h *logCounter) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.msgs[r.Message]++
+	return nil
+}
+
+func (h *logCounter) count(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.msgs[msg]
+}
+
+// claimTimes records when each claim was asked for.
+type claimTimes struct {
+	store.Store
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (c *claimTimes) RequestsClaim(ctx context.Context, p store.RequestsClaimParams) ([]store.ClaimedRequest, error) {
+	c.mu.Lock()
+	c.times = append(c.times, time.Now())
+	c.mu.Unlock()
+	return c.Store.RequestsClaim(ctx, p)
+}
+
+func (c *claimTimes) snapshot() []time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]time.Time(nil), c.times...)
+}
+
+// TestClaimFailuresBackOff: while claims fail (a full disk), the claim loop
+// waits twice as long after each failure, even when slots free up or new
+// work is announced, and logs the failure once, not at every try; a claim
+// that works again is logged once and ends the backoff. Before, it retried
+// every 10 ms (at most PollInterval) and logged every try.
+func TestClaimFailuresBackOff(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	fs := faultstore.New(st)
+	fs.Fail("RequestsClaim", store.ErrFull)
+	rec := &claimTimes{Store: fs}
+	logs := newLogCounter()
+	gate := newGateBackend()
+	d := startDispatcher(t, rec, gate, Config{Concurrency: 1, PollInterval: time.Hour, Lease: time.Hour, Logger: slog.New(logs)})
+
+	const tries = 6 // about 10+20+40+80+160 ms of backoff
+	deadline := time.Now().Add(time.Minute)
+	for len(rec.snapshot()) < tries {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d claims in a minute", len(rec.snapshot()))
+		}
+		d.Wake() // new work announced during the backoff changes nothing
+		time.Sleep(time.Millisecond)
+	}
+	times := rec.snapshot()
+	// Lower bounds only: a slow machine makes the waits longer, never
+	// shorter.
+	for i := 1; i < len(times); i++ {
+		if gap, want := times[i].Sub(times[i-1]), claimBackoffMin<<(i-1); gap < want {
+			t.Errorf("claim %d came %v after the one before, want at least %v", i, gap, want)
+		}
+	}
+	const failed = "claim failed"
+	if n := logs.count(failed); n != 1 {
+		t.Errorf("%d %q records after %d failed claims, want 1", n, failed, len(times))
+	}
+
+	fs.Clear("RequestsClaim")
+	b := publish(t, st, time.Now(), time.Hour, prompts("after")...)
+	d.Wake()
+	if p := gate.nextStarted(t); p != "after" {
+		t.Fatalf("started %q", p)
+	}
+	if n := logs.count("claims work again"); n != 1 {
+		t.Errorf("%d recovery records, want 1", n)
+	}
+	if n := logs.count(failed); n != 1 {
+		t.Errorf("%d %q records in all, want 1", n, failed)
+	}
+	gate.release()
+	waitBatch(t, st, b, "the batch ends", func(b *store.Batch) bool { return b.Status == store.StatusEnded })
+}
