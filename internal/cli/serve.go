@@ -21,6 +21,7 @@ import (
 	"github.com/batchd/batchd/internal/config"
 	"github.com/batchd/batchd/internal/dispatch"
 	"github.com/batchd/batchd/internal/server"
+	"github.com/batchd/batchd/internal/store/sqlite"
 )
 
 // serveConfig is everything `batchd serve` takes, each with its default.
@@ -40,6 +41,7 @@ type serveConfig struct {
 	idleTimeout     time.Duration
 	maxCreates      int
 	maxStreams      int
+	storageReserve  int64
 	maxInProgress   int
 	retryBackoff    time.Duration
 	retryBackoffMax time.Duration
@@ -82,6 +84,7 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&c.bodyIdle, "body-idle-timeout", server.DefaultBodyIdleTimeout, "a create whose body sends nothing for this long is refused (a slow upload that keeps sending is not)")
 	f.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "an idle keep-alive connection is closed after this long")
 	f.IntVar(&c.maxCreates, "max-concurrent-creates", server.DefaultMaxConcurrentCreates, "creates one workspace may upload at once (429 over it)")
+	f.Int64Var(&c.storageReserve, "storage-reserve-bytes", sqlite.DefaultReserve, "disk space kept back (batchd.db-reserve) so deletes, cancels and results still work on a full disk")
 	f.IntVar(&c.maxStreams, "max-streams-per-workspace", server.DefaultMaxStreamsPerWorkspace, "event streams one workspace may hold open at once (429 over it)")
 	f.Int64Var(&c.maxParamsBytes, "max-params-bytes", batch.DefaultMaxParamsBytes, "bytes of one request's params (413 naming requests.N.params over it)")
 	f.IntVar(&c.maxInProgress, "max-in-progress", batch.DefaultMaxInProgress, "unended batches per workspace (429 over it)")
@@ -196,6 +199,7 @@ func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 		BodyIdleTimeout:        c.bodyIdle,
 		MaxConcurrentCreates:   c.maxCreates,
 		MaxStreamsPerWorkspace: c.maxStreams,
+		StorageReserve:         c.storageReserve,
 		Batch: batch.Config{
 			MaxRequests:    c.maxRequests,
 			MaxBodyBytes:   c.maxBodyBytes,
