@@ -6,7 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -33,5 +36,21 @@ func TestIdleKeepAliveClosed(t *testing.T) {
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Fatalf("idle connection: %v, want it closed by the server (EOF)", err)
+	}
+}
+
+// TestStorageReserveFlag: --storage-reserve-bytes sets the size of the
+// reserve file kept beside the database.
+func TestStorageReserveFlag(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := startServe(t, dir, "--storage-reserve-bytes", "3145728")
+	defer p.kill(syscall.SIGTERM)
+	fi, err := os.Stat(filepath.Join(dir, "batchd.db-reserve"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() != 3<<20 {
+		t.Fatalf("reserve is %d bytes, want %d", fi.Size(), 3<<20)
 	}
 }
