@@ -76,9 +76,9 @@ func BenchmarkHTTPBackendCPU(b *testing.B) {
 			for range b.N {
 				dir := b.TempDir()
 				cfg := filepath.Join(dir, "batchd.toml")
-				backend := fmt.Sprintf("[[backends]]\nname = \"up\"\nkind = %q\nbase_url = %q\napi_key_env = \"BENCH_UPSTREAM_KEY\"\nconcurrency = 64\nfixed_concurrency = true\n", kind, up)
+				backend := fmt.Sprintf("[[backends]]\nname = \"up\"\nkind = %q\nbase_url = %q\napi_key_env = \"BENCH_UPSTREAM_KEY\"\nconcurrency = 64\nmax_concurrency = 64\nfixed_concurrency = true\n", kind, up)
 				if kind == "openai" {
-					backend = fmt.Sprintf("[[backends]]\nname = \"up\"\nkind = \"openai\"\nbase_url = %q\nconcurrency = 64\nfixed_concurrency = true\n", up+"/v1")
+					backend = fmt.Sprintf("[[backends]]\nname = \"up\"\nkind = \"openai\"\nbase_url = %q\nconcurrency = 64\nmax_concurrency = 64\nfixed_concurrency = true\n", up+"/v1")
 				}
 				if kind == "sim" {
 					backend = "[[backends]]\nname = \"up\"\nkind = \"sim\"\n"
