@@ -29,6 +29,7 @@ type Call struct {
 	// OnResponse, when set, is called by HTTP backends with the status and
 	// headers of every upstream response (errors included), so the
 	// dispatcher's rate control can read anthropic-ratelimit-* headers.
+	// header is the response's own, not a copy: read it, never modify it.
 	OnResponse func(status int, header http.Header)
 	// Withdrawn, when set, is closed once the request must no longer be
 	// sent (its batch was canceled or expired). A backend that waits

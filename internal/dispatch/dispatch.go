@@ -750,13 +750,16 @@ func erroredResult(be *backend.Error) json.RawMessage {
 }
 
 // complete writes outcomes in groups: whatever has arrived while the last
-// write ran goes into the next one. A small group waits up to a millisecond
-// for more while other requests are still running: under load that turns
-// many tiny transactions into a few large ones, and it costs a result at
-// most a millisecond.
+// write ran goes into the next one. A group smaller than minGroup waits up
+// to linger for more while other requests are still running: every write
+// transaction has a fixed cost (its statements, the batch rows, the commit)
+// that a group of a few outcomes pays nearly in full, and an HTTP backend
+// delivers outcomes one by one. The claimed-ahead queue keeps the workers
+// busy meanwhile, and a result is late by at most linger.
 func (d *Dispatcher) complete(ctx context.Context) {
 	const maxGroup = 512
-	const linger = time.Millisecond
+	const minGroup = maxGroup / 4
+	const linger = 5 * time.Millisecond
 	group := make([]laneOutcome, 0, maxGroup)
 	timer := time.NewTimer(linger)
 	timer.Stop()
@@ -774,11 +777,13 @@ func (d *Dispatcher) complete(ctx context.Context) {
 				continue
 			default:
 			}
-			if lingering || len(group) >= maxGroup/8 || !d.busy(len(group)) {
+			if len(group) >= minGroup || !d.busy(len(group)) {
 				break
 			}
-			lingering = true
-			timer.Reset(linger)
+			if !lingering {
+				lingering = true
+				timer.Reset(linger)
+			}
 			select {
 			case o, ok := <-d.outcomes:
 				if !ok {
@@ -786,6 +791,7 @@ func (d *Dispatcher) complete(ctx context.Context) {
 				}
 				group = append(group, o)
 			case <-timer.C:
+				break fill
 			}
 		}
 		timer.Stop()

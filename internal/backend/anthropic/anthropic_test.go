@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	sdk "github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/anthropics/anthropic-sdk-go/v2/option"
+
 	"github.com/batchd/batchd/internal/backend"
 )
 
@@ -720,5 +723,108 @@ func TestIgnoresSDKEnvironment(t *testing.T) {
 	}
 	if wrongHit.Load() {
 		t.Error("ANTHROPIC_BASE_URL redirected the request")
+	}
+}
+
+// TestSendsWhatTheSDKSends: the backend builds its request with the SDK
+// once and sends copies, so what reaches the upstream — method, path,
+// every header, the body — must be what the SDK itself sends for the same
+// call, betas included.
+func TestSendsWhatTheSDKSends(t *testing.T) {
+	t.Parallel()
+	type seen struct {
+		method, path string
+		header       http.Header
+		body         string
+	}
+	reqs := make(chan seen, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		reqs <- seen{r.Method, r.URL.Path, r.Header.Clone(), string(body)}
+		writeJSON(w, 200, upstreamMessage)
+	}))
+	defer srv.Close()
+
+	b := newBackend(t, srv.URL+"/prefix")
+	c := call()
+	c.Betas = []string{"message-batches-2024-09-24", "interleaved-thinking-2025-05-14"}
+	if _, err := b.Do(context.Background(), c); err != nil {
+		t.Fatalf("Do: %v", err)
+	}
+	ours := <-reqs
+
+	client := sdk.NewClient(
+		option.WithoutEnvironmentDefaults(),
+		option.WithoutOpenTelemetry(),
+		option.WithBaseURL(srv.URL+"/prefix"),
+		option.WithMaxRetries(0),
+		option.WithHeader("X-Api-Key", testKey),
+		option.WithHeader("Anthropic-Version", DefaultVersion),
+	)
+	var res *http.Response
+	if err := client.Post(context.Background(), messagesPath, nil, &res,
+		option.WithRequestBody("application/json", []byte(params)),
+		option.WithHeader("Anthropic-Beta", "message-batches-2024-09-24,interleaved-thinking-2025-05-14")); err != nil {
+		t.Fatalf("SDK: %v", err)
+	}
+	res.Body.Close()
+	theirs := <-reqs
+
+	if ours.method != theirs.method || ours.path != theirs.path || ours.body != theirs.body {
+		t.Errorf("request %s %s %q, SDK sends %s %s %q", ours.method, ours.path, ours.body, theirs.method, theirs.path, theirs.body)
+	}
+	if !reflect.DeepEqual(ours.header, theirs.header) {
+		t.Errorf("headers differ from the SDK's:\n ours %v\n  SDK %v", ours.header, theirs.header)
+	}
+	if ours.header.Get("X-Stainless-Lang") != "go" || !strings.HasPrefix(ours.header.Get("User-Agent"), "Anthropic/Go ") {
+		t.Errorf("not the SDK's headers: %v", ours.header)
+	}
+}
+
+// TestMessageFastPathAgrees: message reads the common body without
+// decoding it; for every body, what it returns (the bytes or the error)
+// must be what decoding returns.
+func TestMessageFastPathAgrees(t *testing.T) {
+	t.Parallel()
+	bodies := []string{
+		upstreamMessage,
+		`{"id":"msg_1","type":"message","content":[]}`,
+		`{"type":"message","id":"msg_1"}`,
+		` {"type" : "message", "id":"msg_1" } `,
+		`{"type":"message","id":"msg_1","nested":{"type":"x","id":""},"list":[{"id":""}]}`,
+		`{"type":"message","id":"msg_1","type":"error"}`,
+		`{"type":"error","id":"msg_1","type":"message"}`,
+		`{"type":"message","id":"msg_1","id":""}`,
+		`{"type":"message","Type":"error","id":"msg_1"}`,
+		`{"TYPE":"message","id":"msg_1"}`,
+		`{"type":"message","ID":"msg_2"}`,
+		`{"t\u0079pe":"message","id":"msg_1"}`,
+		`{"type":"m\u0065ssage","id":"msg_1"}`,
+		`{"type":"message","id":"msg_\"quoted\\"}`,
+		`{"type":"message","id":null}`,
+		`{"type":null,"id":"msg_1"}`,
+		`{"type":"message","id":7}`,
+		`{"type":["message"],"id":"msg_1"}`,
+		`{"type":{"a":"message"},"id":"msg_1"}`,
+		`{"type":"message","id":"msg_1","s":"a \" } ] , : \\ \n"}`,
+		`{"type":"message"}`,
+		`{"id":"msg_1"}`,
+		`{}`,
+		`[]`,
+		`"message"`,
+		`42`,
+		`null`,
+		`{"type":"message","id":"msg_1"`,
+		`{"type":"message","id":"msg_1"} x`,
+		``,
+		`{"text":"\u003cb\u003e","type":"message","id":"msg_1"}`,
+	}
+	b := newBackend(t, "http://upstream.invalid")
+	for _, body := range bodies {
+		fast, ferr := b.message(&exchange{status: 200, body: []byte(body)})
+		slow, serr := b.decodeMessage(&exchange{status: 200, body: []byte(body)})
+		if !bytes.Equal(fast, slow) || fmt.Sprint(ferr) != fmt.Sprint(serr) {
+			t.Errorf("%s:\n message %s %v\n  decode %s %v", body, fast, ferr, slow, serr)
+		}
 	}
 }

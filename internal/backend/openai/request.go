@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/batchd/batchd/internal/backend"
 )
@@ -596,18 +598,113 @@ type object struct {
 	fields map[string]json.RawMessage
 }
 
+// parseObject splits raw into its fields. The params (path "") are
+// validated once, as a whole; every other raw value is a part of them, so
+// splitting needs no validation and no decoding: encoding/json validated
+// and decoded the same bytes again for every object, array and field on
+// the way down, which made translation the largest cost of a call.
 func parseObject(path string, raw json.RawMessage) (object, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+	if path == "" {
+		if !json.Valid(raw) {
+			return object{}, invalid("params: not valid JSON")
+		}
+		raw = bytes.Trim(raw, " \t\r\n")
+	}
+	if len(raw) == 0 || raw[0] != '{' {
 		if path == "" {
-			if err != nil && !json.Valid(raw) {
-				return object{}, invalid("params: not valid JSON")
-			}
 			return object{}, invalid("params: must be a JSON object")
 		}
 		return object{}, invalid(path + ": must be an object")
 	}
+	m := make(map[string]json.RawMessage, 8)
+	for i := skipSpace(raw, 1); raw[i] != '}'; {
+		end := valueEnd(raw, i)
+		key := unquote(raw[i:end])
+		i = skipSpace(raw, end)
+		i = skipSpace(raw, i+1) // ':'
+		end = valueEnd(raw, i)
+		m[key] = raw[i:end:end] // the last of duplicate keys wins, as in encoding/json
+		i = skipSpace(raw, end)
+		if raw[i] == ',' {
+			i = skipSpace(raw, i+1)
+		}
+	}
 	return object{path: path, fields: m}, nil
+}
+
+// splitArray splits raw, a valid JSON array, into its elements.
+func splitArray(raw json.RawMessage) []json.RawMessage {
+	out := make([]json.RawMessage, 0, 4)
+	for i := skipSpace(raw, 1); raw[i] != ']'; {
+		end := valueEnd(raw, i)
+		out = append(out, raw[i:end:end])
+		i = skipSpace(raw, end)
+		if raw[i] == ',' {
+			i = skipSpace(raw, i+1)
+		}
+	}
+	return out
+}
+
+func skipSpace(raw []byte, i int) int {
+	for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t' || raw[i] == '\n' || raw[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// valueEnd returns the end of the valid JSON value that starts at raw[i].
+func valueEnd(raw []byte, i int) int {
+	switch raw[i] {
+	case '"':
+		for i++; raw[i] != '"'; i++ {
+			if raw[i] == '\\' {
+				i++
+			}
+		}
+		return i + 1
+	case '{', '[':
+		depth := 0
+		for ; ; i++ {
+			switch raw[i] {
+			case '"':
+				i = valueEnd(raw, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+	default: // a number, true, false or null
+		for i < len(raw) && !strings.ContainsRune(",}] \t\r\n", rune(raw[i])) {
+			i++
+		}
+		return i
+	}
+}
+
+// unquote decodes a valid JSON string as encoding/json does; most strings
+// need no decoding at all.
+func unquote(raw []byte) string {
+	if s := raw[1 : len(raw)-1]; plain(s) {
+		return string(s)
+	}
+	var out string
+	_ = json.Unmarshal(raw, &out) // cannot fail on a valid string
+	return out
+}
+
+// plain reports whether s, the inside of a valid JSON string, is its own
+// value: no escapes, and valid UTF-8 (encoding/json replaces invalid bytes).
+func plain(s []byte) bool {
+	for _, c := range s {
+		if c == '\\' || c >= utf8.RuneSelf {
+			return bytes.IndexByte(s, '\\') < 0 && utf8.Valid(s)
+		}
+	}
+	return true
 }
 
 func (o object) name(key string) string {
@@ -633,6 +730,31 @@ func (o object) decode(key string, v any, want string) (bool, error) {
 	raw := o.get(key)
 	if raw == nil {
 		return false, nil
+	}
+	// The common types are read straight from the bytes, which are valid
+	// JSON; anything else, and any value of another type (for the error),
+	// goes through encoding/json.
+	switch v := v.(type) {
+	case *string:
+		if raw[0] == '"' {
+			*v = unquote(raw)
+			return true, nil
+		}
+	case *[]json.RawMessage:
+		if raw[0] == '[' {
+			*v = splitArray(raw)
+			return true, nil
+		}
+	case *int64:
+		if n, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
+			*v = n
+			return true, nil
+		}
+	case *bool:
+		if string(raw) == "true" || string(raw) == "false" {
+			*v = string(raw) == "true"
+			return true, nil
+		}
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
 		return false, invalidf("%s: must be %s", o.name(key), want)
@@ -673,16 +795,12 @@ func (o object) only(allowed ...string) error {
 // nil exactly when the content was a string.
 func parseContent(path string, raw json.RawMessage) (string, []object, error) {
 	if raw[0] == '"' {
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return "", nil, invalid(path + ": must be a string or an array of content blocks")
-		}
-		return s, nil, nil
+		return unquote(raw), nil, nil
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil {
+	if raw[0] != '[' {
 		return "", nil, invalid(path + ": must be a string or an array of content blocks")
 	}
+	items := splitArray(raw)
 	blocks := make([]object, 0, len(items))
 	for j, item := range items {
 		b, err := parseObject(fmt.Sprintf("%s.%d", path, j), item)

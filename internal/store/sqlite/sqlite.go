@@ -83,10 +83,39 @@ func qAddResults(n int) string {
 		strings.TrimSuffix(strings.Repeat("(?,?,?,?,?),", n), ",")
 }
 
+// Requests are inserted in chunks of these sizes, for the same reason: a
+// statement of 200 rows took longer to parse than to run.
+var insertChunkSizes = []int{200, 40, 8, 1}
+
+const qMaxRequestID = `SELECT coalesce(max(id), 0) FROM requests`
+
+func qInsertRequests(n int) string {
+	return `INSERT INTO requests (batch_seq, custom_id, model, params) VALUES ` +
+		strings.TrimSuffix(strings.Repeat("(?,?,?,?),", n), ",")
+}
+
+func qInsertTasks(n int) string {
+	return `INSERT INTO tasks (id, batch_seq, backend) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?,?),", n), ",")
+}
+
+// chunkLen is the largest of sizes (in decreasing order, the last 1) that
+// fits in rest.
+func chunkLen(rest int, sizes []int) int {
+	for _, size := range sizes {
+		if rest >= size {
+			return size
+		}
+	}
+	return sizes[len(sizes)-1]
+}
+
 var hotStatements = func() []string {
-	qs := []string{qOpenBatches, qClaim, qClaimParams, qTouchBatch, qBatchState, qRetry, qAddCounts, qEndIfDone, qBatchBySeq}
+	qs := []string{qOpenBatches, qClaim, qClaimParams, qTouchBatch, qBatchState, qRetry, qAddCounts, qEndIfDone, qBatchBySeq, qMaxRequestID}
 	for _, n := range chunkSizes {
 		qs = append(qs, qSettle(n), qAddResults(n))
+	}
+	for _, n := range insertChunkSizes {
+		qs = append(qs, qInsertRequests(n), qInsertTasks(n))
 	}
 	return qs
 }()
@@ -419,52 +448,42 @@ func (s *Store) BatchInsert(ctx context.Context, p store.BatchInsertParams) (*st
 func (s *Store) RequestsInsert(ctx context.Context, p store.RequestsInsertParams) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var before int64
-		if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM requests`).Scan(&before); err != nil {
+		if err := s.stmt(ctx, tx, qMaxRequestID).QueryRowContext(ctx).Scan(&before); err != nil {
 			return err
 		}
 		// One multi-row INSERT per chunk: far fewer trips through the driver
 		// than a statement per row.
-		const perStmt = 200
-		for start := 0; start < len(p.Requests); start += perStmt {
-			chunk := p.Requests[start:min(start+perStmt, len(p.Requests))]
-			var sb strings.Builder
-			sb.WriteString(`INSERT INTO requests (batch_seq, custom_id, model, params) VALUES `)
-			args := make([]any, 0, len(chunk)*4)
-			for i, r := range chunk {
-				if i > 0 {
-					sb.WriteString(",")
-				}
-				sb.WriteString("(?,?,?,?)")
+		args := make([]any, 0, insertChunkSizes[0]*4)
+		for start := 0; start < len(p.Requests); {
+			n := chunkLen(len(p.Requests)-start, insertChunkSizes)
+			args = args[:0]
+			for _, r := range p.Requests[start : start+n] {
 				args = append(args, p.BatchSeq, r.CustomID, r.Model, []byte(r.Params))
 			}
-			if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
+			if _, err := s.stmt(ctx, tx, qInsertRequests(n)).ExecContext(ctx, args...); err != nil {
 				return err
 			}
+			start += n
 		}
 		// This transaction is the only writer, so the group's ids follow the
 		// old maximum in order; the tasks take their backends in that order.
 		var after int64
-		if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM requests`).Scan(&after); err != nil {
+		if err := s.stmt(ctx, tx, qMaxRequestID).QueryRowContext(ctx).Scan(&after); err != nil {
 			return err
 		}
 		if after-before != int64(len(p.Requests)) {
 			return fmt.Errorf("request ids not contiguous: %d new ids for %d requests", after-before, len(p.Requests))
 		}
-		for start := 0; start < len(p.Requests); start += perStmt {
-			chunk := p.Requests[start:min(start+perStmt, len(p.Requests))]
-			var sb strings.Builder
-			sb.WriteString(`INSERT INTO tasks (id, batch_seq, backend) VALUES `)
-			args := make([]any, 0, len(chunk)*3)
-			for i, r := range chunk {
-				if i > 0 {
-					sb.WriteString(",")
-				}
-				sb.WriteString("(?,?,?)")
+		for start := 0; start < len(p.Requests); {
+			n := chunkLen(len(p.Requests)-start, insertChunkSizes)
+			args = args[:0]
+			for i, r := range p.Requests[start : start+n] {
 				args = append(args, before+int64(start+i)+1, p.BatchSeq, r.Backend)
 			}
-			if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
+			if _, err := s.stmt(ctx, tx, qInsertTasks(n)).ExecContext(ctx, args...); err != nil {
 				return err
 			}
+			start += n
 		}
 		return nil
 	})
