@@ -383,7 +383,7 @@ func TestStopWhileRefilling(t *testing.T) {
 
 	// A new dispatcher on the same store finishes both batches: nothing
 	// the stopped one claimed is lost.
-	d2 := startDispatcher(t, st, gate, Config{Concurrency: 4, PollInterval: 5 * time.Millisecond, RescueAllAtStart: true})
+	d2 := startDispatcher(t, st, gate, Config{Concurrency: 4, PollInterval: 5 * time.Millisecond})
 	d2.Wake()
 	for _, bt := range []*store.Batch{a, b} {
 		got := waitBatch(t, st, bt, "the batch ends after a restart", func(b *store.Batch) bool { return b.Status == store.StatusEnded })

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -45,10 +44,6 @@ type DelivererConfig struct {
 	// Rand returns a uniform value in [0, 1) for jitter (default
 	// math/rand/v2).
 	Rand func() float64
-	// ReleaseAtStart returns in-flight deliveries to pending at Start, for
-	// a store only one process opens (SQLite): their sender is gone, and
-	// they are resent at once, with the same webhook-id.
-	ReleaseAtStart bool
 	// Delay decides the wait before the next attempt after a failed one,
 	// false when the schedule is spent (default Result.NextDelay: the
 	// research schedule, 0 s to 24 h). Tests compress it.
@@ -129,11 +124,6 @@ func (d *Deliverer) Wake() {
 func (d *Deliverer) SetBaseURL(u string) { d.cfg.BaseURL = strings.TrimRight(u, "/") }
 
 func (d *Deliverer) Start(ctx context.Context) error {
-	if d.cfg.ReleaseAtStart {
-		if _, err := d.cfg.Store.DeliveriesRelease(ctx); err != nil {
-			return fmt.Errorf("start deliverer: %w", err)
-		}
-	}
 	ctx, d.cancel = context.WithCancel(ctx)
 	d.done = make(chan struct{})
 	go d.loop(ctx)
@@ -178,7 +168,7 @@ func (d *Deliverer) loop(ctx context.Context) {
 			}
 			now := d.cfg.Now()
 			ds, err := d.cfg.Store.DeliveriesClaim(ctx, store.DeliveriesClaimParams{
-				Owner: d.cfg.Owner, Limit: free, PerEndpoint: d.cfg.PerEndpoint, Now: now, LeaseUntil: now.Add(2*d.cfg.Timeout + time.Minute),
+				Owner: d.cfg.Owner, Limit: free, PerEndpoint: d.cfg.PerEndpoint, Now: now, LeaseUntil: now.Add(2 * d.cfg.Timeout),
 			})
 			if err != nil {
 				if ctx.Err() == nil {
