@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/batchd/batchd/internal/store"
 )
 
 // hookWriter runs hook once, synchronously, before the first body write of
