@@ -536,6 +536,12 @@ type DeliveriesClaimParams struct {
 	LeaseUntil  time.Time
 }
 
+// DeliveriesHeartbeatParams extends Owner's delivery leases.
+type DeliveriesHeartbeatParams struct {
+	Owner      string
+	LeaseUntil time.Time
+}
+
 // AttemptRecord is what one attempt met.
 type AttemptRecord struct {
 	Status     int
@@ -664,6 +670,10 @@ type Store interface {
 	// DeliveriesPending counts an endpoint's deliveries not yet settled.
 	DeliveriesPending(ctx context.Context, endpointID string) (int, error)
 	DeliveriesClaim(ctx context.Context, p DeliveriesClaimParams) ([]*Delivery, error)
+	// DeliveriesHeartbeat extends the lease of every delivery Owner has in
+	// flight, so that a short lease outlives a long attempt and a dead
+	// deliverer's deliveries are retried soon after it died.
+	DeliveriesHeartbeat(ctx context.Context, p DeliveriesHeartbeatParams) error
 	// DeliveryRecord logs an attempt and moves the delivery on, guarded by
 	// the lease and the attempt number.
 	DeliveryRecord(ctx context.Context, p DeliveryRecordParams) error

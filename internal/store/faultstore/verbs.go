@@ -449,3 +449,11 @@ func (s *Store) LeaderRelease(ctx context.Context, l store.Lead) error {
 	}
 	return s.Store.LeaderRelease(ctx, l)
 }
+
+// DeliveriesHeartbeat fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) DeliveriesHeartbeat(ctx context.Context, p store.DeliveriesHeartbeatParams) error {
+	if err := s.check("DeliveriesHeartbeat"); err != nil {
+		return err
+	}
+	return s.Store.DeliveriesHeartbeat(ctx, p)
+}

@@ -1081,6 +1081,13 @@ func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimPara
 	return out, nil
 }
 
+// DeliveriesHeartbeat implements store.Store.
+func (s *Store) DeliveriesHeartbeat(ctx context.Context, p store.DeliveriesHeartbeatParams) error {
+	_, err := s.execAffected(ctx, "heartbeat deliveries", `UPDATE deliveries SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
+		micros(p.LeaseUntil), p.Owner)
+	return err
+}
+
 // DeliveryRecord implements store.Store.
 func (s *Store) DeliveryRecord(ctx context.Context, p store.DeliveryRecordParams) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {

@@ -1124,6 +1124,13 @@ func testWebhooks(t *testing.T, newStore NewStore) {
 		if len(ds) != 1 || ds[0].Attempt != 2 {
 			t.Fatalf("retry claim: %+v", ds)
 		}
+		// A heartbeat keeps the lease (until t0+65s) past its first end.
+		if err := b.st.DeliveriesHeartbeat(b.ctx, store.DeliveriesHeartbeatParams{Owner: "d", LeaseUntil: t0.Add(90 * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d2", Limit: 10, Now: t0.Add(70 * time.Second), LeaseUntil: t0.Add(3 * time.Minute)}); len(got) != 0 {
+			t.Fatalf("claimed a heartbeated delivery: %+v", got)
+		}
 		// The lease lapses (the deliverer died): another takes it over, and the
 		// first one's late record is refused.
 		ds2, _ := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d2", Limit: 10, Now: t0.Add(2 * time.Minute), LeaseUntil: t0.Add(3 * time.Minute)})
