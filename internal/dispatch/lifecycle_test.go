@@ -105,6 +105,7 @@ func publish(t *testing.T, st store.Store, now time.Time, ttl time.Duration, par
 	ctx := context.Background()
 	b, err := st.BatchInsert(ctx, store.BatchInsertParams{
 		ID: fmt.Sprintf("msgbatch_%d", batchSeq.Add(1)), Workspace: "ws", CreatedAt: now, ExpiresAt: now.Add(ttl),
+		UploadUntil: now.Add(time.Minute), // the sweeper discards lapsed uploads
 	})
 	if err != nil {
 		t.Fatal(err)
