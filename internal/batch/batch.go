@@ -44,6 +44,11 @@ type Config struct {
 	ExpireAfter time.Duration
 	// Retention is how long after creation results are kept (default 29 days).
 	Retention time.Duration
+	// UploadLease is how long a batch being created survives its creator
+	// (default DefaultUploadLease): the creator renews it while the
+	// requests stream in; once it lapses (the process died), the leader
+	// discards the half-made batch.
+	UploadLease time.Duration
 	// Now is the clock; tests stub it (default time.Now).
 	Now func() time.Time
 	// OnCreated is called after a batch becomes visible, to wake the
@@ -60,6 +65,9 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
+	if c.UploadLease <= 0 {
+		c.UploadLease = DefaultUploadLease
+	}
 	if c.MaxRequests <= 0 {
 		c.MaxRequests = DefaultMaxRequests
 	}

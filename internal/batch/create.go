@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
 
@@ -63,13 +64,45 @@ func (s *Service) Create(ctx context.Context, workspace string, betas []string, 
 		Betas:         betas,
 		CreatedAt:     now,
 		ExpiresAt:     now.Add(s.cfg.ExpireAfter),
+		UploadUntil:   now.Add(s.cfg.UploadLease),
 		MaxInProgress: s.cfg.MaxInProgress,
 	})
 	if err != nil {
 		return nil, mapStore(err, "")
 	}
+	stop := s.holdUpload(ctx, b.Seq)
 	total, err := s.ingest(ctx, b.Seq, newBodyGuard(&limitedReader{r: body, left: s.cfg.MaxBodyBytes}, s.cfg.MaxParamsBytes))
+	stop()
 	return s.publish(ctx, b.Seq, total, err)
+}
+
+// DefaultUploadLease is the default Config.UploadLease.
+const DefaultUploadLease = time.Minute
+
+// holdUpload renews the upload lease of batch seq every third of it until
+// stop is called, so that however slowly the requests arrive the leader
+// never discards a batch whose creator is alive.
+func (s *Service) holdUpload(ctx context.Context, seq int64) (stop func()) {
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(s.cfg.UploadLease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				// A failed renewal is not fatal: the next one may succeed
+				// in time, and a discarded batch fails its publish.
+				s.store.BatchUploadRenew(ctx, store.BatchUploadRenewParams{BatchSeq: seq, Until: s.cfg.Now().Add(s.cfg.UploadLease)})
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
 }
 
 // publish ends the making of batch seq, by Create and Retry alike: when

@@ -31,12 +31,15 @@ func (s *Service) Retry(ctx context.Context, workspace, id string) (*store.Batch
 		Betas:         src.Betas,
 		CreatedAt:     now,
 		ExpiresAt:     now.Add(s.cfg.ExpireAfter),
+		UploadUntil:   now.Add(s.cfg.UploadLease),
 		MaxInProgress: s.cfg.MaxInProgress,
 	})
 	if err != nil {
 		return nil, mapStore(err, id)
 	}
+	stop := s.holdUpload(ctx, b.Seq)
 	total, err := s.copyFailed(ctx, src.Seq, b.Seq)
+	stop()
 	if err == nil && total == 0 {
 		err = invalid("message batch %s has no failed, canceled or expired requests to retry", id)
 	}

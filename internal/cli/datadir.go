@@ -9,7 +9,7 @@ import (
 // every prompt, result and webhook secret, so a dir that already existed
 // readable by the group or others is narrowed to 0700, and warn is told
 // (the operator may have expected another mode). The files inside are
-// made 0600 by the store (sqlite.Open) and by whoever writes them.
+// made 0600 by the store (storeopen.Open) and by whoever writes them.
 func prepareDataDir(dir string, warn func(msg string)) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)

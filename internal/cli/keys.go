@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,7 +12,7 @@ import (
 
 	"github.com/batchd/batchd/internal/batch"
 	"github.com/batchd/batchd/internal/store"
-	"github.com/batchd/batchd/internal/store/sqlite"
+	"github.com/batchd/batchd/internal/store/storeopen"
 )
 
 // defaultDataDir is the --data-dir default of serve and keys alike, so that
@@ -27,17 +28,30 @@ func absPath(path string) string {
 }
 
 func newKeysCommand() *cobra.Command {
-	var dataDir string
+	var dataDir, databaseURL string
 	cmd := &cobra.Command{
 		Use:   "keys",
 		Short: "Create, list and revoke API keys (on the server's data dir)",
 	}
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", defaultDataDir, "directory of the SQLite database (the server's --data-dir)")
-	// open opens the data dir's database. Only create may make a new one:
-	// listing or revoking in a dir the server never used would otherwise
-	// leave behind an empty database that looks like the real one.
-	open := func(cmd *cobra.Command, mayCreate bool) (*sqlite.Store, error) {
-		dbPath := filepath.Join(dataDir, "batchd.db")
+	cmd.PersistentFlags().StringVar(&databaseURL, "database-url", "",
+		"the server's --database-url: sqlite:PATH, a file path, or postgres://… (default $"+storeopen.EnvURL+", else SQLite in --data-dir)")
+	// open opens the server's database. Only create may make a new SQLite
+	// one: listing or revoking in a dir the server never used would
+	// otherwise leave behind an empty database that looks like the real one.
+	open := func(cmd *cobra.Command, mayCreate bool) (store.Store, error) {
+		databaseURL := cmp.Or(databaseURL, os.Getenv(storeopen.EnvURL)) // the flag wins
+		target, err := storeopen.Parse(databaseURL, dataDir)
+		if err != nil {
+			return nil, err
+		}
+		if target.Driver != storeopen.SQLite {
+			return storeopen.Open(cmd.Context(), target, storeopen.Options{})
+		}
+		dbPath := target.Path
+		if databaseURL != "" {
+			dataDir = filepath.Dir(dbPath)
+		}
 		if _, err := os.Stat(dbPath); err != nil {
 			if !os.IsNotExist(err) {
 				return nil, fmt.Errorf("open data dir: %w", err)
@@ -50,7 +64,7 @@ func newKeysCommand() *cobra.Command {
 		if err := prepareDataDir(dataDir, func(msg string) { fmt.Fprintln(cmd.ErrOrStderr(), "warning: "+msg) }); err != nil {
 			return nil, err
 		}
-		return sqlite.Open(cmd.Context(), dbPath)
+		return storeopen.Open(cmd.Context(), target, storeopen.Options{})
 	}
 
 	var workspace string

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,12 +23,15 @@ import (
 	"github.com/batchd/batchd/internal/dispatch"
 	"github.com/batchd/batchd/internal/server"
 	"github.com/batchd/batchd/internal/store/sqlite"
+	"github.com/batchd/batchd/internal/store/storeopen"
 )
 
 // serveConfig is everything `batchd serve` takes, each with its default.
 type serveConfig struct {
 	addr            string
 	dataDir         string
+	databaseURL     string
+	lease           time.Duration
 	publicURL       string
 	concurrency     int
 	expireAfter     time.Duration
@@ -72,7 +76,10 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address to listen on")
 	f.StringVar(&c.configPath, "config", "", "backends and routes (TOML); without it every model runs on the simulator")
 	f.StringArrayVar(&c.webhookAllow, "webhook-allow-cidr", nil, "a private range webhook receivers may be in (repeatable); others are refused")
-	f.StringVar(&c.dataDir, "data-dir", "./batchd-data", "directory of the SQLite database")
+	f.StringVar(&c.dataDir, "data-dir", "./batchd-data", "directory of the SQLite database (unless --database-url names another) and the webhook key")
+	f.StringVar(&c.databaseURL, "database-url", "",
+		"store: sqlite:PATH, a file path, or postgres://… shared by a cluster of processes (default $"+storeopen.EnvURL+", else SQLite in --data-dir)")
+	f.DurationVar(&c.lease, "lease", dispatch.DefaultLease, "how long a process's claims and leadership outlive it when it dies: the wait before another process (or it, restarted) takes its work over")
 	f.StringVar(&c.publicURL, "public-url", "", "base URL clients reach batchd at, for results_url (default: from each request's Host)")
 	f.IntVar(&c.concurrency, "concurrency", 64, "default ceiling on requests in flight per backend (a backend's max_concurrency overrides it)")
 	f.DurationVar(&c.expireAfter, "expire-after", batch.DefaultExpireAfter, "a batch expires this long after creation")
@@ -192,9 +199,13 @@ func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 			return err
 		}
 	}
+	// The flag wins over the environment.
+	c.databaseURL = cmp.Or(c.databaseURL, os.Getenv(storeopen.EnvURL))
 	srvParts, err := server.Open(ctx, server.Config{
 		Backends:               backends,
 		DataDir:                c.dataDir,
+		DatabaseURL:            c.databaseURL,
+		Lease:                  c.lease,
 		PublicURL:              c.publicURL,
 		BodyIdleTimeout:        c.bodyIdle,
 		MaxConcurrentCreates:   c.maxCreates,
@@ -298,8 +309,9 @@ func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 	return nil
 }
 
-// lockDataDir takes an exclusive lock on the data dir: an SQLite data dir
-// belongs to one server, which rescues every running request at start.
+// lockDataDir takes an exclusive lock on the data dir: a data dir (its
+// SQLite database, its webhook key) belongs to one server; processes that
+// share a PostgreSQL database each have their own.
 func lockDataDir(dir string) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(dir, "batchd.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {

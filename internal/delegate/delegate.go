@@ -10,9 +10,11 @@
 // Restarts: before the create call, the delegator records the intent (the
 // upstream batch row and which requests go into it) in the same store that
 // holds the requests; RequestsRescue skips requests so marked. Once the
-// upstream answers, its id is recorded. At start the delegator resumes
-// polling every recorded upstream batch and returns the requests of intents
-// that never got an id to pending. The remaining crash window is between the
+// upstream answers, its id is recorded. The row is held under a lease the
+// delegator renews; when its process dies, the leader's delegator (on any
+// process, the restarted one included) adopts it once the lease lapsed,
+// resumes polling it, or returns its requests to pending if it never got
+// an id. The remaining crash window is between the
 // upstream accepting the create call and the id being committed locally
 // (one SQLite transaction, milliseconds): a crash there leaves an upstream
 // batch nobody polls, and its requests are sent again in a new one. Each
@@ -35,6 +37,8 @@ import (
 	"time"
 
 	"github.com/batchd/batchd/internal/backend"
+	"github.com/batchd/batchd/internal/ids"
+	"github.com/batchd/batchd/internal/leader"
 	"github.com/batchd/batchd/internal/store"
 )
 
@@ -50,6 +54,9 @@ const (
 	DefaultPollInterval    = 5 * time.Second
 	DefaultPollMaxInterval = 60 * time.Second
 	DefaultTimeout         = 10 * time.Minute
+	// DefaultLease is how long a dead delegator's upstream batches wait
+	// before another takes them over.
+	DefaultLease = 15 * time.Second
 )
 
 // Config configures the delegator of one anthropic-batch backend. Zero
@@ -80,6 +87,15 @@ type Config struct {
 	Timeout time.Duration
 	// HTTPClient replaces the default client, mainly for tests.
 	HTTPClient *http.Client
+	// Owner names this process in its leases (default ids.Owner()); the
+	// server gives every part of a process the same one.
+	Owner string
+	// Lease is how long the delegator's claims and upstream batches stay
+	// its own without a heartbeat (default DefaultLease).
+	Lease time.Duration
+	// Leader elects the process that adopts the upstream batches of dead
+	// delegators; nil: an elector of the delegator's own for Owner.
+	Leader *leader.Elector
 	// Logger, Now and OnChange are as for the dispatcher.
 	Logger   *slog.Logger
 	Now      func() time.Time
@@ -111,6 +127,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultTimeout
+	}
+	if c.Owner == "" {
+		c.Owner = ids.Owner()
+	}
+	if c.Lease <= 0 {
+		c.Lease = DefaultLease
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -153,6 +175,8 @@ type Delegator struct {
 	mu        sync.Mutex
 	canceling map[int64]bool // our batches known to be canceling
 	kick      chan struct{}  // closed and replaced when one starts canceling
+	polling   map[int64]bool // upstream batches polled here, by local id
+	ownLeader bool           // cfg.Leader was made by New: released at Stop
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -169,16 +193,19 @@ func New(st store.Store, cfg Config) (*Delegator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("delegate: %w", err)
 	}
+	own := cfg.Leader == nil
+	if own {
+		cfg.Leader = leader.New(st, leader.Config{Owner: cfg.Owner, Now: cfg.Now, Logger: cfg.Logger})
+	}
 	return &Delegator{
 		st: st, cfg: cfg, up: up,
-		log: cfg.Logger.With("component", "delegate", "backend", cfg.Name),
-		// The owner is stable across restarts: one process owns an SQLite
-		// data dir, and the resumed delegator must still hold the leases
-		// of the requests it handed upstream before.
-		owner:     "delegate:" + cfg.Name,
+		log:       cfg.Logger.With("component", "delegate", "backend", cfg.Name),
+		owner:     cfg.Owner,
 		wake:      make(chan struct{}, 1),
 		canceling: map[int64]bool{},
 		kick:      make(chan struct{}),
+		polling:   map[int64]bool{},
+		ownLeader: own,
 	}, nil
 }
 
@@ -209,22 +236,70 @@ func (d *Delegator) isCanceling(seq int64) (bool, <-chan struct{}) {
 	return d.canceling[seq], d.kick
 }
 
-// Start resumes the upstream batches recorded before a restart and starts
-// claiming. Run it after the dispatcher's start-up rescue.
+// Start resumes the upstream batches of dead delegators (when this process
+// leads), then keeps claiming, renewing its leases and, while leading,
+// adopting what dead delegators leave behind.
 func (d *Delegator) Start(ctx context.Context) error {
-	ubs, err := d.st.UpstreamBatchesList(ctx, d.cfg.Name)
-	if err != nil {
+	ctx, cancel := context.WithCancel(ctx)
+	if err := d.resume(ctx); err != nil {
+		cancel()
 		return fmt.Errorf("start delegator %s: %w", d.cfg.Name, err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	d.cancel = cancel
+	d.wg.Add(2)
+	go func() { defer d.wg.Done(); d.claimLoop(ctx) }()
+	go func() { defer d.wg.Done(); d.leaseLoop(ctx) }()
+	return nil
+}
+
+// leaseLoop renews this delegator's leases every third of a lease and, on
+// the leader, adopts the upstream batches whose lease lapsed.
+func (d *Delegator) leaseLoop(ctx context.Context) {
+	for sleep(ctx, d.cfg.Lease/3, nil) {
+		until := d.cfg.Now().Add(d.cfg.Lease)
+		if err := d.st.RequestsHeartbeat(ctx, store.RequestsHeartbeatParams{Owner: d.owner, LeaseUntil: until}); err != nil && ctx.Err() == nil {
+			d.log.Error("heartbeat failed", "err", err)
+		}
+		if err := d.st.UpstreamBatchesHeartbeat(ctx, store.UpstreamBatchesHeartbeatParams{Owner: d.owner, LeaseUntil: until}); err != nil && ctx.Err() == nil {
+			d.log.Error("heartbeat failed", "err", err)
+		}
+		if err := d.resume(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("resume upstream batches failed", "err", err)
+		}
+	}
+}
+
+// resume adopts, on the leader only, every upstream batch of this backend
+// whose delegator's lease lapsed (its process died, or this one before a
+// restart), then polls it again, or sends its requests again if its
+// creation was interrupted.
+func (d *Delegator) resume(ctx context.Context) error {
+	lead, ok := d.cfg.Leader.Lead(ctx)
+	if !ok {
+		return nil
+	}
+	ubs, err := d.st.UpstreamBatchesList(ctx, d.cfg.Name)
+	if err != nil {
+		return err
+	}
 	for _, ub := range ubs {
+		now := d.cfg.Now()
+		if ub.Owner == d.owner || ub.LeaseExpires.After(now) {
+			continue // ours, or its delegator is alive
+		}
+		err := d.st.UpstreamBatchAdopt(ctx, store.UpstreamBatchAdoptParams{ID: ub.ID, Owner: d.owner, Now: now, LeaseUntil: now.Add(d.cfg.Lease), Lead: lead})
+		switch {
+		case errors.Is(err, store.ErrConflict):
+			continue // renewed meanwhile, or finished
+		case err != nil:
+			return err
+		}
+		ub.Owner = d.owner
 		if ub.UpstreamID == "" {
 			// Created upstream or not, nobody knows: send them again.
 			changes, err := d.st.UpstreamBatchAbandon(ctx, store.UpstreamBatchAbandonParams{ID: ub.ID, Now: d.cfg.Now()})
 			if err != nil {
-				cancel()
-				return fmt.Errorf("start delegator %s: %w", d.cfg.Name, err)
+				return err
 			}
 			d.emit(changes...)
 			d.log.Warn("resending the requests of an upstream batch whose creation was interrupted", "upstream_batch", ub.ID)
@@ -236,8 +311,6 @@ func (d *Delegator) Start(ctx context.Context) error {
 		d.log.Info("resuming upstream batch", "upstream_id", ub.UpstreamID)
 		d.goPoll(ctx, ub)
 	}
-	d.wg.Add(1)
-	go func() { defer d.wg.Done(); d.claimLoop(ctx) }()
 	return nil
 }
 
@@ -253,7 +326,13 @@ func (d *Delegator) Stop(ctx context.Context) {
 	go func() { d.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		// Stopped cleanly: the upstream batches go on upstream, and the
+		// next leader adopts them at once instead of after the lease.
+		d.st.UpstreamBatchesHeartbeat(context.WithoutCancel(ctx), store.UpstreamBatchesHeartbeatParams{Owner: d.owner})
 	case <-ctx.Done():
+	}
+	if d.ownLeader {
+		d.cfg.Leader.Release(context.WithoutCancel(ctx))
 	}
 }
 
@@ -290,9 +369,10 @@ func (d *Delegator) claimLoop(ctx context.Context) {
 			now := d.cfg.Now()
 			limit := min(claimChunk, d.cfg.MaxBatchRequests)
 			claimed, err := d.st.RequestsClaim(ctx, store.RequestsClaimParams{
-				// The lease only has to last until the intent is recorded:
-				// RequestsRescue skips delegated requests.
-				Backend: d.cfg.Name, Owner: d.owner, Limit: limit, Now: now, LeaseUntil: now.Add(time.Hour),
+				// The lease, renewed by leaseLoop, only has to last until
+				// the intent is recorded: RequestsRescue skips delegated
+				// requests, whose upstream batch row holds the lease.
+				Backend: d.cfg.Name, Owner: d.owner, Limit: limit, Now: now, LeaseUntil: now.Add(d.cfg.Lease),
 			})
 			if err != nil {
 				if ctx.Err() == nil {
@@ -401,6 +481,7 @@ func (b *builder) send(ctx context.Context, g *group) {
 	}
 	ub, err := d.st.UpstreamBatchInsert(ctx, store.UpstreamBatchInsertParams{
 		Backend: d.cfg.Name, Owner: d.owner, BatchSeq: g.reqs[0].BatchSeq, RequestIDs: ids, Now: d.cfg.Now(),
+		LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
 	})
 	if err != nil {
 		// The leases lapse and the requests are rescued and claimed again.
@@ -476,8 +557,18 @@ func (d *Delegator) started(ctx context.Context, ub *store.UpstreamBatch, upstre
 }
 
 func (d *Delegator) goPoll(ctx context.Context, ub *store.UpstreamBatch) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.polling[ub.ID] {
+		return
+	}
+	d.polling[ub.ID] = true
 	d.wg.Add(1)
-	go func() { defer d.wg.Done(); d.poll(ctx, ub) }()
+	go func() {
+		defer d.wg.Done()
+		defer func() { d.mu.Lock(); delete(d.polling, ub.ID); d.mu.Unlock() }()
+		d.poll(ctx, ub)
+	}()
 }
 
 // poll waits for an upstream batch to end, forwarding a cancel as soon as

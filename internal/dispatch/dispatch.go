@@ -20,12 +20,16 @@ import (
 
 	"github.com/batchd/batchd/internal/backend"
 	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/ids"
+	"github.com/batchd/batchd/internal/leader"
 	"github.com/batchd/batchd/internal/store"
 )
 
 // Config configures a Dispatcher. Zero values take the defaults noted.
 type Config struct {
-	// Owner names this process in leases (default: a random id).
+	// Owner names this process in every lease it takes (default:
+	// ids.Owner(), host, pid and a random suffix); the server gives the
+	// dispatcher, the delegators and the deliverer the same one.
 	Owner string
 	// Concurrency is each backend's limit on requests in flight (default 64).
 	Concurrency int
@@ -45,7 +49,11 @@ type Config struct {
 	BackoffMax  time.Duration
 	// RequestTimeout bounds one attempt (default 10m, like the SDKs).
 	RequestTimeout time.Duration
-	// Lease is how long a claim holds without a heartbeat (default 60s).
+	// Lease is how long a claim holds without a heartbeat (default
+	// DefaultLease; heartbeats renew it every third of it). A process that
+	// dies leaves its requests to others, or to itself restarted, once
+	// their lease lapses: a new process cannot tell a dead owner from a
+	// live one, so it never takes a lease that is still live.
 	Lease time.Duration
 	// PollInterval is the longest the claimer and the sweeper sleep when
 	// nothing wakes them (default 1s).
@@ -53,10 +61,10 @@ type Config struct {
 	// Retention is how long after creation results are kept (default 29
 	// days); older ended batches are archived.
 	Retention time.Duration
-	// RescueAllAtStart returns every running request to pending at start,
-	// for a store only one process can open (SQLite): whatever was running
-	// belonged to a process that is gone.
-	RescueAllAtStart bool
+	// Leader elects the process that runs the chores (expiry, archive,
+	// purge, discarding stale uploads); nil: an elector of the dispatcher's
+	// own for Owner, released at Stop.
+	Leader *leader.Elector
 	// Delegated names backends whose requests another component claims
 	// (the delegator of an anthropic-batch backend): the dispatcher runs no
 	// lane, no claims and no workers for them.
@@ -72,7 +80,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.Owner == "" {
-		c.Owner = batch.NewID("worker_")
+		c.Owner = ids.Owner()
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 64
@@ -93,7 +101,7 @@ func (c Config) withDefaults() Config {
 		c.RequestTimeout = 10 * time.Minute
 	}
 	if c.Lease <= 0 {
-		c.Lease = time.Minute
+		c.Lease = DefaultLease
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = time.Second
@@ -133,6 +141,7 @@ type Dispatcher struct {
 	abandon   context.CancelFunc
 	done      chan struct{}
 	stopOnce  sync.Once
+	ownLeader bool // cfg.Leader was made by Start, and is released by Stop
 
 	// The workers and the claim loop stop before the queues and the
 	// outcomes channel close; anyone else who queues jobs or sends outcomes
@@ -357,15 +366,17 @@ func (d *Dispatcher) Wake() {
 
 // Start runs the dispatcher in the background until Stop or ctx ends.
 func (d *Dispatcher) Start(ctx context.Context) error {
-	if d.cfg.RescueAllAtStart {
-		changes, err := d.store.RequestsRescue(ctx, store.RequestsRescueParams{Now: d.cfg.Now(), All: true})
-		if err != nil {
-			return fmt.Errorf("start dispatcher: %w", err)
-		}
-		d.emit(changes...)
-		if _, err := d.store.BatchesDiscardStale(ctx, d.cfg.Now()); err != nil {
-			return fmt.Errorf("start dispatcher: %w", err)
-		}
+	// Only what another process (or this one before a crash: nobody can
+	// tell) left with a lapsed lease is rescued; the leader's sweep
+	// discards uploads whose lease lapsed.
+	changes, err := d.store.RequestsRescue(ctx, store.RequestsRescueParams{Now: d.cfg.Now()})
+	if err != nil {
+		return fmt.Errorf("start dispatcher: %w", err)
+	}
+	d.emit(changes...)
+	if d.cfg.Leader == nil {
+		d.cfg.Leader = leader.New(d.store, leader.Config{Owner: d.cfg.Owner, Now: d.cfg.Now, Logger: d.cfg.Logger})
+		d.ownLeader = true
 	}
 	// The configuration may have changed since requests were routed.
 	if n, err := d.store.RequestsReroute(ctx, d.route); err != nil {
@@ -434,6 +445,12 @@ func (d *Dispatcher) Stop(ctx context.Context) {
 			// Their leases lapse and they run again, never twice settled.
 			d.abandon()
 			<-d.done
+		}
+		// Nothing runs any more: what is still claimed (queued ahead) is
+		// let go at once rather than when its lease would lapse.
+		d.store.RequestsHeartbeat(context.WithoutCancel(ctx), store.RequestsHeartbeatParams{Owner: d.cfg.Owner})
+		if d.ownLeader {
+			d.cfg.Leader.Release(context.WithoutCancel(ctx))
 		}
 	})
 }
@@ -939,27 +956,13 @@ func (d *Dispatcher) sweep(ctx context.Context, now time.Time) error {
 		return err
 	}
 	d.emit(rescued...)
-	expired, err := d.store.BatchesExpire(ctx, store.BatchesExpireParams{Now: now})
-	if err != nil {
-		return err
-	}
-	d.emit(expired...)
+	err = d.chores(ctx, now)
 	// Requests of expired batches that were claimed ahead are not pending,
 	// so the store cannot settle them: settle them here, not when a worker
-	// frees up.
+	// frees up (on every process: the leader expired the batch).
 	d.settleUnsent()
-	if _, err := d.store.BatchesArchive(ctx, store.BatchesArchiveParams{Now: now, CreatedBefore: now.Add(-d.cfg.Retention)}); err != nil {
+	if err != nil {
 		return err
-	}
-	// Purge a bounded amount per sweep so that deletes never hog the writer.
-	for range 10 {
-		n, err := d.store.RequestsPurge(ctx, 2000)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			break
-		}
 	}
 	if len(rescued) > 0 {
 		d.Wake()

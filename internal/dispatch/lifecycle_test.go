@@ -105,6 +105,7 @@ func publish(t *testing.T, st store.Store, now time.Time, ttl time.Duration, par
 	ctx := context.Background()
 	b, err := st.BatchInsert(ctx, store.BatchInsertParams{
 		ID: fmt.Sprintf("msgbatch_%d", batchSeq.Add(1)), Workspace: "ws", CreatedAt: now, ExpiresAt: now.Add(ttl),
+		UploadUntil: now.Add(time.Minute), // the sweeper discards lapsed uploads
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -383,7 +384,7 @@ func TestStopWhileRefilling(t *testing.T) {
 
 	// A new dispatcher on the same store finishes both batches: nothing
 	// the stopped one claimed is lost.
-	d2 := startDispatcher(t, st, gate, Config{Concurrency: 4, PollInterval: 5 * time.Millisecond, RescueAllAtStart: true})
+	d2 := startDispatcher(t, st, gate, Config{Concurrency: 4, PollInterval: 5 * time.Millisecond})
 	d2.Wake()
 	for _, bt := range []*store.Batch{a, b} {
 		got := waitBatch(t, st, bt, "the batch ends after a restart", func(b *store.Batch) bool { return b.Status == store.StatusEnded })

@@ -4,7 +4,11 @@
 // name the events it writes.
 package ids
 
-import "crypto/rand"
+import (
+	"crypto/rand"
+	"fmt"
+	"os"
+)
 
 const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -21,4 +25,16 @@ func New(prefix string) string {
 		b = append(b, base62[int(c)%62])
 	}
 	return string(b)
+}
+
+// Owner names one running batchd in the leases it takes: host, pid and a
+// random suffix, so that two processes never share one (not even a
+// restarted process and its former self, which may still hold leases that
+// must lapse first) and an operator can tell where a lease is held.
+func Owner() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	return fmt.Sprintf("%s:%d:%s", host, os.Getpid(), New("")[2:10])
 }

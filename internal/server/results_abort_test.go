@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/batchd/batchd/internal/store"
 )
 
 // hookWriter runs hook once, synchronously, before the first body write of
@@ -65,7 +67,8 @@ func TestResultsDeletedMidStreamAborts(t *testing.T) {
 		// The rows go in the background purge; run it to the end now, as
 		// the sweeper would during a long download.
 		for {
-			n, err := ts.Srv.Store.RequestsPurge(context.Background(), 1000)
+			lead, _ := ts.Srv.Leader.Lead(context.Background())
+			n, err := ts.Srv.Store.RequestsPurge(context.Background(), store.RequestsPurgeParams{Limit: 1000, Now: time.Now(), Lead: lead})
 			if err != nil {
 				hookErr = err
 				return

@@ -20,16 +20,32 @@ import (
 	"github.com/batchd/batchd/internal/config"
 	"github.com/batchd/batchd/internal/delegate"
 	"github.com/batchd/batchd/internal/dispatch"
+	"github.com/batchd/batchd/internal/ids"
+	"github.com/batchd/batchd/internal/leader"
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/sqlite"
+	"github.com/batchd/batchd/internal/store/storeopen"
 	"github.com/batchd/batchd/internal/webhook"
 )
 
 // Config is everything a server takes. Zero values take the defaults of
 // the packages they go to.
 type Config struct {
-	// DataDir holds the SQLite database (batchd.db).
+	// DataDir holds the SQLite database (batchd.db) unless DatabaseURL
+	// names another store, and the webhook key (webhook.key).
 	DataDir string
+	// DatabaseURL selects the store (see storeopen.Parse): "" is SQLite
+	// in DataDir, "sqlite:PATH" SQLite elsewhere, "postgres://…"
+	// PostgreSQL, which several processes may share.
+	DatabaseURL string
+	// Owner names this process in every lease it takes (default
+	// ids.Owner(): host, pid, random suffix); two servers never share one.
+	Owner string
+	// Lease is how long this process's leases (claims, upstream batches,
+	// the leadership of the chores) outlive it when it dies without
+	// stopping (default 15s): what a crash costs in waiting before the
+	// work runs again.
+	Lease time.Duration
 	// StorageReserve is the disk space batchd keeps back so that deletes and
 	// cancels work when the disk is full (default sqlite.DefaultReserve;
 	// negative: none).
@@ -100,7 +116,10 @@ type Server struct {
 	Delegators []*delegate.Delegator
 	// Deliverer sends webhooks.
 	Deliverer *webhook.Deliverer
-	handler   *api.API
+	// Leader elects the process of a cluster that runs the chores; Close
+	// releases it so another takes over at once.
+	Leader  *leader.Elector
+	handler *api.API
 }
 
 // SetOpenMode decides whether requests need a key; see api.SetOpenMode.
@@ -114,10 +133,21 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	st, err := sqlite.OpenWith(ctx, filepath.Join(cfg.DataDir, "batchd.db"), sqlite.Options{Reserve: cmp.Or(cfg.StorageReserve, sqlite.DefaultReserve)})
+	if cfg.Owner == "" {
+		cfg.Owner = ids.Owner()
+	}
+	cfg.Lease = cmp.Or(cfg.Lease, cfg.Dispatch.Lease, dispatch.DefaultLease)
+	target, err := storeopen.Parse(cfg.DatabaseURL, cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("open server: %w", err)
 	}
+	st, err := storeopen.Open(ctx, target, storeopen.Options{Reserve: cmp.Or(cfg.StorageReserve, sqlite.DefaultReserve)})
+	if err != nil {
+		return nil, fmt.Errorf("open server: %w", err)
+	}
+	// One owner and one elector for every part: the leases of a process
+	// are all its own, and it leads (or not) as a whole.
+	elector := leader.New(st, leader.Config{Owner: cfg.Owner, Lease: cfg.Lease, Now: cfg.Now, Logger: cfg.Logger})
 	key, err := webhook.LoadOrCreateKey(filepath.Join(cfg.DataDir, "webhook.key"))
 	if err != nil {
 		st.Close()
@@ -136,7 +166,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	deliverer := webhook.NewDeliverer(webhook.DelivererConfig{
 		Store: st, Sealer: sealer, Guard: guard, BaseURL: strings.TrimRight(cmp.Or(cfg.Webhooks.BaseURL, cfg.PublicURL), "/"),
 		Timeout: cfg.Webhooks.Timeout, PollInterval: cfg.Webhooks.PollInterval, Rand: cfg.Webhooks.Rand, Delay: cfg.Webhooks.Delay,
-		Logger: cfg.Logger, Now: cfg.Now, ReleaseAtStart: true, // one process owns an SQLite data dir
+		Logger: cfg.Logger, Now: cfg.Now, Owner: cfg.Owner, Lease: cfg.Lease,
 	})
 	bcfg := cfg.Backends
 	if bcfg == nil {
@@ -152,7 +182,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	dc := cfg.Dispatch
 	dc.BackendConcurrency = built.Concurrency
 	dc.Retention = cfg.Batch.Retention
-	dc.RescueAllAtStart = true // one process owns an SQLite data dir
+	dc.Owner, dc.Lease, dc.Leader = cfg.Owner, cfg.Lease, elector
 	dc.Logger = cfg.Logger
 	dc.Now = cfg.Now
 	// Every change the dispatcher commits may have written webhook events
@@ -174,6 +204,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		dc.Delegated = append(dc.Delegated, c.Name)
 		c.ClaimInterval = dc.PollInterval
 		c.Logger, c.Now, c.OnChange = cfg.Logger, cfg.Now, dc.OnChange
+		c.Owner, c.Lease, c.Leader = cfg.Owner, cfg.Lease, elector
 		d, err := delegate.New(st, c)
 		if err != nil {
 			st.Close()
@@ -207,7 +238,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		Events:   st, BodyIdleTimeout: cfg.BodyIdleTimeout, MaxConcurrentCreates: cfg.MaxConcurrentCreates,
 		MaxStreamsPerWorkspace: cfg.MaxStreamsPerWorkspace})
 	wakeStreams = h.Wake
-	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, handler: h}, nil
+	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, Leader: elector, handler: h}, nil
 }
 
 // Handler is the HTTP API.
@@ -218,9 +249,9 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // register it with http.Server.RegisterOnShutdown. See api.CloseStreams.
 func (s *Server) CloseStreams() { s.handler.CloseStreams() }
 
-// Start starts dispatching and delegating in the background. The
-// dispatcher starts first: its start-up rescue must run before the
-// delegators claim, and it leaves their upstream requests alone.
+// Start starts dispatching and delegating in the background. Nothing at
+// start takes work another process (or this one before a crash) holds
+// under a live lease: it comes back once the lease lapses.
 func (s *Server) Start(ctx context.Context) error {
 	if err := s.Dispatcher.Start(ctx); err != nil {
 		return err
@@ -246,13 +277,14 @@ func (s *Server) Start(ctx context.Context) error {
 
 // Close stops dispatching and delegating, letting running requests finish
 // until ctx ends, and closes the store. Upstream batches go on upstream and
-// are resumed by the next Start on the same data dir.
+// are resumed by the next leader once this process's lease on them lapses.
 func (s *Server) Close(ctx context.Context) error {
 	for _, d := range s.Delegators {
 		d.Stop(ctx)
 	}
 	s.Dispatcher.Stop(ctx)
 	s.Deliverer.Stop(ctx)
+	s.Leader.Release(context.WithoutCancel(ctx))
 	return s.Store.Close()
 }
 

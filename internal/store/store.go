@@ -26,7 +26,44 @@ var (
 	// ErrFull means the disk (or the database's size limit) is full: the
 	// write did not happen. Writes that free space still work.
 	ErrFull = errors.New("storage full")
+	// ErrNotLeader means a chore verb's Lead no longer holds the leader
+	// lease (it lapsed, or another process took over): the write did not
+	// happen.
+	ErrNotLeader = errors.New("not the leader")
 )
+
+// LeaderChores names the leader lease of the chores that must run on one
+// process of a cluster: expiry, archiving, purging, discarding stale
+// uploads and resuming orphaned upstream batches.
+const LeaderChores = "chores"
+
+// LeaderAcquireParams asks for the leader lease Name on behalf of Owner
+// until Until. The holder renews it (same term); a lapsed lease (its
+// expiry at or before Now) goes to the caller with the next term.
+type LeaderAcquireParams struct {
+	Name  string
+	Owner string
+	Now   time.Time
+	Until time.Time
+}
+
+// Leader is a leader lease as the store holds it after an acquire.
+type Leader struct {
+	Name    string
+	Owner   string
+	Term    int64
+	Expires time.Time
+}
+
+// Lead is what a chore verb is done under: the leader lease Name held by
+// Owner in Term. The verb changes nothing and fails with ErrNotLeader
+// unless, in its own transaction, the lease is still Owner's in that term
+// and unexpired at the verb's Now, so a stale leader's writes are refused.
+type Lead struct {
+	Name  string
+	Owner string
+	Term  int64
+}
 
 // Batch statuses. StatusCreating is internal: the batch is still being
 // written and is invisible to every read.
@@ -77,6 +114,10 @@ type BatchInsertParams struct {
 	Workspace string
 	CreatedAt time.Time
 	ExpiresAt time.Time
+	// UploadUntil is the upload lease: while the requests stream in, the
+	// creator renews it (BatchUploadRenew); once it lapses the batch may be
+	// discarded as abandoned (BatchesDiscardStale). Zero means CreatedAt.
+	UploadUntil time.Time
 	// Betas are the anthropic-beta values of the create request, forwarded
 	// by backends that speak to Anthropic.
 	Betas []string
@@ -108,6 +149,19 @@ type RequestsInsertParams struct {
 type BatchPublishParams struct {
 	BatchSeq int64
 	Total    int64
+}
+
+// BatchUploadRenewParams extends the upload lease of a creating batch.
+type BatchUploadRenewParams struct {
+	BatchSeq int64
+	Until    time.Time
+}
+
+// BatchesDiscardStaleParams removes creating batches whose upload lease
+// lapsed before Now: their creator died or gave up.
+type BatchesDiscardStaleParams struct {
+	Now  time.Time
+	Lead Lead
 }
 
 // BatchGetParams names one batch within a workspace.
@@ -193,33 +247,46 @@ type RequestsCompleteParams struct {
 	Outcomes []Outcome
 }
 
-// RequestsHeartbeatParams extends every lease Owner holds.
+// RequestsHeartbeatParams extends every lease Owner holds on requests it
+// runs itself (not those handed to an upstream batch, whose row holds the
+// lease: UpstreamBatchesHeartbeat).
 type RequestsHeartbeatParams struct {
 	Owner      string
 	LeaseUntil time.Time
 }
 
-// RequestsRescueParams returns requests whose lease ran out to pending (or
-// settles them when their batch is canceling). Requests handed to an
+// RequestsRescueParams returns requests whose lease ran out before Now to
+// pending (or settles them when their batch is canceling). Only lapsed
+// leases are rescued, never a live process's: a process that restarts
+// cannot tell its former self from another live process, so its own lost
+// requests come back when their lease lapses. Requests handed to an
 // upstream batch (UpstreamBatchInsert) are never rescued: the upstream holds
 // them, and resending would run them twice.
 type RequestsRescueParams struct {
 	Now time.Time
-	// All rescues every running request regardless of lease, for a driver
-	// whose data only one process may open (SQLite) at startup.
-	All bool
 }
 
-// BatchesExpireParams settles unsent requests of batches past expiry.
+// BatchesExpireParams settles unsent requests of batches past expiry; a
+// chore, done under Lead.
 type BatchesExpireParams struct {
-	Now time.Time
+	Now  time.Time
+	Lead Lead
 }
 
 // BatchesArchiveParams archives ended batches created before CreatedBefore
-// and drops their requests and results.
+// and drops their requests and results; a chore, done under Lead.
 type BatchesArchiveParams struct {
 	Now           time.Time
 	CreatedBefore time.Time
+	Lead          Lead
+}
+
+// RequestsPurgeParams deletes up to Limit rows of deleted, archived or
+// discarded batches; a chore, done under Lead (checked at Now).
+type RequestsPurgeParams struct {
+	Limit int
+	Now   time.Time
+	Lead  Lead
 }
 
 // Result is one settled request, as listed for results and retry.
@@ -308,6 +375,9 @@ type UpstreamBatch struct {
 	// recorded (the create call has not answered yet).
 	UpstreamID string
 	CreatedAt  time.Time
+	// LeaseExpires is when Owner's hold on it lapses unless renewed
+	// (UpstreamBatchesHeartbeat); then another delegator may adopt it.
+	LeaseExpires time.Time
 	// BatchStatus is the status of our batch, so a resumed poller knows
 	// whether to forward a cancel.
 	BatchStatus string
@@ -323,6 +393,28 @@ type UpstreamBatchInsertParams struct {
 	BatchSeq   int64
 	RequestIDs []int64
 	Now        time.Time
+	// LeaseUntil is when Owner's hold on the upstream batch lapses unless
+	// renewed.
+	LeaseUntil time.Time
+}
+
+// UpstreamBatchesHeartbeatParams extends the lease of every upstream batch
+// Owner holds.
+type UpstreamBatchesHeartbeatParams struct {
+	Owner      string
+	LeaseUntil time.Time
+}
+
+// UpstreamBatchAdoptParams hands an upstream batch whose lease lapsed
+// before Now (its delegator died) to Owner, with its unsettled requests,
+// until LeaseUntil. It fails with ErrConflict while the lease is live; a
+// chore, done under Lead.
+type UpstreamBatchAdoptParams struct {
+	ID         int64
+	Owner      string
+	Now        time.Time
+	LeaseUntil time.Time
+	Lead       Lead
 }
 
 // UpstreamBatchStartParams records the upstream's id once the create call
@@ -444,6 +536,12 @@ type DeliveriesClaimParams struct {
 	LeaseUntil  time.Time
 }
 
+// DeliveriesHeartbeatParams extends Owner's delivery leases.
+type DeliveriesHeartbeatParams struct {
+	Owner      string
+	LeaseUntil time.Time
+}
+
 // AttemptRecord is what one attempt met.
 type AttemptRecord struct {
 	Status     int
@@ -492,8 +590,12 @@ type Store interface {
 	BatchPublish(ctx context.Context, p BatchPublishParams) (*Batch, error)
 	// BatchDiscard removes a batch that never finished creating.
 	BatchDiscard(ctx context.Context, batchSeq int64) error
-	// BatchesDiscardStale removes creating batches older than before.
-	BatchesDiscardStale(ctx context.Context, before time.Time) (int, error)
+	// BatchUploadRenew extends a creating batch's upload lease; ErrNotFound
+	// once it is no longer creating (published or discarded).
+	BatchUploadRenew(ctx context.Context, p BatchUploadRenewParams) error
+	// BatchesDiscardStale removes creating batches whose upload lease
+	// lapsed.
+	BatchesDiscardStale(ctx context.Context, p BatchesDiscardStaleParams) (int, error)
 	BatchGet(ctx context.Context, p BatchGetParams) (*Batch, error)
 	BatchList(ctx context.Context, p BatchListParams) (*BatchPage, error)
 	// BatchCancel moves an in_progress batch to canceling and settles its
@@ -527,13 +629,18 @@ type Store interface {
 	// deleted, archived or discarded batches, returning how many it deleted,
 	// 0 when nothing is left to purge; deletion happens in
 	// the background so that a DELETE of a 100,000-request batch is instant.
-	RequestsPurge(ctx context.Context, limit int) (int, error)
+	RequestsPurge(ctx context.Context, p RequestsPurgeParams) (int, error)
 	ResultsList(ctx context.Context, p ResultsListParams) ([]Result, error)
 
 	// UpstreamBatchInsert records a delegation intent and marks its
 	// requests, which RequestsRescue then skips.
 	UpstreamBatchInsert(ctx context.Context, p UpstreamBatchInsertParams) (*UpstreamBatch, error)
 	UpstreamBatchStart(ctx context.Context, p UpstreamBatchStartParams) error
+	UpstreamBatchesHeartbeat(ctx context.Context, p UpstreamBatchesHeartbeatParams) error
+	// UpstreamBatchAdopt takes over an upstream batch whose delegator's
+	// lease lapsed, so that its requests' results are written by the new
+	// owner.
+	UpstreamBatchAdopt(ctx context.Context, p UpstreamBatchAdoptParams) error
 	// UpstreamBatchesList lists a backend's recorded upstream batches, oldest
 	// first, for a delegator resuming after a restart.
 	UpstreamBatchesList(ctx context.Context, backend string) ([]*UpstreamBatch, error)
@@ -563,10 +670,10 @@ type Store interface {
 	// DeliveriesPending counts an endpoint's deliveries not yet settled.
 	DeliveriesPending(ctx context.Context, endpointID string) (int, error)
 	DeliveriesClaim(ctx context.Context, p DeliveriesClaimParams) ([]*Delivery, error)
-	// DeliveriesRelease returns every in-flight delivery to pending, for a
-	// store only one process can open (SQLite) at start: whoever held them
-	// is gone.
-	DeliveriesRelease(ctx context.Context) (int, error)
+	// DeliveriesHeartbeat extends the lease of every delivery Owner has in
+	// flight, so that a short lease outlives a long attempt and a dead
+	// deliverer's deliveries are retried soon after it died.
+	DeliveriesHeartbeat(ctx context.Context, p DeliveriesHeartbeatParams) error
 	// DeliveryRecord logs an attempt and moves the delivery on, guarded by
 	// the lease and the attempt number.
 	DeliveryRecord(ctx context.Context, p DeliveryRecordParams) error
@@ -600,6 +707,13 @@ type Store interface {
 	KeyLookup(ctx context.Context, hash string) (string, error)
 	// KeysActive reports whether any key is active, i.e. auth is enforced.
 	KeysActive(ctx context.Context) (bool, error)
+
+	// LeaderAcquire takes or renews a leader lease and returns who holds it
+	// afterwards: the caller leads if Owner is its own.
+	LeaderAcquire(ctx context.Context, p LeaderAcquireParams) (*Leader, error)
+	// LeaderRelease gives up a lease held in l's term, so that another
+	// process takes over at once; a lease no longer held is left alone.
+	LeaderRelease(ctx context.Context, l Lead) error
 
 	Close() error
 }

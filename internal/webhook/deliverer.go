@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -27,6 +26,11 @@ type DelivererConfig struct {
 	BaseURL string
 	// Owner names this process in leases (default: a random id).
 	Owner string
+	// Lease is how long a claimed delivery stays this deliverer's without
+	// a heartbeat (default 15s; heartbeats every third of it): how long a
+	// dead deliverer's deliveries wait before another (or it, restarted)
+	// sends them again, with the same webhook-id.
+	Lease time.Duration
 	// Concurrency caps attempts in flight (default 32), PerEndpoint those
 	// to one endpoint (default 4): a slow or dead receiver holds at most
 	// PerEndpoint slots, never the others'.
@@ -45,10 +49,6 @@ type DelivererConfig struct {
 	// Rand returns a uniform value in [0, 1) for jitter (default
 	// math/rand/v2).
 	Rand func() float64
-	// ReleaseAtStart returns in-flight deliveries to pending at Start, for
-	// a store only one process opens (SQLite): their sender is gone, and
-	// they are resent at once, with the same webhook-id.
-	ReleaseAtStart bool
 	// Delay decides the wait before the next attempt after a failed one,
 	// false when the schedule is spent (default Result.NextDelay: the
 	// research schedule, 0 s to 24 h). Tests compress it.
@@ -88,6 +88,9 @@ func NewDeliverer(cfg DelivererConfig) *Deliverer {
 	}
 	if cfg.PerEndpoint <= 0 {
 		cfg.PerEndpoint = 4
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 15 * time.Second
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 15 * time.Second
@@ -129,11 +132,6 @@ func (d *Deliverer) Wake() {
 func (d *Deliverer) SetBaseURL(u string) { d.cfg.BaseURL = strings.TrimRight(u, "/") }
 
 func (d *Deliverer) Start(ctx context.Context) error {
-	if d.cfg.ReleaseAtStart {
-		if _, err := d.cfg.Store.DeliveriesRelease(ctx); err != nil {
-			return fmt.Errorf("start deliverer: %w", err)
-		}
-	}
 	ctx, d.cancel = context.WithCancel(ctx)
 	d.done = make(chan struct{})
 	go d.loop(ctx)
@@ -154,10 +152,34 @@ func (d *Deliverer) Stop(ctx context.Context) {
 	}
 }
 
+// heartbeat renews the leases of the deliveries in flight every third of
+// a lease until ctx ends.
+func (d *Deliverer) heartbeat(ctx context.Context) {
+	t := time.NewTicker(d.cfg.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			err := d.cfg.Store.DeliveriesHeartbeat(ctx, store.DeliveriesHeartbeatParams{Owner: d.cfg.Owner, LeaseUntil: d.cfg.Now().Add(d.cfg.Lease)})
+			if err != nil && ctx.Err() == nil {
+				d.log.Error("heartbeat deliveries", "err", err)
+			}
+		}
+	}
+}
+
 func (d *Deliverer) loop(ctx context.Context) {
 	var wg sync.WaitGroup
+	// Heartbeats go on until the attempts in flight are recorded.
+	hbCtx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+	hbDone := make(chan struct{})
+	go func() { defer close(hbDone); d.heartbeat(hbCtx) }()
 	defer func() {
 		wg.Wait()
+		stopHeartbeat()
+		<-hbDone
 		close(d.done)
 	}()
 	timer := time.NewTimer(0)
@@ -178,7 +200,7 @@ func (d *Deliverer) loop(ctx context.Context) {
 			}
 			now := d.cfg.Now()
 			ds, err := d.cfg.Store.DeliveriesClaim(ctx, store.DeliveriesClaimParams{
-				Owner: d.cfg.Owner, Limit: free, PerEndpoint: d.cfg.PerEndpoint, Now: now, LeaseUntil: now.Add(2*d.cfg.Timeout + time.Minute),
+				Owner: d.cfg.Owner, Limit: free, PerEndpoint: d.cfg.PerEndpoint, Now: now, LeaseUntil: now.Add(d.cfg.Lease),
 			})
 			if err != nil {
 				if ctx.Err() == nil {

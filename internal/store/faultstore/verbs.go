@@ -43,11 +43,19 @@ func (s *Store) BatchDiscard(ctx context.Context, batchSeq int64) error {
 }
 
 // BatchesDiscardStale fails when a fault is set for it, else calls the wrapped store.
-func (s *Store) BatchesDiscardStale(ctx context.Context, before time.Time) (int, error) {
+func (s *Store) BatchesDiscardStale(ctx context.Context, p store.BatchesDiscardStaleParams) (int, error) {
 	if err := s.check("BatchesDiscardStale"); err != nil {
 		return 0, err
 	}
-	return s.Store.BatchesDiscardStale(ctx, before)
+	return s.Store.BatchesDiscardStale(ctx, p)
+}
+
+// BatchUploadRenew fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) BatchUploadRenew(ctx context.Context, p store.BatchUploadRenewParams) error {
+	if err := s.check("BatchUploadRenew"); err != nil {
+		return err
+	}
+	return s.Store.BatchUploadRenew(ctx, p)
 }
 
 // BatchGet fails when a fault is set for it, else calls the wrapped store.
@@ -163,11 +171,11 @@ func (s *Store) RequestsReroute(ctx context.Context, route func(model string) st
 }
 
 // RequestsPurge fails when a fault is set for it, else calls the wrapped store.
-func (s *Store) RequestsPurge(ctx context.Context, limit int) (int, error) {
+func (s *Store) RequestsPurge(ctx context.Context, p store.RequestsPurgeParams) (int, error) {
 	if err := s.check("RequestsPurge"); err != nil {
 		return 0, err
 	}
-	return s.Store.RequestsPurge(ctx, limit)
+	return s.Store.RequestsPurge(ctx, p)
 }
 
 // ResultsList fails when a fault is set for it, else calls the wrapped store.
@@ -306,14 +314,6 @@ func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimPara
 	return s.Store.DeliveriesClaim(ctx, p)
 }
 
-// DeliveriesRelease fails when a fault is set for it, else calls the wrapped store.
-func (s *Store) DeliveriesRelease(ctx context.Context) (int, error) {
-	if err := s.check("DeliveriesRelease"); err != nil {
-		return 0, err
-	}
-	return s.Store.DeliveriesRelease(ctx)
-}
-
 // DeliveryRecord fails when a fault is set for it, else calls the wrapped store.
 func (s *Store) DeliveryRecord(ctx context.Context, p store.DeliveryRecordParams) error {
 	if err := s.check("DeliveryRecord"); err != nil {
@@ -416,4 +416,44 @@ func (s *Store) KeysActive(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	return s.Store.KeysActive(ctx)
+}
+
+// UpstreamBatchesHeartbeat fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) UpstreamBatchesHeartbeat(ctx context.Context, p store.UpstreamBatchesHeartbeatParams) error {
+	if err := s.check("UpstreamBatchesHeartbeat"); err != nil {
+		return err
+	}
+	return s.Store.UpstreamBatchesHeartbeat(ctx, p)
+}
+
+// UpstreamBatchAdopt fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) UpstreamBatchAdopt(ctx context.Context, p store.UpstreamBatchAdoptParams) error {
+	if err := s.check("UpstreamBatchAdopt"); err != nil {
+		return err
+	}
+	return s.Store.UpstreamBatchAdopt(ctx, p)
+}
+
+// LeaderAcquire fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) LeaderAcquire(ctx context.Context, p store.LeaderAcquireParams) (*store.Leader, error) {
+	if err := s.check("LeaderAcquire"); err != nil {
+		return nil, err
+	}
+	return s.Store.LeaderAcquire(ctx, p)
+}
+
+// LeaderRelease fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) LeaderRelease(ctx context.Context, l store.Lead) error {
+	if err := s.check("LeaderRelease"); err != nil {
+		return err
+	}
+	return s.Store.LeaderRelease(ctx, l)
+}
+
+// DeliveriesHeartbeat fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) DeliveriesHeartbeat(ctx context.Context, p store.DeliveriesHeartbeatParams) error {
+	if err := s.check("DeliveriesHeartbeat"); err != nil {
+		return err
+	}
+	return s.Store.DeliveriesHeartbeat(ctx, p)
 }

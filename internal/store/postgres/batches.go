@@ -23,14 +23,15 @@ const (
 	// two creates never both pass the cap.
 	qLockWorkspace = `SELECT pg_advisory_xact_lock(hashtext('batchd.workspace'), hashtext($1))`
 	qCountOpen     = `SELECT count(*) FROM batches WHERE workspace = $1 AND status != 'ended'`
-	qBatchInsert   = `INSERT INTO batches (id, workspace, status, created_at, expires_at, betas)
-		VALUES ($1, $2, 'creating', $3, $4, $5) RETURNING ` + batchCols
+	qBatchInsert   = `INSERT INTO batches (id, workspace, status, created_at, expires_at, betas, upload_expires)
+		VALUES ($1, $2, 'creating', $3, $4, $5, $6) RETURNING ` + batchCols
+	qUploadRenew  = `UPDATE batches SET upload_expires = $1 WHERE seq = $2 AND status = 'creating'`
 	qBatchPublish = `UPDATE batches SET status = 'in_progress', total = $1
 		WHERE seq = $2 AND status = 'creating' RETURNING ` + batchCols
 
 	qBatchDelete = `DELETE FROM batches WHERE seq = $1`
 	qPurgeAdd    = `INSERT INTO purges (batch_seq) VALUES ($1) ON CONFLICT DO NOTHING`
-	qDiscard     = `WITH gone AS (DELETE FROM batches WHERE status = 'creating' AND created_at < $1 RETURNING seq),
+	qDiscard     = `WITH gone AS (DELETE FROM batches WHERE status = 'creating' AND upload_expires < $1 RETURNING seq),
 		queued AS (INSERT INTO purges (batch_seq) SELECT seq FROM gone ON CONFLICT DO NOTHING)
 		SELECT count(*) FROM gone`
 
@@ -121,7 +122,8 @@ func (s *Store) BatchInsert(ctx context.Context, p store.BatchInsertParams) (*st
 			}
 		}
 		var err error
-		b, err = scanBatch(tx.QueryRow(ctx, qBatchInsert, p.ID, p.Workspace, micros(p.CreatedAt), micros(p.ExpiresAt), strings.Join(p.Betas, ",")))
+		b, err = scanBatch(tx.QueryRow(ctx, qBatchInsert, p.ID, p.Workspace, micros(p.CreatedAt), micros(p.ExpiresAt), strings.Join(p.Betas, ","),
+			micros(cmpTime(p.UploadUntil, p.CreatedAt))))
 		return err
 	})
 	if err != nil {
@@ -161,11 +163,31 @@ func deleteBatch(ctx context.Context, tx pgx.Tx, seq int64) error {
 	return err
 }
 
+// cmpTime is t, or def when t is zero.
+func cmpTime(t, def time.Time) time.Time {
+	if t.IsZero() {
+		return def
+	}
+	return t
+}
+
+// BatchUploadRenew implements store.Store.
+func (s *Store) BatchUploadRenew(ctx context.Context, p store.BatchUploadRenewParams) error {
+	n, err := s.execAffected(ctx, "renew upload", qUploadRenew, micros(p.Until), p.BatchSeq)
+	if err == nil && n == 0 {
+		err = fmt.Errorf("renew upload: %w", store.ErrNotFound)
+	}
+	return err
+}
+
 // BatchesDiscardStale implements store.Store.
-func (s *Store) BatchesDiscardStale(ctx context.Context, before time.Time) (int, error) {
+func (s *Store) BatchesDiscardStale(ctx context.Context, p store.BatchesDiscardStaleParams) (int, error) {
 	n := 0
 	err := s.tx(ctx, "discard stale batches", func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, qDiscard, micros(before)).Scan(&n)
+		if err := checkLead(ctx, tx, p.Lead, micros(p.Now)); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, qDiscard, micros(p.Now)).Scan(&n)
 	})
 	return n, err
 }
@@ -338,6 +360,9 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 	var out []*store.BatchChange
 	err := s.tx(ctx, "expire batches", func(tx pgx.Tx) error {
 		out = nil
+		if err := checkLead(ctx, tx, p.Lead, micros(p.Now)); err != nil {
+			return err
+		}
 		seqs, err := querySeqs(ctx, tx, qExpiring, micros(p.Now)) // locks them
 		if err != nil {
 			return err
@@ -373,6 +398,9 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 func (s *Store) BatchesArchive(ctx context.Context, p store.BatchesArchiveParams) (int, error) {
 	n := 0
 	err := s.tx(ctx, "archive batches", func(tx pgx.Tx) error {
+		if err := checkLead(ctx, tx, p.Lead, micros(p.Now)); err != nil {
+			return err
+		}
 		if err := tx.QueryRow(ctx, qArchive, micros(p.Now), micros(p.CreatedBefore)).Scan(&n); err != nil {
 			return err
 		}

@@ -68,7 +68,7 @@ const (
 		SELECT c.id, c.attempts, e.seq, e.id, e.workspace, e.batch_id, e.type, e.created_at, e.data, ` + endpointCols + `
 		FROM claimed c JOIN events e ON e.seq = c.event_seq JOIN webhook_endpoints w ON w.id = c.endpoint_id
 		ORDER BY c.next_at, c.id`
-	qDeliveriesRelease = `UPDATE deliveries SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE state = 1`
+	qDeliveriesHeartbeat = `UPDATE deliveries SET lease_expires = $1 WHERE state = 1 AND lease_owner = $2`
 	// qDeliveryRecord: only the lease holder's current attempt is recorded.
 	qDeliveryRecord = `UPDATE deliveries SET state = $1, attempts = $2, next_at = $3, lease_owner = NULL, lease_expires = NULL
 		WHERE id = $4 AND state = 1 AND lease_owner = $5 AND attempts = $6 RETURNING endpoint_id`
@@ -396,9 +396,10 @@ func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimPara
 	return out, nil
 }
 
-// DeliveriesRelease implements store.Store.
-func (s *Store) DeliveriesRelease(ctx context.Context) (int, error) {
-	return s.execAffected(ctx, "release deliveries", qDeliveriesRelease)
+// DeliveriesHeartbeat implements store.Store.
+func (s *Store) DeliveriesHeartbeat(ctx context.Context, p store.DeliveriesHeartbeatParams) error {
+	_, err := s.execAffected(ctx, "heartbeat deliveries", qDeliveriesHeartbeat, micros(p.LeaseUntil), p.Owner)
+	return err
 }
 
 // DeliveryRecord implements store.Store.

@@ -72,21 +72,22 @@ const (
 		SELECT o.id, o.batch_seq, o.custom_id, o.result_type, o.result FROM o JOIN won ON won.id = o.id
 		RETURNING id`
 
-	qHeartbeat = `UPDATE tasks SET lease_expires = $1 WHERE state = 1 AND lease_owner = $2`
+	// Requests in an upstream batch are held by its row's lease instead.
+	qHeartbeat = `UPDATE tasks SET lease_expires = $1 WHERE state = 1 AND lease_owner = $2 AND upstream IS NULL`
 
-	// Rescue: lost requests (lease lapsed, or every running one with All)
+	// Rescue: lost requests (lease lapsed)
 	// not handed to an upstream batch. Those of canceling batches settle
 	// canceled; the others go back to pending.
 	qCancelingBatches = `SELECT seq FROM batches WHERE status = 'canceling' ORDER BY seq FOR NO KEY UPDATE`
 	qRescueCanceled   = `WITH lost AS (
 			DELETE FROM tasks t USING requests r, batches b
 			WHERE r.id = t.id AND b.seq = t.batch_seq AND b.status = 'canceling'
-			AND t.state = 1 AND t.upstream IS NULL AND (t.lease_expires < $1 OR $2)
+			AND t.state = 1 AND t.upstream IS NULL AND t.lease_expires < $1
 			RETURNING t.id, t.batch_seq, r.custom_id)
 		INSERT INTO results (id, batch_seq, custom_id, result_type, result)
 		SELECT id, batch_seq, custom_id, 'canceled', NULL FROM lost RETURNING batch_seq`
 	qRescuePending = `UPDATE tasks SET state = 0, lease_owner = NULL, lease_expires = NULL
-		WHERE state = 1 AND upstream IS NULL AND (lease_expires < $1 OR $2)`
+		WHERE state = 1 AND upstream IS NULL AND lease_expires < $1`
 
 	// The inner min per batch is one index seek on tasks_pending.
 	qNextDue = `SELECT min((SELECT min(t.next_at) FROM tasks t WHERE t.batch_seq = b.seq AND t.backend = $1 AND t.state = 0))
@@ -346,11 +347,11 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 		if _, err := tx.Exec(ctx, qCancelingBatches); err != nil {
 			return err
 		}
-		seqs, err := querySeqs(ctx, tx, qRescueCanceled, micros(p.Now), p.All)
+		seqs, err := querySeqs(ctx, tx, qRescueCanceled, micros(p.Now))
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, qRescuePending, micros(p.Now), p.All); err != nil {
+		if _, err := tx.Exec(ctx, qRescuePending, micros(p.Now)); err != nil {
 			return err
 		}
 		deltas := map[int64]int64{}
@@ -416,10 +417,13 @@ func (s *Store) RequestsReroute(ctx context.Context, route func(model string) st
 }
 
 // RequestsPurge implements store.Store.
-func (s *Store) RequestsPurge(ctx context.Context, limit int) (int, error) {
-	n := 0
+func (s *Store) RequestsPurge(ctx context.Context, p store.RequestsPurgeParams) (int, error) {
+	n, limit := 0, p.Limit
 	err := s.tx(ctx, "purge requests", func(tx pgx.Tx) error {
 		n = 0
+		if err := checkLead(ctx, tx, p.Lead, micros(p.Now)); err != nil {
+			return err
+		}
 		var seq int64
 		err := tx.QueryRow(ctx, qPurgeNext).Scan(&seq)
 		if errors.Is(err, pgx.ErrNoRows) {

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -13,14 +14,14 @@ import (
 // Batches API, marked before the upstream create call so that no rescue
 // resends them.
 const (
-	qUpstreamInsert = `INSERT INTO upstream_batches (backend, owner, batch_seq, created_at) VALUES ($1, $2, $3, $4) RETURNING id`
+	qUpstreamInsert = `INSERT INTO upstream_batches (backend, owner, batch_seq, created_at, lease_expires) VALUES ($1, $2, $3, $4, $5) RETURNING id`
 	// Only requests still running under the owner's lease, and delegated
 	// nowhere yet, are marked; the caller checks that all of them were.
 	qUpstreamMark = `UPDATE tasks SET upstream = $1
 		WHERE id = ANY($2) AND batch_seq = $3 AND state = 1 AND lease_owner = $4 AND upstream IS NULL`
 	qUpstreamStart = `UPDATE upstream_batches SET upstream_id = $1 WHERE id = $2 AND upstream_id IS NULL`
 	qUpstreamList  = `SELECT u.id, u.backend, u.owner, u.batch_seq, coalesce(u.upstream_id, ''), u.created_at,
-		coalesce(b.status, 'ended') FROM upstream_batches u LEFT JOIN batches b ON b.seq = u.batch_seq
+		u.lease_expires, coalesce(b.status, 'ended') FROM upstream_batches u LEFT JOIN batches b ON b.seq = u.batch_seq
 		WHERE u.backend = $1 ORDER BY u.id`
 	qUpstreamRequests = `SELECT t.id, t.batch_seq, t.attempts, r.custom_id, b.id, b.expires_at
 		FROM tasks t JOIN requests r ON r.id = t.id JOIN batches b ON b.seq = t.batch_seq
@@ -37,14 +38,21 @@ const (
 	qUpstreamRelease = `UPDATE tasks SET state = 0, upstream = NULL, lease_owner = NULL, lease_expires = NULL
 		WHERE upstream = $1 AND state = 1`
 	qUpstreamDelete = `DELETE FROM upstream_batches WHERE id = $1`
-	qUpstreamLeft   = `SELECT count(*) FROM tasks WHERE upstream = $1`
+
+	qUpstreamHeartbeat = `UPDATE upstream_batches SET lease_expires = $1 WHERE owner = $2`
+	// Adopt: only a lapsed lease changes hands, with the requests it holds.
+	qUpstreamAdopt = `UPDATE upstream_batches SET owner = $1, lease_expires = $2
+		WHERE id = $3 AND lease_expires < $4 RETURNING id`
+	qUpstreamAdoptTasks = `UPDATE tasks SET lease_owner = $1 WHERE upstream = $2 AND state = 1`
+	qUpstreamLeft       = `SELECT count(*) FROM tasks WHERE upstream = $1`
 )
 
 // UpstreamBatchInsert implements store.Store.
 func (s *Store) UpstreamBatchInsert(ctx context.Context, p store.UpstreamBatchInsertParams) (*store.UpstreamBatch, error) {
-	ub := &store.UpstreamBatch{Backend: p.Backend, Owner: p.Owner, BatchSeq: p.BatchSeq, CreatedAt: p.Now.UTC(), BatchStatus: store.StatusInProgress}
+	ub := &store.UpstreamBatch{Backend: p.Backend, Owner: p.Owner, BatchSeq: p.BatchSeq, CreatedAt: p.Now.UTC(),
+		LeaseExpires: p.LeaseUntil.UTC(), BatchStatus: store.StatusInProgress}
 	err := s.tx(ctx, "insert upstream batch", func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, qUpstreamInsert, p.Backend, p.Owner, p.BatchSeq, micros(p.Now)).Scan(&ub.ID); err != nil {
+		if err := tx.QueryRow(ctx, qUpstreamInsert, p.Backend, p.Owner, p.BatchSeq, micros(p.Now), micros(p.LeaseUntil)).Scan(&ub.ID); err != nil {
 			return err
 		}
 		tag, err := tx.Exec(ctx, qUpstreamMark, ub.ID, p.RequestIDs, p.BatchSeq, p.Owner)
@@ -71,6 +79,31 @@ func (s *Store) UpstreamBatchStart(ctx context.Context, p store.UpstreamBatchSta
 	return err
 }
 
+// UpstreamBatchesHeartbeat implements store.Store.
+func (s *Store) UpstreamBatchesHeartbeat(ctx context.Context, p store.UpstreamBatchesHeartbeatParams) error {
+	_, err := s.execAffected(ctx, "heartbeat upstream batches", qUpstreamHeartbeat, micros(p.LeaseUntil), p.Owner)
+	return err
+}
+
+// UpstreamBatchAdopt implements store.Store.
+func (s *Store) UpstreamBatchAdopt(ctx context.Context, p store.UpstreamBatchAdoptParams) error {
+	return s.tx(ctx, "adopt upstream batch", func(tx pgx.Tx) error {
+		if err := checkLead(ctx, tx, p.Lead, micros(p.Now)); err != nil {
+			return err
+		}
+		var id int64
+		err := tx.QueryRow(ctx, qUpstreamAdopt, p.Owner, micros(p.LeaseUntil), p.ID, micros(p.Now)).Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return store.ErrConflict // gone, or its lease is live
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, qUpstreamAdoptTasks, p.Owner, p.ID)
+		return err
+	})
+}
+
 // UpstreamBatchesList implements store.Store.
 func (s *Store) UpstreamBatchesList(ctx context.Context, backend string) ([]*store.UpstreamBatch, error) {
 	var out []*store.UpstreamBatch
@@ -81,9 +114,9 @@ func (s *Store) UpstreamBatchesList(ctx context.Context, backend string) ([]*sto
 		}
 		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (*store.UpstreamBatch, error) {
 			var ub store.UpstreamBatch
-			var created int64
-			err := r.Scan(&ub.ID, &ub.Backend, &ub.Owner, &ub.BatchSeq, &ub.UpstreamID, &created, &ub.BatchStatus)
-			ub.CreatedAt = fromMicros(created)
+			var created, lease int64
+			err := r.Scan(&ub.ID, &ub.Backend, &ub.Owner, &ub.BatchSeq, &ub.UpstreamID, &created, &lease, &ub.BatchStatus)
+			ub.CreatedAt, ub.LeaseExpires = fromMicros(created), fromMicros(lease)
 			return &ub, err
 		})
 		return err

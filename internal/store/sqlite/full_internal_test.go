@@ -239,8 +239,13 @@ func TestFullDiskRecoversByDeleting(t *testing.T) {
 	if err := s.BatchDelete(ctx, store.BatchGetParams{Workspace: "w", ID: big.ID}); err != nil {
 		t.Fatalf("delete on the full disk: %v (%s)", err, state())
 	}
+	l, err := s.LeaderAcquire(ctx, store.LeaderAcquireParams{Name: store.LeaderChores, Owner: "test", Now: now, Until: now.Add(time.Hour)})
+	if err != nil {
+		t.Fatalf("lead on the full disk: %v (%s)", err, state())
+	}
+	lead := store.Lead{Name: l.Name, Owner: l.Owner, Term: l.Term}
 	for {
-		n, err := s.RequestsPurge(ctx, 1000)
+		n, err := s.RequestsPurge(ctx, store.RequestsPurgeParams{Limit: 1000, Now: now, Lead: lead})
 		if err != nil {
 			t.Fatalf("purge on the full disk: %v (%s)", err, state())
 		}

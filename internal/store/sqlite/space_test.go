@@ -62,7 +62,7 @@ func TestDeleteGivesSpaceBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	for {
-		n, err := st.RequestsPurge(ctx, 1000)
+		n, err := st.RequestsPurge(ctx, store.RequestsPurgeParams{Limit: 1000, Now: now, Lead: lead(t, st, now)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -434,8 +434,13 @@ func (s *Store) BatchInsert(ctx context.Context, p store.BatchInsertParams) (*st
 			}
 		}
 		var err error
-		b, err = scanBatch(tx.QueryRowContext(ctx, `INSERT INTO batches (id, workspace, status, created_at, expires_at, betas)
-			VALUES (?, ?, 'creating', ?, ?, ?) RETURNING `+batchCols, p.ID, p.Workspace, micros(p.CreatedAt), micros(p.ExpiresAt), strings.Join(p.Betas, ",")))
+		upload := p.UploadUntil
+		if upload.IsZero() {
+			upload = p.CreatedAt
+		}
+		b, err = scanBatch(tx.QueryRowContext(ctx, `INSERT INTO batches (id, workspace, status, created_at, expires_at, betas, upload_expires)
+			VALUES (?, ?, 'creating', ?, ?, ?, ?) RETURNING `+batchCols, p.ID, p.Workspace, micros(p.CreatedAt), micros(p.ExpiresAt),
+			strings.Join(p.Betas, ","), micros(upload)))
 		return err
 	})
 	if err != nil {
@@ -530,11 +535,24 @@ func deleteBatch(ctx context.Context, tx *sql.Tx, seq int64) error {
 	return err
 }
 
+// BatchUploadRenew implements store.Store.
+func (s *Store) BatchUploadRenew(ctx context.Context, p store.BatchUploadRenewParams) error {
+	n, err := s.execAffected(ctx, "renew upload", `UPDATE batches SET upload_expires = ? WHERE seq = ? AND status = 'creating'`,
+		micros(p.Until), p.BatchSeq)
+	if err == nil && n == 0 {
+		err = fmt.Errorf("renew upload: %w", store.ErrNotFound)
+	}
+	return err
+}
+
 // BatchesDiscardStale implements store.Store.
-func (s *Store) BatchesDiscardStale(ctx context.Context, before time.Time) (int, error) {
+func (s *Store) BatchesDiscardStale(ctx context.Context, p store.BatchesDiscardStaleParams) (int, error) {
 	n := 0
 	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
-		seqs, err := querySeqs(ctx, tx, `SELECT seq FROM batches WHERE status = 'creating' AND created_at < ?`, micros(before))
+		if err := checkLead(ctx, tx, p.Lead, p.Now); err != nil {
+			return err
+		}
+		seqs, err := querySeqs(ctx, tx, `SELECT seq FROM batches WHERE status = 'creating' AND upload_expires < ?`, micros(p.Now))
 		if err != nil {
 			return err
 		}
@@ -1079,9 +1097,11 @@ func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimPara
 	return out, nil
 }
 
-// DeliveriesRelease implements store.Store.
-func (s *Store) DeliveriesRelease(ctx context.Context) (int, error) {
-	return s.execAffected(ctx, "release deliveries", `UPDATE deliveries SET state = 0, lease_owner = NULL, lease_expires = NULL WHERE state = 1`)
+// DeliveriesHeartbeat implements store.Store.
+func (s *Store) DeliveriesHeartbeat(ctx context.Context, p store.DeliveriesHeartbeatParams) error {
+	_, err := s.execAffected(ctx, "heartbeat deliveries", `UPDATE deliveries SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
+		micros(p.LeaseUntil), p.Owner)
+	return err
 }
 
 // DeliveryRecord implements store.Store.
@@ -1243,6 +1263,9 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 	var out []*store.BatchChange
 	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
 		out = nil
+		if err := checkLead(ctx, tx, p.Lead, p.Now); err != nil {
+			return err
+		}
 		seqs, err := querySeqs(ctx, tx, `SELECT seq FROM batches WHERE status IN ('in_progress', 'canceling') AND expires_at <= ?`, micros(p.Now))
 		if err != nil {
 			return err
@@ -1278,6 +1301,9 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 func (s *Store) BatchesArchive(ctx context.Context, p store.BatchesArchiveParams) (int, error) {
 	n := 0
 	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
+		if err := checkLead(ctx, tx, p.Lead, p.Now); err != nil {
+			return err
+		}
 		seqs, err := querySeqs(ctx, tx, `UPDATE batches SET archived_at = ?
 			WHERE status = 'ended' AND archived_at IS NULL AND created_at <= ? RETURNING seq`,
 			micros(p.Now), micros(p.CreatedBefore))
@@ -1638,8 +1664,9 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 // RequestsHeartbeat implements store.Store.
 func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeatParams) error {
 	// Even on a full disk: a lapsed lease sends the running requests again.
+	// Requests in an upstream batch are held by its row's lease instead.
 	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE tasks SET lease_expires = ? WHERE state = 1 AND lease_owner = ?`,
+		_, err := tx.ExecContext(ctx, `UPDATE tasks SET lease_expires = ? WHERE state = 1 AND lease_owner = ? AND upstream IS NULL`,
 			micros(p.LeaseUntil), p.Owner)
 		return err
 	})
@@ -1658,9 +1685,6 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 		// lapses: the upstream holds them and the delegator resumes polling.
 		cond := `t.state = 1 AND t.upstream IS NULL AND t.lease_expires < ?`
 		args := []any{micros(p.Now)}
-		if p.All {
-			cond, args = `t.state = 1 AND t.upstream IS NULL`, nil
-		}
 		// A lost request of a canceling batch will never be sent again, so
 		// it settles as canceled; every other one goes back to pending.
 		canceling := ` AND t.batch_seq IN (SELECT seq FROM batches WHERE status = 'canceling')`
@@ -1757,9 +1781,13 @@ func (s *Store) RequestsReroute(ctx context.Context, route func(model string) st
 }
 
 // RequestsPurge implements store.Store.
-func (s *Store) RequestsPurge(ctx context.Context, limit int) (int, error) {
-	n := 0
+func (s *Store) RequestsPurge(ctx context.Context, p store.RequestsPurgeParams) (int, error) {
+	n, limit := 0, p.Limit
 	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
+		n = 0
+		if err := checkLead(ctx, tx, p.Lead, p.Now); err != nil {
+			return err
+		}
 		var seq int64
 		err := tx.QueryRowContext(ctx, `SELECT batch_seq FROM purges LIMIT 1`).Scan(&seq)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -1961,10 +1989,11 @@ func (s *Store) KeysActive(ctx context.Context) (bool, error) {
 
 // UpstreamBatchInsert implements store.Store.
 func (s *Store) UpstreamBatchInsert(ctx context.Context, p store.UpstreamBatchInsertParams) (*store.UpstreamBatch, error) {
-	ub := &store.UpstreamBatch{Backend: p.Backend, Owner: p.Owner, BatchSeq: p.BatchSeq, CreatedAt: p.Now.UTC(), BatchStatus: store.StatusInProgress}
+	ub := &store.UpstreamBatch{Backend: p.Backend, Owner: p.Owner, BatchSeq: p.BatchSeq, CreatedAt: p.Now.UTC(),
+		LeaseExpires: p.LeaseUntil.UTC(), BatchStatus: store.StatusInProgress}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if err := tx.QueryRowContext(ctx, `INSERT INTO upstream_batches (backend, owner, batch_seq, created_at) VALUES (?, ?, ?, ?) RETURNING id`,
-			p.Backend, p.Owner, p.BatchSeq, micros(p.Now)).Scan(&ub.ID); err != nil {
+		if err := tx.QueryRowContext(ctx, `INSERT INTO upstream_batches (backend, owner, batch_seq, created_at, lease_expires) VALUES (?, ?, ?, ?, ?) RETURNING id`,
+			p.Backend, p.Owner, p.BatchSeq, micros(p.Now), micros(p.LeaseUntil)).Scan(&ub.ID); err != nil {
 			return err
 		}
 		res, err := tx.ExecContext(ctx, `UPDATE tasks SET upstream = ? WHERE id IN (SELECT value FROM json_each(?))
@@ -2005,10 +2034,41 @@ func (s *Store) UpstreamBatchStart(ctx context.Context, p store.UpstreamBatchSta
 	return err
 }
 
+// UpstreamBatchesHeartbeat implements store.Store.
+func (s *Store) UpstreamBatchesHeartbeat(ctx context.Context, p store.UpstreamBatchesHeartbeatParams) error {
+	_, err := s.execAffected(ctx, "heartbeat upstream batches", `UPDATE upstream_batches SET lease_expires = ? WHERE owner = ?`,
+		micros(p.LeaseUntil), p.Owner)
+	return err
+}
+
+// UpstreamBatchAdopt implements store.Store: only a lapsed lease changes
+// hands, with the requests it holds.
+func (s *Store) UpstreamBatchAdopt(ctx context.Context, p store.UpstreamBatchAdoptParams) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if err := checkLead(ctx, tx, p.Lead, p.Now); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE upstream_batches SET owner = ?, lease_expires = ? WHERE id = ? AND lease_expires < ?`,
+			p.Owner, micros(p.LeaseUntil), p.ID, micros(p.Now))
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return store.ErrConflict // gone, or its lease is live
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE tasks SET lease_owner = ? WHERE upstream = ? AND state = 1`, p.Owner, p.ID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("adopt upstream batch: %w", err)
+	}
+	return nil
+}
+
 // UpstreamBatchesList implements store.Store.
 func (s *Store) UpstreamBatchesList(ctx context.Context, backend string) ([]*store.UpstreamBatch, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT u.id, u.backend, u.owner, u.batch_seq, coalesce(u.upstream_id, ''), u.created_at,
-		coalesce(b.status, 'ended') FROM upstream_batches u LEFT JOIN batches b ON b.seq = u.batch_seq
+		u.lease_expires, coalesce(b.status, 'ended') FROM upstream_batches u LEFT JOIN batches b ON b.seq = u.batch_seq
 		WHERE u.backend = ? ORDER BY u.id`, backend)
 	if err != nil {
 		return nil, fmt.Errorf("list upstream batches: %w", err)
@@ -2017,11 +2077,11 @@ func (s *Store) UpstreamBatchesList(ctx context.Context, backend string) ([]*sto
 	var out []*store.UpstreamBatch
 	for rows.Next() {
 		var ub store.UpstreamBatch
-		var created int64
-		if err := rows.Scan(&ub.ID, &ub.Backend, &ub.Owner, &ub.BatchSeq, &ub.UpstreamID, &created, &ub.BatchStatus); err != nil {
+		var created, lease int64
+		if err := rows.Scan(&ub.ID, &ub.Backend, &ub.Owner, &ub.BatchSeq, &ub.UpstreamID, &created, &lease, &ub.BatchStatus); err != nil {
 			return nil, fmt.Errorf("list upstream batches: %w", err)
 		}
-		ub.CreatedAt = fromMicros(created)
+		ub.CreatedAt, ub.LeaseExpires = fromMicros(created), fromMicros(lease)
 		out = append(out, &ub)
 	}
 	if err := rows.Err(); err != nil {
@@ -2122,6 +2182,62 @@ func (s *Store) UpstreamBatchDelete(ctx context.Context, id int64) error {
 	})
 	if err != nil {
 		return fmt.Errorf("delete upstream batch: %w", err)
+	}
+	return nil
+}
+
+// LeaderAcquire implements store.Store. It writes even while the disk is
+// full: the leader runs the chores that free space.
+func (s *Store) LeaderAcquire(ctx context.Context, p store.LeaderAcquireParams) (*store.Leader, error) {
+	l := &store.Leader{Name: p.Name}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		// Insert the first lease, renew the holder's live one (same term),
+		// or take a lapsed one with the next term; another owner's live
+		// lease stays as it is.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO leaders (name, owner, term, expires) VALUES (?, ?, 1, ?)
+			ON CONFLICT (name) DO UPDATE SET
+				term = CASE WHEN owner = excluded.owner AND expires > ? THEN term ELSE term + 1 END,
+				owner = excluded.owner, expires = excluded.expires
+			WHERE (owner = excluded.owner AND expires > ?) OR expires <= ?`,
+			p.Name, p.Owner, micros(p.Until), micros(p.Now), micros(p.Now), micros(p.Now)); err != nil {
+			return err
+		}
+		var expires int64
+		if err := tx.QueryRowContext(ctx, `SELECT owner, term, expires FROM leaders WHERE name = ?`, p.Name).Scan(&l.Owner, &l.Term, &expires); err != nil {
+			return err
+		}
+		l.Expires = fromMicros(expires)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("acquire leader lease: %w", err)
+	}
+	return l, nil
+}
+
+// LeaderRelease implements store.Store.
+func (s *Store) LeaderRelease(ctx context.Context, l store.Lead) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE leaders SET expires = 0 WHERE name = ? AND owner = ? AND term = ?`, l.Name, l.Owner, l.Term)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("release leader lease: %w", err)
+	}
+	return nil
+}
+
+// checkLead fails with store.ErrNotLeader unless l still holds its lease
+// at now. The write transaction is the only writer, so the lease cannot
+// change hands before it commits.
+func checkLead(ctx context.Context, tx *sql.Tx, l store.Lead, now time.Time) error {
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM leaders WHERE name = ? AND owner = ? AND term = ? AND expires > ?`,
+		l.Name, l.Owner, l.Term, micros(now)).Scan(&n); err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("%s in term %d: %w", l.Owner, l.Term, store.ErrNotLeader)
 	}
 	return nil
 }

@@ -62,6 +62,20 @@ func (b *bundle) batch(t *testing.T, ws string, n int, created time.Time) *store
 	return bt
 }
 
+// lead makes owner "leader" the leader for the chores, until far beyond
+// any time the cases use, and returns its lead.
+func (b *bundle) lead(t *testing.T) store.Lead {
+	t.Helper()
+	l, err := b.st.LeaderAcquire(b.ctx, store.LeaderAcquireParams{Name: store.LeaderChores, Owner: "leader", Now: t0, Until: t0.Add(1000 * 24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Owner != "leader" {
+		t.Fatalf("leader lease held by %q", l.Owner)
+	}
+	return store.Lead{Name: l.Name, Owner: l.Owner, Term: l.Term}
+}
+
 func (b *bundle) claim(t *testing.T, owner string, limit int, now time.Time) []store.ClaimedRequest {
 	t.Helper()
 	c, err := b.st.RequestsClaim(b.ctx, store.RequestsClaimParams{Owner: owner, Limit: limit, Now: now, LeaseUntil: now.Add(time.Minute)})
@@ -124,6 +138,7 @@ func Run(t *testing.T, newStore NewStore) {
 	t.Run("Webhooks", func(t *testing.T) { testWebhooks(t, newStore) })
 	t.Run("Keys", func(t *testing.T) { testKeys(t, newStore) })
 	t.Run("Idempotency", func(t *testing.T) { testIdempotency(t, newStore) })
+	t.Run("Leadership", func(t *testing.T) { testLeadership(t, newStore) })
 }
 
 // run is one case: parallel, on a store of its own.
@@ -318,7 +333,7 @@ func testBatches(t *testing.T, newStore NewStore) {
 		if got := b.claim(t, "o", 10, exp); len(got) != 0 {
 			t.Fatal("claimed from an expired batch")
 		}
-		chs, err := b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: exp})
+		chs, err := b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: exp, Lead: b.lead(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -335,7 +350,7 @@ func testBatches(t *testing.T, newStore NewStore) {
 		if endedCount(chs) != 1 {
 			t.Fatal("the in-flight request's completion must end the expired batch")
 		}
-		chs, _ = b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: exp.Add(time.Hour)})
+		chs, _ = b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: exp.Add(time.Hour), Lead: b.lead(t)})
 		if len(chs) != 0 {
 			t.Fatal("an ended batch expired again")
 		}
@@ -356,7 +371,7 @@ func testBatches(t *testing.T, newStore NewStore) {
 		}
 		total := 0
 		for {
-			n, err := b.st.RequestsPurge(b.ctx, 2)
+			n, err := b.st.RequestsPurge(b.ctx, store.RequestsPurgeParams{Limit: 2, Now: t0, Lead: b.lead(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -378,7 +393,7 @@ func testBatches(t *testing.T, newStore NewStore) {
 			t.Fatal(err)
 		}
 		running := b.batch(t, "w", 1, t0) // not ended: never archived
-		n, err := b.st.BatchesArchive(b.ctx, store.BatchesArchiveParams{Now: t0.Add(30 * 24 * time.Hour), CreatedBefore: t0.Add(time.Hour)})
+		n, err := b.st.BatchesArchive(b.ctx, store.BatchesArchiveParams{Now: t0.Add(30 * 24 * time.Hour), CreatedBefore: t0.Add(time.Hour), Lead: b.lead(t)})
 		if err != nil || n != 1 {
 			t.Fatalf("archive: %d %v", n, err)
 		}
@@ -393,7 +408,7 @@ func testBatches(t *testing.T, newStore NewStore) {
 			t.Fatal("archived a running batch")
 		}
 		for {
-			n, err := b.st.RequestsPurge(b.ctx, 100)
+			n, err := b.st.RequestsPurge(b.ctx, store.RequestsPurgeParams{Limit: 100, Now: t0, Lead: b.lead(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -408,15 +423,35 @@ func testBatches(t *testing.T, newStore NewStore) {
 			t.Fatalf("purge touched another batch: claimed %d", len(r))
 		}
 	})
+	// Only an upload whose lease lapsed is discarded: another process may
+	// be streaming the others in.
 	run(t, "DiscardStaleCreating", newStore, func(t *testing.T, b *bundle) {
-		bt, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: "msgbatch_stale", Workspace: "w", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+		bt, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: "msgbatch_stale", Workspace: "w", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour),
+			UploadUntil: t0.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		live, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: "msgbatch_live", Workspace: "w", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour),
+			UploadUntil: t0.Add(time.Minute)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		b.st.RequestsInsert(b.ctx, store.RequestsInsertParams{BatchSeq: bt.Seq, Requests: []store.NewRequest{{CustomID: "a", Params: json.RawMessage(`{}`)}}})
-		n, err := b.st.BatchesDiscardStale(b.ctx, t0.Add(time.Second))
+		if n, err := b.st.BatchesDiscardStale(b.ctx, store.BatchesDiscardStaleParams{Now: t0.Add(30 * time.Second), Lead: b.lead(t)}); err != nil || n != 0 {
+			t.Fatalf("discard of live uploads: %d %v", n, err)
+		}
+		if err := b.st.BatchUploadRenew(b.ctx, store.BatchUploadRenewParams{BatchSeq: live.Seq, Until: t0.Add(5 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		n, err := b.st.BatchesDiscardStale(b.ctx, store.BatchesDiscardStaleParams{Now: t0.Add(2 * time.Minute), Lead: b.lead(t)})
 		if err != nil || n != 1 {
 			t.Fatalf("discard: %d %v", n, err)
+		}
+		if _, err := b.st.BatchPublish(b.ctx, store.BatchPublishParams{BatchSeq: live.Seq, Total: 0}); err != nil {
+			t.Fatalf("the renewed upload was discarded: %v", err)
+		}
+		if err := b.st.BatchUploadRenew(b.ctx, store.BatchUploadRenewParams{BatchSeq: live.Seq, Until: t0.Add(time.Hour)}); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("renewing a published batch's upload: want ErrNotFound, got %v", err)
 		}
 		if _, err := b.st.BatchPublish(b.ctx, store.BatchPublishParams{BatchSeq: bt.Seq, Total: 1}); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("publish after discard: %v", err)
@@ -595,14 +630,22 @@ func testRequests(t *testing.T, newStore NewStore) {
 		_ = c
 		_ = bt
 	})
-	run(t, "RescueAllAtStart", newStore, func(t *testing.T, b *bundle) {
+	// A process starting beside a live one (or after its own crash: it
+	// cannot tell) rescues only lapsed leases, never another's live ones.
+	run(t, "RescueOnlyLapsedLeases", newStore, func(t *testing.T, b *bundle) {
 		b.batch(t, "w", 3, t0)
-		b.claim(t, "o", 3, t0)
-		if _, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0, All: true}); err != nil {
-			t.Fatal(err)
+		b.claim(t, "live", 2, t0) // leases until t0+1m
+		if chs, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(30 * time.Second)}); err != nil || len(chs) != 0 {
+			t.Fatalf("rescue: %+v %v", chs, err)
 		}
-		if got := b.claim(t, "o2", 10, t0); len(got) != 3 {
-			t.Fatalf("rescue all: claimed %d", len(got))
+		if got := b.claim(t, "new", 10, t0.Add(30*time.Second)); len(got) != 1 {
+			t.Fatalf("a second process claimed %d requests, want only the 1 nobody held", len(got))
+		}
+		// At t0+70s the dead process's leases have lapsed, the new one's
+		// (until t0+90s) not.
+		b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(70 * time.Second)})
+		if got := b.claim(t, "new", 10, t0.Add(70*time.Second)); len(got) != 2 {
+			t.Fatalf("after the lease lapsed claimed %d, want the 2 the dead process held", len(got))
 		}
 	})
 	run(t, "HeartbeatKeepsLease", newStore, func(t *testing.T, b *bundle) {
@@ -778,6 +821,51 @@ func testRequests(t *testing.T, newStore NewStore) {
 
 // testUpstreamBatches is requests delegated to an upstream Message Batches API.
 func testUpstreamBatches(t *testing.T, newStore NewStore) {
+	// A delegator that dies leaves its upstream batches to the leader's
+	// delegator once their lease lapses, never before; the adopter then
+	// writes their results and the dead owner cannot.
+	run(t, "AdoptOnlyLapsed", newStore, func(t *testing.T, b *bundle) {
+		bt := b.batch(t, "w", 2, t0)
+		c := b.claim(t, "dead", 2, t0)
+		ub, err := b.st.UpstreamBatchInsert(b.ctx, store.UpstreamBatchInsertParams{Backend: "up", Owner: "dead", BatchSeq: bt.Seq,
+			RequestIDs: []int64{c[0].ID, c[1].ID}, Now: t0, LeaseUntil: t0.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.st.UpstreamBatchStart(b.ctx, store.UpstreamBatchStartParams{ID: ub.ID, UpstreamID: "msgbatch_up"}); err != nil {
+			t.Fatal(err)
+		}
+		lead := b.lead(t)
+		adopt := func(now time.Time) error {
+			return b.st.UpstreamBatchAdopt(b.ctx, store.UpstreamBatchAdoptParams{ID: ub.ID, Owner: "heir", Now: now, LeaseUntil: now.Add(time.Minute), Lead: lead})
+		}
+		if err := adopt(t0.Add(30 * time.Second)); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("adopting a live lease: want ErrConflict, got %v", err)
+		}
+		// A heartbeat keeps it.
+		if err := b.st.UpstreamBatchesHeartbeat(b.ctx, store.UpstreamBatchesHeartbeatParams{Owner: "dead", LeaseUntil: t0.Add(3 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := adopt(t0.Add(2 * time.Minute)); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("adopting a renewed lease: want ErrConflict, got %v", err)
+		}
+		if list, _ := b.st.UpstreamBatchesList(b.ctx, "up"); len(list) != 1 || !list[0].LeaseExpires.Equal(t0.Add(3*time.Minute)) {
+			t.Fatalf("listed %+v", list)
+		}
+		if err := adopt(t0.Add(4 * time.Minute)); err != nil {
+			t.Fatalf("adopting a lapsed lease: %v", err)
+		}
+		if list, _ := b.st.UpstreamBatchesList(b.ctx, "up"); len(list) != 1 || list[0].Owner != "heir" {
+			t.Fatalf("after adoption listed %+v", list)
+		}
+		if chs := b.complete(t, "dead", t0.Add(4*time.Minute), succeed(c[0])); len(chs) != 0 {
+			t.Fatal("the dead owner wrote a result of an adopted upstream batch")
+		}
+		if chs := b.complete(t, "heir", t0.Add(4*time.Minute), succeed(c[0]), succeed(c[1])); endedCount(chs) != 1 {
+			t.Fatalf("the heir's results did not end the batch: %+v", chs)
+		}
+	})
+
 	t.Parallel()
 	run(t, "UpstreamBatches", newStore, func(t *testing.T, b *bundle) {
 		bt := b.batch(t, "w", 4, t0)
@@ -797,9 +885,8 @@ func testUpstreamBatches(t *testing.T, newStore NewStore) {
 		if _, err := b.st.UpstreamBatchInsert(b.ctx, store.UpstreamBatchInsertParams{Backend: "up", Owner: "x", BatchSeq: bt.Seq, RequestIDs: []int64{c[3].ID}, Now: t0}); !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("delegating another owner's request: want ErrConflict, got %v", err)
 		}
-		// Neither a lapsed lease nor a rescue of everything touches delegated requests.
-		b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(time.Hour)})
-		if _, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0, All: true}); err != nil {
+		// A lapsed lease does not make delegated requests lost.
+		if _, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
 		if got := b.claim(t, "o2", 10, t0.Add(time.Hour)); len(got) != 1 || got[0].ID != c[3].ID {
@@ -1037,6 +1124,13 @@ func testWebhooks(t *testing.T, newStore NewStore) {
 		if len(ds) != 1 || ds[0].Attempt != 2 {
 			t.Fatalf("retry claim: %+v", ds)
 		}
+		// A heartbeat keeps the lease (until t0+65s) past its first end.
+		if err := b.st.DeliveriesHeartbeat(b.ctx, store.DeliveriesHeartbeatParams{Owner: "d", LeaseUntil: t0.Add(90 * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d2", Limit: 10, Now: t0.Add(70 * time.Second), LeaseUntil: t0.Add(3 * time.Minute)}); len(got) != 0 {
+			t.Fatalf("claimed a heartbeated delivery: %+v", got)
+		}
 		// The lease lapses (the deliverer died): another takes it over, and the
 		// first one's late record is refused.
 		ds2, _ := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: "d2", Limit: 10, Now: t0.Add(2 * time.Minute), LeaseUntil: t0.Add(3 * time.Minute)})
@@ -1255,7 +1349,7 @@ func testWebhooks(t *testing.T, newStore NewStore) {
 		ev1, d1, a1 := one(t0)
 		// The retention sweep prunes the event with its delivery and attempt:
 		// they were the newest rows of their tables.
-		if _, err := b.st.BatchesArchive(b.ctx, store.BatchesArchiveParams{Now: t0.Add(time.Hour), CreatedBefore: t0.Add(time.Minute)}); err != nil {
+		if _, err := b.st.BatchesArchive(b.ctx, store.BatchesArchiveParams{Now: t0.Add(time.Hour), CreatedBefore: t0.Add(time.Minute), Lead: b.lead(t)}); err != nil {
 			t.Fatal(err)
 		}
 		if atts, _ := b.st.DeliveryAttempts(b.ctx, "w", ep.ID, 10); len(atts) != 0 {
@@ -1430,4 +1524,131 @@ func race(t *testing.T, n int, fn func(i int) error) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// testLeadership is the leader lease that picks the one process running
+// the chores, and the guard that refuses a stale leader's chores.
+func testLeadership(t *testing.T, newStore NewStore) {
+	acquire := func(t *testing.T, b *bundle, owner string, now time.Time) *store.Leader {
+		t.Helper()
+		l, err := b.st.LeaderAcquire(b.ctx, store.LeaderAcquireParams{Name: store.LeaderChores, Owner: owner, Now: now, Until: now.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	lead := func(l *store.Leader) store.Lead { return store.Lead{Name: l.Name, Owner: l.Owner, Term: l.Term} }
+	run(t, "TwoContendersOneWins", newStore, func(t *testing.T, b *bundle) {
+		var won atomic.Int64
+		holders := make([]string, 8)
+		race(t, len(holders), func(i int) error {
+			l, err := b.st.LeaderAcquire(b.ctx, store.LeaderAcquireParams{Name: store.LeaderChores, Owner: fmt.Sprint("p", i), Now: t0, Until: t0.Add(time.Minute)})
+			if err != nil {
+				return err
+			}
+			holders[i] = l.Owner
+			if l.Owner == fmt.Sprint("p", i) {
+				won.Add(1)
+			}
+			return nil
+		})
+		if won.Load() != 1 {
+			t.Fatalf("%d contenders won, want 1", won.Load())
+		}
+		for _, h := range holders {
+			if h != holders[0] {
+				t.Fatalf("contenders saw different leaders: %v", holders)
+			}
+		}
+		l := acquire(t, b, holders[0], t0.Add(30*time.Second))
+		if l.Owner != holders[0] || l.Term != 1 || !l.Expires.Equal(t0.Add(90*time.Second)) {
+			t.Fatalf("renewal: %+v", l)
+		}
+	})
+	run(t, "LapseHandsOverWithNextTerm", newStore, func(t *testing.T, b *bundle) {
+		a := acquire(t, b, "a", t0)
+		if got := acquire(t, b, "b", t0.Add(59*time.Second)); got.Owner != "a" || got.Term != a.Term {
+			t.Fatalf("b took a live lease: %+v", got)
+		}
+		bl := acquire(t, b, "b", t0.Add(time.Minute))
+		if bl.Owner != "b" || bl.Term != a.Term+1 {
+			t.Fatalf("after the lapse: %+v, want b in term %d", bl, a.Term+1)
+		}
+		// The old leader learns it lost on its next renewal.
+		if got := acquire(t, b, "a", t0.Add(61*time.Second)); got.Owner != "b" {
+			t.Fatalf("the stale leader renewed: %+v", got)
+		}
+		// A release hands over at once; a stale release changes nothing.
+		if err := b.st.LeaderRelease(b.ctx, lead(a)); err != nil {
+			t.Fatal(err)
+		}
+		if got := acquire(t, b, "a", t0.Add(62*time.Second)); got.Owner != "b" {
+			t.Fatalf("a stale release freed the lease: %+v", got)
+		}
+		if err := b.st.LeaderRelease(b.ctx, lead(bl)); err != nil {
+			t.Fatal(err)
+		}
+		if got := acquire(t, b, "a", t0.Add(63*time.Second)); got.Owner != "a" || got.Term != bl.Term+1 {
+			t.Fatalf("after release: %+v", got)
+		}
+	})
+	run(t, "StaleLeaderWritesRefused", newStore, func(t *testing.T, b *bundle) {
+		bt := b.batch(t, "w", 2, t0) // expires at t0+24h
+		if _, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: "msgbatch_upload", Workspace: "w", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		ended := b.batch(t, "w", 1, t0)
+		if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: ended.ID, Now: t0}); err != nil {
+			t.Fatal(err)
+		}
+		c := b.claim(t, "dead", 1, t0)
+		_ = c
+		ub, err := b.st.UpstreamBatchInsert(b.ctx, store.UpstreamBatchInsertParams{Backend: "up", Owner: "dead", BatchSeq: bt.Seq, RequestIDs: []int64{c[0].ID}, Now: t0, LeaseUntil: t0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		exp := bt.ExpiresAt
+		old := acquire(t, b, "old", exp.Add(-30*time.Second))
+		// The lease lapses while "old" believes it leads; "new" takes over.
+		now := exp.Add(time.Minute)
+		if got := acquire(t, b, "new", now); got.Owner != "new" {
+			t.Fatalf("takeover: %+v", got)
+		}
+		stale := lead(old)
+		checks := map[string]error{}
+		_, checks["BatchesExpire"] = b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: now, Lead: stale})
+		_, checks["BatchesArchive"] = b.st.BatchesArchive(b.ctx, store.BatchesArchiveParams{Now: now, CreatedBefore: now, Lead: stale})
+		_, checks["RequestsPurge"] = b.st.RequestsPurge(b.ctx, store.RequestsPurgeParams{Limit: 100, Now: now, Lead: stale})
+		_, checks["BatchesDiscardStale"] = b.st.BatchesDiscardStale(b.ctx, store.BatchesDiscardStaleParams{Now: now, Lead: stale})
+		checks["UpstreamBatchAdopt"] = b.st.UpstreamBatchAdopt(b.ctx, store.UpstreamBatchAdoptParams{ID: ub.ID, Owner: "old", Now: now, LeaseUntil: now.Add(time.Minute), Lead: stale})
+		// Even the right term is refused once its lease has lapsed.
+		_, checks["BatchesExpire after the lapse"] = b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: now.Add(2 * time.Minute),
+			Lead: store.Lead{Name: store.LeaderChores, Owner: "new", Term: old.Term + 1}})
+		for verb, err := range checks {
+			if !errors.Is(err, store.ErrNotLeader) {
+				t.Errorf("%s by a stale leader: want ErrNotLeader, got %v", verb, err)
+			}
+		}
+		if got := b.get(t, bt); got.Status != store.StatusInProgress || got.Counts.Expired != 0 {
+			t.Fatalf("a stale leader expired the batch: %+v", got)
+		}
+		if got := b.get(t, ended); got.ArchivedAt != nil {
+			t.Fatal("a stale leader archived a batch")
+		}
+		if list, _ := b.st.UpstreamBatchesList(b.ctx, "up"); len(list) != 1 || list[0].Owner != "dead" {
+			t.Fatalf("a stale leader adopted: %+v", list)
+		}
+		// The current leader's chores go through.
+		cur := store.Lead{Name: store.LeaderChores, Owner: "new", Term: old.Term + 1}
+		chs, err := b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: now, Lead: cur})
+		if err != nil || len(chs) != 1 || chs[0].Batch.Counts.Expired != 1 {
+			t.Fatalf("the leader's expiry: %+v %v", chs, err)
+		}
+		if n, err := b.st.BatchesDiscardStale(b.ctx, store.BatchesDiscardStaleParams{Now: now, Lead: cur}); err != nil || n != 1 {
+			t.Fatalf("the leader's discard: %d %v", n, err)
+		}
+		if err := b.st.UpstreamBatchAdopt(b.ctx, store.UpstreamBatchAdoptParams{ID: ub.ID, Owner: "new", Now: now, LeaseUntil: now.Add(time.Minute), Lead: cur}); err != nil {
+			t.Fatalf("the leader's adoption: %v", err)
+		}
+	})
 }
