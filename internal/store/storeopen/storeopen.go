@@ -49,7 +49,7 @@ func Parse(rawURL, dataDir string) (Target, error) {
 	case strings.HasPrefix(rawURL, "sqlite:"):
 		path := strings.TrimPrefix(strings.TrimPrefix(rawURL, "sqlite:"), "//")
 		if path == "" {
-			return Target{}, fmt.Errorf("database URL %q: no path after sqlite:", rawURL)
+			return Target{}, fmt.Errorf("database URL %q: sqlite: needs a path after it", rawURL)
 		}
 		return Target{Driver: SQLite, Path: path}, nil
 	case strings.Contains(rawURL, "://"):
