@@ -271,7 +271,7 @@ func TestDelegateSurvivesRestart(t *testing.T) {
 	first := openServer(t, dir, delegating(up.URL, 3))
 	hs := httptest.NewServer(first.Handler())
 	b := createRaw(t, hs.URL, createBody(t, nRequests("s", 7, "[[sim latency=1s]] slow")...))
-	waitFor(t, 10*time.Second, "3 upstream batches", func() bool {
+	waitFor(t, time.Minute, "3 upstream batches", func() bool {
 		return upstreamRequests(upstreamBatches(t, up.URL)) == 7
 	})
 	hs.Close()
