@@ -107,6 +107,9 @@ type Limiter struct {
 	otpm         *bucket
 	throttled    int64
 	lastErr      string
+	// share is this process's part of a cluster's limits (share.go); nil
+	// when it was never set: the configured limits are all its own.
+	share *share
 }
 
 // waiter is one call queued in acquire.
@@ -273,7 +276,7 @@ func (l *Limiter) admitLocked(now time.Time, inTok, outTok int) (time.Duration, 
 		return l.paused.Sub(now), false
 	case l.nextAt.After(now):
 		return l.nextAt.Sub(now), false
-	case float64(l.inFlight) >= l.limit:
+	case float64(l.inFlight) >= min(l.limit, l.ceilingLocked()):
 		return 0, false
 	}
 	if wait := max(l.rpm.wait(1, now), l.itpm.wait(inTok, now), l.otpm.wait(outTok, now)); wait > 0 {
@@ -519,7 +522,7 @@ func (l *Limiter) grow() {
 		l.probing = true
 		l.limit++
 	}
-	l.limit = min(l.limit, float64(l.limits.MaxConcurrency))
+	l.limit = min(l.limit, l.ceilingLocked())
 }
 
 // observe reads anthropic-ratelimit-* headers to pace before a limit is

@@ -22,6 +22,7 @@ import (
 	"github.com/batchd/batchd/internal/dispatch"
 	"github.com/batchd/batchd/internal/ids"
 	"github.com/batchd/batchd/internal/leader"
+	"github.com/batchd/batchd/internal/ratelimit"
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/sqlite"
 	"github.com/batchd/batchd/internal/store/storeopen"
@@ -118,7 +119,9 @@ type Server struct {
 	Deliverer *webhook.Deliverer
 	// Leader elects the process of a cluster that runs the chores; Close
 	// releases it so another takes over at once.
-	Leader  *leader.Elector
+	Leader *leader.Elector
+	// Shares keeps each backend limiter's share of the cluster's limits.
+	Shares  *ratelimit.Shares
 	handler *api.API
 }
 
@@ -178,6 +181,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("open server: %w", err)
 	}
 	logBackends(cfg.Logger, bcfg, built)
+	// The limits of a backend hold for the whole cluster: each limiter
+	// applies this process's leased share of them.
+	shares := ratelimit.NewShares(st, built.Limiters, ratelimit.SharesConfig{Owner: cfg.Owner, Lease: cfg.Lease, Now: cfg.Now, Logger: cfg.Logger})
 	router := built.Router
 	dc := cfg.Dispatch
 	dc.BackendConcurrency = built.Concurrency
@@ -238,7 +244,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		Events:   st, BodyIdleTimeout: cfg.BodyIdleTimeout, MaxConcurrentCreates: cfg.MaxConcurrentCreates,
 		MaxStreamsPerWorkspace: cfg.MaxStreamsPerWorkspace})
 	wakeStreams = h.Wake
-	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, Leader: elector, handler: h}, nil
+	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, Leader: elector, Shares: shares, handler: h}, nil
 }
 
 // Handler is the HTTP API.
@@ -253,7 +259,11 @@ func (s *Server) CloseStreams() { s.handler.CloseStreams() }
 // start takes work another process (or this one before a crash) holds
 // under a live lease: it comes back once the lease lapses.
 func (s *Server) Start(ctx context.Context) error {
+	if err := s.Shares.Start(ctx); err != nil {
+		return err
+	}
 	if err := s.Dispatcher.Start(ctx); err != nil {
+		s.Shares.Stop(ctx)
 		return err
 	}
 	for i, d := range s.Delegators {
@@ -284,6 +294,7 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	s.Dispatcher.Stop(ctx)
 	s.Deliverer.Stop(ctx)
+	s.Shares.Stop(ctx)
 	s.Leader.Release(context.WithoutCancel(ctx))
 	return s.Store.Close()
 }

@@ -715,5 +715,17 @@ type Store interface {
 	// process takes over at once; a lease no longer held is left alone.
 	LeaderRelease(ctx context.Context, l Lead) error
 
+	// LimitSharesRenew records what Owner holds of each claimed backend's
+	// limits and returns, in claim order, what it may apply from now on:
+	// its fair share (GrantShare), capped so that the holdings of all live
+	// owners never sum above the limit. The store keeps the larger of Held
+	// and the grant as Owner's holding, so a raised grant is counted
+	// before it is used, and a lowered one only once Owner reports that it
+	// drained down to it. A holding whose lease lapsed counts for nothing.
+	LimitSharesRenew(ctx context.Context, p LimitSharesRenewParams) ([]Amounts, error)
+	// LimitSharesRelease drops every share Owner holds, so that the other
+	// processes take it over at once (a stopping process).
+	LimitSharesRelease(ctx context.Context, owner string) error
+
 	Close() error
 }

@@ -457,3 +457,19 @@ func (s *Store) DeliveriesHeartbeat(ctx context.Context, p store.DeliveriesHeart
 	}
 	return s.Store.DeliveriesHeartbeat(ctx, p)
 }
+
+// LimitSharesRenew fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) LimitSharesRenew(ctx context.Context, p store.LimitSharesRenewParams) ([]store.Amounts, error) {
+	if err := s.check("LimitSharesRenew"); err != nil {
+		return nil, err
+	}
+	return s.Store.LimitSharesRenew(ctx, p)
+}
+
+// LimitSharesRelease fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) LimitSharesRelease(ctx context.Context, owner string) error {
+	if err := s.check("LimitSharesRelease"); err != nil {
+		return err
+	}
+	return s.Store.LimitSharesRelease(ctx, owner)
+}

@@ -139,6 +139,7 @@ func Run(t *testing.T, newStore NewStore) {
 	t.Run("Keys", func(t *testing.T) { testKeys(t, newStore) })
 	t.Run("Idempotency", func(t *testing.T) { testIdempotency(t, newStore) })
 	t.Run("Leadership", func(t *testing.T) { testLeadership(t, newStore) })
+	t.Run("LimitShares", func(t *testing.T) { testLimitShares(t, newStore) })
 }
 
 // run is one case: parallel, on a store of its own.
@@ -1649,6 +1650,164 @@ func testLeadership(t *testing.T, newStore NewStore) {
 		}
 		if err := b.st.UpstreamBatchAdopt(b.ctx, store.UpstreamBatchAdoptParams{ID: ub.ID, Owner: "new", Now: now, LeaseUntil: now.Add(time.Minute), Lead: cur}); err != nil {
 			t.Fatalf("the leader's adoption: %v", err)
+		}
+	})
+}
+
+// testLimitShares is the split of a backend's limits between the live
+// processes of a cluster: the holdings never sum above the limit, a
+// shrinking owner drains before another grows, a lapsed or released
+// owner's share goes to the others.
+func testLimitShares(t *testing.T, newStore NewStore) {
+	t.Parallel()
+	limit := store.Amounts{Concurrency: 8, RequestsPerMinute: 100, OutputTokensPerMinute: 1000}
+	// renew renews owner's share of backend "b" holding held at now and
+	// returns its grant.
+	renew := func(t *testing.T, b *bundle, owner string, held store.Amounts, now time.Time) store.Amounts {
+		t.Helper()
+		g, err := b.st.LimitSharesRenew(b.ctx, store.LimitSharesRenewParams{Owner: owner, Now: now, Until: now.Add(time.Minute),
+			Claims: []store.LimitShareClaim{{Backend: "b", Limit: limit, Held: held}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(g) != 1 {
+			t.Fatalf("%d grants for 1 claim", len(g))
+		}
+		return g[0]
+	}
+	sum := func(m map[string]store.Amounts) store.Amounts {
+		var s store.Amounts
+		for _, a := range m {
+			s.Concurrency += a.Concurrency
+			s.RequestsPerMinute += a.RequestsPerMinute
+			s.InputTokensPerMinute += a.InputTokensPerMinute
+			s.OutputTokensPerMinute += a.OutputTokensPerMinute
+		}
+		return s
+	}
+	within := func(s store.Amounts) bool {
+		return s.Concurrency <= limit.Concurrency && s.RequestsPerMinute <= limit.RequestsPerMinute &&
+			s.InputTokensPerMinute == 0 && s.OutputTokensPerMinute <= limit.OutputTokensPerMinute
+	}
+	run(t, "SharesSumWithinLimitThreeContenders", newStore, func(t *testing.T, b *bundle) {
+		owners := []string{"p0", "p1", "p2"}
+		held := map[string]store.Amounts{} // each applies its grant and drains at once
+		var mu sync.Mutex
+		for round := range 6 {
+			now := t0.Add(time.Duration(round) * time.Second)
+			race(t, len(owners), func(i int) error {
+				mu.Lock()
+				h := held[owners[i]]
+				mu.Unlock()
+				g, err := b.st.LimitSharesRenew(b.ctx, store.LimitSharesRenewParams{Owner: owners[i], Now: now, Until: now.Add(time.Minute),
+					Claims: []store.LimitShareClaim{{Backend: "b", Limit: limit, Held: h}}})
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				held[owners[i]] = g[0]
+				mu.Unlock()
+				return nil
+			})
+			if s := sum(held); !within(s) {
+				t.Fatalf("round %d: grants %v sum to %+v, above the limit %+v", round, held, s, limit)
+			}
+		}
+		// Settled: the fair shares, the remainder to the first by name.
+		want := map[string]store.Amounts{
+			"p0": {Concurrency: 3, RequestsPerMinute: 34, OutputTokensPerMinute: 334},
+			"p1": {Concurrency: 3, RequestsPerMinute: 33, OutputTokensPerMinute: 333},
+			"p2": {Concurrency: 2, RequestsPerMinute: 33, OutputTokensPerMinute: 333},
+		}
+		for o, w := range want {
+			if held[o] != w {
+				t.Errorf("%s settled at %+v, want %+v", o, held[o], w)
+			}
+		}
+	})
+	run(t, "ShrinkingOwnerDrainsFirst", newStore, func(t *testing.T, b *bundle) {
+		all := renew(t, b, "a", store.Amounts{}, t0)
+		if all != limit {
+			t.Fatalf("alone: %+v, want the whole limit %+v", all, limit)
+		}
+		// b arrives while a holds everything: b gets nothing yet.
+		if g := renew(t, b, "b", store.Amounts{}, t0.Add(time.Second)); g != (store.Amounts{}) {
+			t.Fatalf("b grew while a held the whole limit: %+v", g)
+		}
+		// a is told to shrink but still has 8 in flight: b must wait.
+		half := store.Amounts{Concurrency: 4, RequestsPerMinute: 50, OutputTokensPerMinute: 500}
+		if g := renew(t, b, "a", all, t0.Add(2*time.Second)); g != half {
+			t.Fatalf("a's grant with b alive: %+v, want %+v", g, half)
+		}
+		if g := renew(t, b, "b", store.Amounts{}, t0.Add(3*time.Second)); g.Concurrency != 0 {
+			t.Fatalf("b grew before a drained: %+v", g)
+		}
+		// a drained down to its share: now b grows to its own.
+		renew(t, b, "a", half, t0.Add(4*time.Second))
+		if g := renew(t, b, "b", store.Amounts{}, t0.Add(5*time.Second)); g != half {
+			t.Fatalf("b after a drained: %+v, want %+v", g, half)
+		}
+		// A release hands a's share over at once.
+		if err := b.st.LimitSharesRelease(b.ctx, "a"); err != nil {
+			t.Fatal(err)
+		}
+		if g := renew(t, b, "b", half, t0.Add(6*time.Second)); g != limit {
+			t.Fatalf("b after a released: %+v, want %+v", g, limit)
+		}
+	})
+	run(t, "LapsedOwnerShareRedistributed", newStore, func(t *testing.T, b *bundle) {
+		held := map[string]store.Amounts{}
+		for round := range 3 {
+			for _, o := range []string{"a", "b", "c"} {
+				held[o] = renew(t, b, o, held[o], t0.Add(time.Duration(round)*time.Second))
+			}
+		}
+		if held["c"].Concurrency != 2 {
+			t.Fatalf("settled at %v", held)
+		}
+		// c dies: its lease (a minute from its last renewal at t0+2s)
+		// lapses while a and b renew theirs; they share the limit.
+		delete(held, "c")
+		for _, o := range []string{"a", "b"} {
+			held[o] = renew(t, b, o, held[o], t0.Add(30*time.Second))
+		}
+		if held["a"].Concurrency != 3 {
+			t.Fatalf("a grew while c's lease was live: %v", held)
+		}
+		for round := range 3 { // grow, drain, grow
+			now := t0.Add(65*time.Second + time.Duration(round)*time.Second)
+			for _, o := range []string{"a", "b"} {
+				held[o] = renew(t, b, o, held[o], now)
+			}
+		}
+		for _, o := range []string{"a", "b"} {
+			if held[o].Concurrency != 4 || held[o].RequestsPerMinute != 50 {
+				t.Fatalf("%s after c lapsed: %+v, want half", o, held[o])
+			}
+		}
+		// c comes back after its lease lapsed: a and b took its share, so
+		// it is granted nothing until they drain to a third each.
+		if g := renew(t, b, "c", store.Amounts{Concurrency: 2}, t0.Add(70*time.Second)); g.Concurrency != 0 {
+			t.Fatalf("c came back and was granted %+v above the limit", g)
+		}
+	})
+	run(t, "BackendsApart", newStore, func(t *testing.T, b *bundle) {
+		g, err := b.st.LimitSharesRenew(b.ctx, store.LimitSharesRenewParams{Owner: "a", Now: t0, Until: t0.Add(time.Minute),
+			Claims: []store.LimitShareClaim{{Backend: "x", Limit: store.Amounts{Concurrency: 5}}, {Backend: "y", Limit: store.Amounts{Concurrency: 7}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(g) != 2 || g[0].Concurrency != 5 || g[1].Concurrency != 7 {
+			t.Fatalf("grants %+v", g)
+		}
+		// b on backend x only: a's holding of y is no business of b's.
+		g, err = b.st.LimitSharesRenew(b.ctx, store.LimitSharesRenewParams{Owner: "b", Now: t0, Until: t0.Add(time.Minute),
+			Claims: []store.LimitShareClaim{{Backend: "y", Limit: store.Amounts{Concurrency: 7}}, {Backend: "z", Limit: store.Amounts{Concurrency: 3}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g[0].Concurrency != 0 || g[1].Concurrency != 3 {
+			t.Fatalf("b's grants %+v, want 0 of y (a holds it all) and all of z", g)
 		}
 	})
 }
