@@ -256,4 +256,3 @@ func MigrationStatus(ctx context.Context, url string) (applied, pending, unknown
 	}
 	return applied, pending, unknown, nil
 }
-
