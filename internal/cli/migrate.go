@@ -199,6 +199,8 @@ type copyProgress struct {
 	tty  bool
 	bar  *progressbar.ProgressBar
 	last time.Time
+	// printed is the last line's progress, not printed twice.
+	printed migrate.Progress
 }
 
 func newCopyProgress(w io.Writer) *copyProgress {
@@ -216,9 +218,11 @@ func (c *copyProgress) report(p migrate.Progress) {
 		_ = c.bar.Set64(p.Done)
 		return
 	}
-	tableDone := p.TableDone == p.TableTotal
-	if now := time.Now(); tableDone || now.Sub(c.last) >= progressInterval {
-		c.last = now
+	if p.TableDone == 0 || p == c.printed {
+		return
+	}
+	if now := time.Now(); p.TableDone == p.TableTotal || now.Sub(c.last) >= progressInterval {
+		c.last, c.printed = now, p
 		fmt.Fprintf(c.w, "copied %d/%d rows (%s %d/%d)\n", p.Done, p.Total, p.Table, p.TableDone, p.TableTotal)
 	}
 }
