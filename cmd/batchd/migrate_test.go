@@ -1,16 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -356,4 +360,69 @@ func waitHooks(rc *hookReceiver, n int) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return true
+}
+
+// TestServeWebhookKeyEnv: BATCHD_WEBHOOK_KEY gives serve its key; a key
+// that cannot open the secrets already stored, or one that is not a key,
+// is refused at start with a message naming the flag and the variable.
+func TestServeWebhookKeyEnv(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	run := func(key string) (string, error) {
+		cmd := exec.Command(binPath, "serve", "--addr", "127.0.0.1:0", "--data-dir", dir, "--shutdown-timeout", "1s")
+		cmd.Env = append(os.Environ(), "BATCHD_WEBHOOK_KEY="+key)
+		var logs syncBuffer
+		cmd.Stderr = &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			select {
+			case err := <-done:
+				return logs.String(), err
+			default:
+			}
+			if strings.Contains(logs.String(), "batchd listening") {
+				cmd.Process.Signal(syscall.SIGTERM)
+				return logs.String(), <-done
+			}
+		}
+		cmd.Process.Kill()
+		t.Fatalf("serve neither listened nor exited:\n%s", logs.String())
+		return "", nil
+	}
+	keyA := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{'a'}, 32))
+	keyB := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{'b'}, 32))
+	if logs, err := run(keyA); err != nil {
+		t.Fatalf("first start with a key: %v\n%s", err, logs)
+	}
+	if logs, err := run(keyB); err == nil || !strings.Contains(logs, "cannot open the webhook secrets already stored") || !strings.Contains(logs, "--webhook-key-file") {
+		t.Fatalf("another key: %v\n%s", err, logs)
+	}
+	if logs, err := run("not a key"); err == nil || !strings.Contains(logs, "BATCHD_WEBHOOK_KEY: parse key") {
+		t.Fatalf("a bad key: %v\n%s", err, logs)
+	}
+	if logs, err := run(keyA); err != nil {
+		t.Fatalf("the right key again: %v\n%s", err, logs)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
