@@ -171,3 +171,23 @@ func TestCopyIntoStartedTarget(t *testing.T) {
 		t.Fatalf("key check after the copy: %q %v", got, err)
 	}
 }
+
+// TestCopyRefusesLiveTarget: a server running on the target (its leader
+// lease live) makes the copy refuse rather than pull its state away.
+func TestCopyRefusesLiveTarget(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	src := newSource(t)
+	fill(t, src, 1, 3)
+	dst := pgtest.NewStore(t)
+	now := time.Now()
+	if _, err := dst.LeaderAcquire(ctx, store.LeaderAcquireParams{Name: store.LeaderChores, Owner: "live", Now: now, Until: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrate.Copy(ctx, src, dst, migrate.Options{}); err == nil || !strings.Contains(err.Error(), "process live leads") {
+		t.Fatalf("copy beside a live server: %v", err)
+	}
+	if l, err := dst.LeaderAcquire(ctx, store.LeaderAcquireParams{Name: store.LeaderChores, Owner: "other", Now: now, Until: now.Add(time.Hour)}); err != nil || l.Owner != "live" {
+		t.Fatalf("the refused copy touched the lease: %+v %v", l, err)
+	}
+}

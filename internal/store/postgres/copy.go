@@ -2,10 +2,12 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -23,8 +25,10 @@ const (
 	// Every id drawn from an identity or a sequence.
 	qCopySequenced = `SELECT table_name::text, column_name::text FROM information_schema.columns
 		WHERE table_schema = current_schema() AND (is_identity = 'YES' OR column_default LIKE 'nextval(%')`
-	// What a server writes when it starts on an empty database.
-	qCopyReset = `DELETE FROM leaders; DELETE FROM webhook_key_check`
+	// What a server writes when it starts on an empty database; a live
+	// leader lease means one runs on it now.
+	qCopyLiveLeader = `SELECT owner FROM leaders WHERE expires > $1 LIMIT 1`
+	qCopyReset      = `DELETE FROM leaders; DELETE FROM webhook_key_check`
 	// setval(seq, n) makes the next id n+1.
 	qCopySetval = `SELECT setval(pg_get_serial_sequence($1, $2), $3)`
 
@@ -120,8 +124,17 @@ func (w *copyWriter) Stat(ctx context.Context, name string) (migrate.Stat, error
 	return st, err
 }
 
-// Reset implements migrate.Writer.
+// Reset implements migrate.Writer. It refuses while a server runs on the
+// database (its leader lease is live): the copy would pull its state away
+// under it.
 func (w *copyWriter) Reset(ctx context.Context) error {
+	var owner string
+	switch err := w.tx.QueryRow(ctx, qCopyLiveLeader, micros(time.Now())).Scan(&owner); {
+	case err == nil:
+		return fmt.Errorf("a batchd serve runs on the target (process %s leads): stop it before copying", owner)
+	case !errors.Is(err, pgx.ErrNoRows):
+		return err
+	}
 	_, err := w.tx.Exec(ctx, qCopyReset)
 	return err
 }
