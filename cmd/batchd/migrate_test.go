@@ -426,3 +426,33 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestMigrateSchemaCommand: `batchd migrate` applies a store's pending
+// migrations and says so, reports them with --status without applying,
+// and never creates an SQLite database that is not there.
+func TestMigrateSchemaCommand(t *testing.T) {
+	t.Parallel()
+	pgURL := pgtest.URL(t) + "&search_path=" + pgtest.Schema(t)
+	if stdout, _, err := runBatchd(t, "migrate", "--status", "--database-url", pgURL); err != nil || !strings.Contains(stdout, ": 0 applied") {
+		t.Fatalf("status of an empty database: %v %s", err, stdout)
+	}
+	if stdout, _, err := runBatchd(t, "migrate", "--database-url", pgURL); err != nil || !strings.Contains(stdout, "applied 0001_init") || !strings.Contains(stdout, "is up to date") {
+		t.Fatalf("migrate: %v %s", err, stdout)
+	}
+	if stdout, _, err := runBatchd(t, "migrate", "--database-url", pgURL); err != nil || strings.Contains(stdout, "applied 0") || !strings.Contains(stdout, "is up to date") {
+		t.Fatalf("migrate again: %v %s", err, stdout)
+	}
+	dir := t.TempDir()
+	if _, stderr, err := runBatchd(t, "migrate", "--data-dir", dir); err == nil || !strings.Contains(stderr, "no batchd database") {
+		t.Fatalf("migrate of a missing SQLite database: %v %s", err, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "batchd.db")); err == nil {
+		t.Fatal("migrate created a database")
+	}
+	if _, _, err := runBatchd(t, "keys", "create", "--workspace", "w", "--data-dir", dir); err != nil {
+		t.Fatal(err)
+	}
+	if stdout, _, err := runBatchd(t, "migrate", "--status", "--data-dir", dir); err != nil || !strings.Contains(stdout, " 0 pending") {
+		t.Fatalf("status of a data dir: %v %s", err, stdout)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -405,6 +406,10 @@ func openSealer(ctx context.Context, cfg Config, target storeopen.Target, st sto
 	case cfg.Webhooks.KeyFile != "":
 		from = "--webhook-key-file " + cfg.Webhooks.KeyFile
 		k, err := webhook.ReadKey(cfg.Webhooks.KeyFile)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("--webhook-key-file: %w; a named key file is never created: copy the cluster's key there "+
+				"(after `batchd migrate --from DIR`, DIR/webhook.key), or make a new one with `head -c 32 /dev/urandom | base64 > %s`", err, cfg.Webhooks.KeyFile)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("--webhook-key-file: %w", err)
 		}
