@@ -192,13 +192,15 @@ func TestMigrateToPostgres(t *testing.T) {
 		return b
 	}
 	inProgress := newBatch(promptInFlight, promptInFlight)
-	// Canceling: canceled while its requests are in flight. A cancel that
-	// came before they were sent ends the batch at once: that one is
-	// deleted and another made.
+	// Canceling: canceled while its requests are in flight. The dispatcher
+	// claims from older batches first, so once a batch made after it has
+	// ended, its requests are in flight. A cancel that still came before
+	// they were sent ends the batch at once: that one is deleted and
+	// another made.
 	var canceling *anthropic.MessageBatch
 	for i := 0; canceling == nil; i++ {
 		b := newBatch(promptInFlight, promptInFlight)
-		waitStatus(t, c, b.ID, func(*anthropic.MessageBatch) bool { return true }, "")
+		waitStatus(t, c, newBatch(promptOK).ID, ended, "end")
 		got, err := c.Messages.Batches.Cancel(ctx, b.ID, anthropic.MessageBatchCancelParams{})
 		if err != nil {
 			t.Fatal(err)
