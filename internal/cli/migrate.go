@@ -188,7 +188,7 @@ func copyDataDir(ctx context.Context, out, errOut io.Writer, from, to string) er
 			"  --webhook-key-file %s   (copy the file to each host, mode 0600)\n"+
 			"  or BATCHD_WEBHOOK_KEY=\"$(cat %s)\"\n", keyPath, keyPath)
 	}
-	fmt.Fprintf(out, "%s is unchanged; keep it until the PostgreSQL servers run well\n", absPath(from))
+	fmt.Fprintf(out, "%s keeps its data; keep it until the PostgreSQL servers run well\n", absPath(from))
 	return nil
 }
 
