@@ -75,7 +75,7 @@ func NewRootCommand() *cobra.Command {
 		Version:       versionString(),
 	}
 	root.SetVersionTemplate("batchd {{.Version}}\n")
-	root.AddCommand(newServeCommand(), newKeysCommand())
+	root.AddCommand(newServeCommand(), newKeysCommand(), newMigrateCommand())
 	addClientCommands(root)
 	return root
 }

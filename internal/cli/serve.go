@@ -24,6 +24,7 @@ import (
 	"github.com/batchd/batchd/internal/server"
 	"github.com/batchd/batchd/internal/store/sqlite"
 	"github.com/batchd/batchd/internal/store/storeopen"
+	"github.com/batchd/batchd/internal/webhook"
 )
 
 // serveConfig is everything `batchd serve` takes, each with its default.
@@ -56,6 +57,7 @@ type serveConfig struct {
 	cpuProfile      string
 	configPath      string
 	webhookAllow    []string
+	webhookKeyFile  string
 }
 
 func newServeCommand() *cobra.Command {
@@ -76,6 +78,8 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address to listen on")
 	f.StringVar(&c.configPath, "config", "", "backends and routes (TOML); without it every model runs on the simulator")
 	f.StringArrayVar(&c.webhookAllow, "webhook-allow-cidr", nil, "a private range webhook receivers may be in (repeatable); others are refused")
+	f.StringVar(&c.webhookKeyFile, "webhook-key-file", "",
+		"file of the key that seals webhook secrets, the same for every process of a cluster (default $"+envWebhookKey+", the key itself in base64, else DATA_DIR/webhook.key; PostgreSQL needs one of the two)")
 	f.StringVar(&c.dataDir, "data-dir", "./batchd-data", "directory of the SQLite database (unless --database-url names another) and the webhook key")
 	f.StringVar(&c.databaseURL, "database-url", "",
 		"store: sqlite:PATH, a file path, or postgres://… shared by a cluster of processes (default $"+storeopen.EnvURL+", else SQLite in --data-dir)")
@@ -201,6 +205,12 @@ func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 	}
 	// The flag wins over the environment.
 	c.databaseURL = cmp.Or(c.databaseURL, os.Getenv(storeopen.EnvURL))
+	var webhookKey []byte
+	if env := os.Getenv(envWebhookKey); env != "" && c.webhookKeyFile == "" {
+		if webhookKey, err = webhook.ParseKey(env); err != nil {
+			return fmt.Errorf("%s: %w", envWebhookKey, err)
+		}
+	}
 	srvParts, err := server.Open(ctx, server.Config{
 		Backends:               backends,
 		DataDir:                c.dataDir,
@@ -227,7 +237,7 @@ func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 			RequestTimeout: c.requestTimeout,
 		},
 		SimLatency: c.simLatency,
-		Webhooks:   server.WebhookConfig{AllowCIDRs: c.webhookAllow},
+		Webhooks:   server.WebhookConfig{AllowCIDRs: c.webhookAllow, Key: webhookKey, KeyFile: c.webhookKeyFile},
 		Logger:     log,
 	})
 	if err != nil {
@@ -308,6 +318,10 @@ func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 	log.Info("stopped")
 	return nil
 }
+
+// envWebhookKey holds the webhook key itself (standard base64 of its 32
+// bytes, what a key file holds) when no --webhook-key-file is given.
+const envWebhookKey = "BATCHD_WEBHOOK_KEY"
 
 // lockDataDir takes an exclusive lock on the data dir: a data dir (its
 // SQLite database, its webhook key) belongs to one server; processes that

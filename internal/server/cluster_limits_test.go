@@ -173,7 +173,7 @@ func TestClusterWorkspaceCapAndIdempotencyAcrossProcesses(t *testing.T) {
 	var procs []*testServer
 	for range 2 {
 		procs = append(procs, newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) {
-			c.DatabaseURL = url
+			c.DatabaseURL, c.Webhooks.Key = url, clusterKey
 			c.Lease, c.Dispatch.Lease = clusterLease, clusterLease
 			c.Batch.MaxInProgress = maxInProgress
 		})))

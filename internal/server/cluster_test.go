@@ -30,6 +30,7 @@ func clusterServer(t *testing.T, url string, f func(*server.Config)) *testServer
 	t.Helper()
 	return newTestServer(t, withConfig(func(c *server.Config) {
 		c.DatabaseURL = url
+		c.Webhooks.Key = clusterKey // one key for every process of a cluster
 		c.Lease = clusterLease
 		c.Dispatch.Lease = clusterLease
 		if f != nil {
@@ -37,6 +38,9 @@ func clusterServer(t *testing.T, url string, f func(*server.Config)) *testServer
 		}
 	}))
 }
+
+// clusterKey is the webhook key every server of a test cluster shares.
+var clusterKey = []byte("batchd-test-cluster-webhook-key!")
 
 func requests(n int, prefix string) []anthropic.MessageBatchNewParamsRequest {
 	reqs := make([]anthropic.MessageBatchNewParamsRequest, n)

@@ -6,7 +6,9 @@ package server
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -106,6 +108,13 @@ type WebhookConfig struct {
 	BaseURL string
 	// Delay overrides the retry schedule (tests compress it).
 	Delay func(r webhook.Result, attempt int) (time.Duration, bool)
+	// Key is the key that seals endpoint secrets (BATCHD_WEBHOOK_KEY),
+	// the same for every process of a cluster. Without it, KeyFile is
+	// read (--webhook-key-file; never created); without either, SQLite
+	// uses DataDir/webhook.key, created on first start, and PostgreSQL
+	// refuses to start.
+	Key     []byte
+	KeyFile string
 }
 
 // Server is a running batchd, minus its listener.
@@ -151,12 +160,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	// One owner and one elector for every part: the leases of a process
 	// are all its own, and it leads (or not) as a whole.
 	elector := leader.New(st, leader.Config{Owner: cfg.Owner, Lease: cfg.Lease, Now: cfg.Now, Logger: cfg.Logger})
-	key, err := webhook.LoadOrCreateKey(filepath.Join(cfg.DataDir, "webhook.key"))
-	if err != nil {
-		st.Close()
-		return nil, fmt.Errorf("open server: %w", err)
-	}
-	sealer, err := webhook.NewSealer(key)
+	sealer, err := openSealer(ctx, cfg, target, st)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("open server: %w", err)
@@ -399,4 +403,48 @@ func redactURL(u string) string {
 		p.User = url.User("xxxxx")
 	}
 	return p.String()
+}
+
+// openSealer builds the sealer of endpoint secrets from the configured
+// key, and refuses a key that cannot open the secrets already stored
+// (store.Store.WebhookKeyCheck), so that a process of a cluster holding
+// another key stops here instead of sealing secrets the others cannot
+// read and failing to sign the others' deliveries.
+func openSealer(ctx context.Context, cfg Config, target storeopen.Target, st store.Store) (*webhook.Sealer, error) {
+	key, from := cfg.Webhooks.Key, "BATCHD_WEBHOOK_KEY"
+	switch {
+	case key != nil:
+	case cfg.Webhooks.KeyFile != "":
+		from = "--webhook-key-file " + cfg.Webhooks.KeyFile
+		k, err := webhook.ReadKey(cfg.Webhooks.KeyFile)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("--webhook-key-file: %w; a named key file is never created: copy the cluster's key there "+
+				"(after `batchd migrate --from DIR`, DIR/webhook.key), or make a new one with `head -c 32 /dev/urandom | base64 > %s`", err, cfg.Webhooks.KeyFile)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--webhook-key-file: %w", err)
+		}
+		key = k
+	case target.Driver == storeopen.Postgres:
+		return nil, errors.New("PostgreSQL needs the webhook key that every process of the cluster shares: " +
+			"give it with --webhook-key-file PATH or BATCHD_WEBHOOK_KEY (32 bytes in base64, e.g. `head -c 32 /dev/urandom | base64`; " +
+			"after `batchd migrate --from DIR`, DIR/webhook.key); a key of this process's own would make the secrets other processes sealed unreadable")
+	default:
+		from = filepath.Join(cfg.DataDir, "webhook.key")
+		k, err := webhook.LoadOrCreateKey(from)
+		if err != nil {
+			return nil, err
+		}
+		key = k
+	}
+	sealer, err := webhook.NewSealer(key)
+	if err != nil {
+		return nil, fmt.Errorf("webhook key from %s: %w", from, err)
+	}
+	err = sealer.CheckKey(func(sealed string) ([]string, error) { return st.WebhookKeyCheck(ctx, sealed) })
+	if errors.Is(err, webhook.ErrWrongKey) {
+		return nil, fmt.Errorf("webhook key from %s: %w in %s; give this process the key they were sealed with "+
+			"(--webhook-key-file PATH or BATCHD_WEBHOOK_KEY), the one every other process of the cluster uses", from, err, target)
+	}
+	return sealer, err
 }

@@ -667,6 +667,14 @@ type Store interface {
 	WebhookEndpointList(ctx context.Context, workspace string) ([]*WebhookEndpoint, error)
 	WebhookEndpointUpdate(ctx context.Context, p WebhookEndpointUpdateParams) (*WebhookEndpoint, error)
 	WebhookEndpointDelete(ctx context.Context, workspace, id string) error
+	// WebhookKeyCheck stores check (a value the caller sealed with its
+	// webhook key) unless a check value is stored already, and returns the
+	// sealed values the caller's key must open before its process may
+	// start: the stored check value and the current secret of the oldest
+	// endpoint, if any. Every process of a cluster must hold the same key:
+	// this is how one holding another key finds out before it seals
+	// anything.
+	WebhookKeyCheck(ctx context.Context, check string) ([]string, error)
 	// DeliveriesPending counts an endpoint's deliveries not yet settled.
 	DeliveriesPending(ctx context.Context, endpointID string) (int, error)
 	DeliveriesClaim(ctx context.Context, p DeliveriesClaimParams) ([]*Delivery, error)

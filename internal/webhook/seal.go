@@ -155,6 +155,25 @@ func LoadOrCreateKey(path string) ([]byte, error) {
 	return key, nil
 }
 
+// ReadKey reads a key file in the format LoadOrCreateKey writes, and never
+// creates one: a key named explicitly (--webhook-key-file) is the one every
+// process of a cluster shares, and a new random one would open nothing.
+func ReadKey(path string) ([]byte, error) { return readKey(path) }
+
+// ParseKey decodes a key given as text (BATCHD_WEBHOOK_KEY): the 32 bytes
+// in standard base64, the same text a key file holds, surrounding space
+// ignored. Errors never quote the value.
+func ParseKey(text string) ([]byte, error) {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(text))
+	if err != nil {
+		return nil, fmt.Errorf("parse key: not standard base64 (want %d bytes, e.g. `head -c %d /dev/urandom | base64`)", KeySize, KeySize)
+	}
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("parse key: decodes to %d bytes, want %d", len(key), KeySize)
+	}
+	return key, nil
+}
+
 // readKey reads and decodes a key file. The returned error wraps
 // fs.ErrNotExist when the file is missing, and never quotes the file's bytes.
 func readKey(path string) ([]byte, error) {
@@ -173,4 +192,33 @@ func readKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("read key: %s: decodes to %d bytes, want %d", path, len(key), KeySize)
 	}
 	return key, nil
+}
+
+// keyCheckText is what a server seals for the store's key check
+// (store.Store.WebhookKeyCheck); only whether it opens matters.
+const keyCheckText = "batchd webhook key check"
+
+// ErrWrongKey means the server key cannot open the secrets already stored:
+// they were sealed under another key.
+var ErrWrongKey = errors.New("the webhook key cannot open the webhook secrets already stored (they were sealed under another key)")
+
+// CheckKey makes sure s holds the key the database's secrets were sealed
+// with, before s seals anything: check is the store's WebhookKeyCheck,
+// which records a value sealed by the first server and returns the values
+// to try. It fails with ErrWrongKey when one does not open.
+func (s *Sealer) CheckKey(check func(sealed string) ([]string, error)) error {
+	mine, err := s.Seal(keyCheckText)
+	if err != nil {
+		return fmt.Errorf("check key: %w", err)
+	}
+	stored, err := check(mine)
+	if err != nil {
+		return fmt.Errorf("check key: %w", err)
+	}
+	for _, v := range stored {
+		if _, err := s.Open(v); err != nil {
+			return ErrWrongKey
+		}
+	}
+	return nil
 }

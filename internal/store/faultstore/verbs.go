@@ -298,6 +298,14 @@ func (s *Store) WebhookEndpointDelete(ctx context.Context, workspace, id string)
 	return s.Store.WebhookEndpointDelete(ctx, workspace, id)
 }
 
+// WebhookKeyCheck fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) WebhookKeyCheck(ctx context.Context, check string) ([]string, error) {
+	if err := s.check("WebhookKeyCheck"); err != nil {
+		return nil, err
+	}
+	return s.Store.WebhookKeyCheck(ctx, check)
+}
+
 // DeliveriesPending fails when a fault is set for it, else calls the wrapped store.
 func (s *Store) DeliveriesPending(ctx context.Context, endpointID string) (int, error) {
 	if err := s.check("DeliveriesPending"); err != nil {

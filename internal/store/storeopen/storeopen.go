@@ -103,3 +103,16 @@ func Redact(raw string) string {
 	}
 	return u.String()
 }
+
+// MigrationStatus reports which schema migrations the store t names has
+// applied and which are pending, without applying any (see the drivers'
+// MigrationStatus); Open applies the pending ones.
+func MigrationStatus(ctx context.Context, t Target) (applied, pending, unknown []string, err error) {
+	switch t.Driver {
+	case SQLite:
+		return sqlite.MigrationStatus(ctx, t.Path)
+	case Postgres:
+		return postgres.MigrationStatus(ctx, t.URL)
+	}
+	return nil, nil, nil, fmt.Errorf("migration status: unknown driver %q", t.Driver)
+}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -1040,6 +1041,27 @@ func testEvents(t *testing.T, newStore NewStore) {
 // testWebhooks is webhook endpoints and the deliveries of events to them.
 func testWebhooks(t *testing.T, newStore NewStore) {
 	t.Parallel()
+	run(t, "KeyCheck", newStore, func(t *testing.T, b *bundle) {
+		// The first check value stays; later callers get it back to open.
+		if got, err := b.st.WebhookKeyCheck(b.ctx, "sealed-by-first"); err != nil || !slices.Equal(got, []string{"sealed-by-first"}) {
+			t.Fatalf("first check: %q %v", got, err)
+		}
+		if got, err := b.st.WebhookKeyCheck(b.ctx, "sealed-by-second"); err != nil || !slices.Equal(got, []string{"sealed-by-first"}) {
+			t.Fatalf("second check: %q %v", got, err)
+		}
+		// With endpoints, the oldest one's secret must open too.
+		for _, e := range []*store.WebhookEndpoint{
+			{ID: "whep_new", Workspace: "w", URL: "https://a.example/hook", Secret: "sealed-new", CreatedAt: t0.Add(time.Second)},
+			{ID: "whep_old", Workspace: "x", URL: "https://b.example/hook", Secret: "sealed-old", CreatedAt: t0},
+		} {
+			if err := b.st.WebhookEndpointCreate(b.ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, err := b.st.WebhookKeyCheck(b.ctx, "sealed-by-third"); err != nil || !slices.Equal(got, []string{"sealed-by-first", "sealed-old"}) {
+			t.Fatalf("check with endpoints: %q %v", got, err)
+		}
+	})
 	run(t, "Endpoints", newStore, func(t *testing.T, b *bundle) {
 		e := &store.WebhookEndpoint{ID: "whep_1", Workspace: "w", URL: "https://a.example/hook", Description: "prod", Secret: "s1", CreatedAt: t0}
 		if err := b.st.WebhookEndpointCreate(b.ctx, e); err != nil {
