@@ -121,8 +121,12 @@ func recordEvent(ctx context.Context, tx pgx.Tx, b *store.Batch, typ string, now
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, qEventDeliveries, seq, micros(now), b.Workspace, typ)
-	return err
+	if _, err = tx.Exec(ctx, qEventDeliveries, seq, micros(now), b.Workspace, typ); err != nil {
+		return err
+	}
+	// Every process hears of the transition (and of the event and its
+	// deliveries) once this commits, and never if it rolls back.
+	return notifyEvent(ctx, tx, typ, b.Seq)
 }
 
 func scanEvent(row scanner, e *store.Event) error {
