@@ -247,12 +247,22 @@ func (d *Dispatcher) Route(model string) string { return d.route(model) }
 
 // Canceled tells the dispatcher that a batch is canceling, so that requests
 // of it that are claimed but not yet sent settle as canceled at once instead
-// of being sent.
+// of being sent, and calls of it waiting in a backend are withdrawn. The
+// cancel may have been made by any process (the server calls it on a
+// store notification too); calling it again changes nothing.
 func (d *Dispatcher) Canceled(batchSeq int64) {
 	d.mu.Lock()
 	d.canceling[batchSeq] = struct{}{}
 	d.mu.Unlock()
 	d.settleUnsent()
+}
+
+// Ended tells the dispatcher that a batch ended, perhaps in another
+// process: it forgets that the batch was canceling.
+func (d *Dispatcher) Ended(batchSeq int64) {
+	d.mu.Lock()
+	delete(d.canceling, batchSeq)
+	d.mu.Unlock()
 }
 
 // enter admits a sender other than the workers and the claim loop; it
