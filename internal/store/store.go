@@ -630,6 +630,12 @@ type Notifier interface {
 	Listen(ctx context.Context) (<-chan Notification, error)
 }
 
+// BatchesCancelingHeldParams names the owner whose running requests'
+// canceling batches are listed.
+type BatchesCancelingHeldParams struct {
+	Owner string
+}
+
 // Store is every storage verb batchd needs.
 type Store interface {
 	BatchInsert(ctx context.Context, p BatchInsertParams) (*Batch, error)
@@ -668,6 +674,11 @@ type Store interface {
 	// RequestNextDue is the earliest next_at among a backend's pending
 	// requests of in_progress batches, or zero when there is none.
 	RequestNextDue(ctx context.Context, backend string) (time.Time, error)
+	// BatchesCancelingHeld lists, in seq order, the canceling batches of
+	// which Owner holds running requests: a process polls it to stop
+	// sending what it claimed of a batch canceled elsewhere, should the
+	// cancel's notification have been lost.
+	BatchesCancelingHeld(ctx context.Context, p BatchesCancelingHeldParams) ([]int64, error)
 	// RequestsReroute sends the pending requests of every model whose
 	// backend changed (the configuration did) to route(model), returning
 	// how many moved.
