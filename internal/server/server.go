@@ -275,6 +275,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 				cfg.Logger.Warn("store notifications were lost for a while; listening again", "err", n.Err)
 			}
 			disp.Wake()
+			disp.RecheckCanceled()
 			for _, d := range delegators {
 				d.Wake()
 			}
