@@ -186,3 +186,36 @@ func TestClusterListenerReconnects(t *testing.T) {
 	bt := sdkBatch(t, a.Client, requests(3, "r")...)
 	waitEnded(t, a.Client, bt.ID, 30*time.Second)
 }
+
+// TestClusterCancelForwardedByHolder: B delegates a batch to an upstream
+// Message Batches API and polls its upstream batch; the batch is canceled
+// through A, and B forwards the cancel upstream at once. B's lease is long,
+// so its look for canceled batches (every third of it) comes too late:
+// only the notification does it in time. Before, the cancel reached only
+// the delegators of the process it was made through.
+func TestClusterCancelForwardedByHolder(t *testing.T) {
+	t.Parallel()
+	url := clusterURL(t)
+	up := newTestServer(t, withConfig(func(c *server.Config) { c.Dispatch.Concurrency = 1 }))
+	b := clusterServer(t, url, func(c *server.Config) {
+		delegating(up.URL, 100)(c)
+		c.Lease, c.Dispatch.Lease = time.Minute, time.Minute
+	})
+	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL = url }))
+	bt := createRaw(t, b.URL, createBody(t, nRequests("c", 5, "[[sim latency=1s]] slow")...))
+	var ups []wireBatch
+	waitFor(t, 20*time.Second, "the upstream batch", func() bool {
+		ups = upstreamBatches(t, up.URL)
+		return len(ups) == 1
+	})
+	if r := do(t, "POST", a.URL+"/v1/messages/batches/"+bt.ID+"/cancel", nil); r.Status != 200 {
+		t.Fatalf("cancel through A: %d %s", r.Status, r.Body)
+	}
+	waitFor(t, 10*time.Second, "B to forward the cancel upstream", func() bool {
+		return getRaw(t, up.URL, ups[0].ID).CancelInitiatedAt != nil
+	})
+	got := waitEndedRaw(t, a.URL, bt.ID, 30*time.Second)
+	if got.RequestCounts.Canceled < 3 {
+		t.Fatalf("counts %+v, want at least the 3 queued upstream requests canceled", got.RequestCounts)
+	}
+}
