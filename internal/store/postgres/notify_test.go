@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -150,4 +151,64 @@ func TestListenReconnects(t *testing.T) {
 	if n := next(t, ch); n.Kind != store.NotifyCreated || n.BatchSeq != bt.Seq {
 		t.Fatalf("after reconnecting: %+v, want created of %d", n, bt.Seq)
 	}
+}
+
+// BenchmarkCancelHeard is how long a cancel committed through one store
+// takes to reach the listener of another on the same schema (another
+// process): the part of "a cancel stops every process within 1 s" that the
+// database carries. It reports the time per cancel and its ratio to that
+// second.
+func BenchmarkCancelHeard(b *testing.B) {
+	url := pgtest.URL(b) + "&search_path=" + pgtest.Schema(b)
+	ctx := context.Background()
+	open := func() *postgres.Store {
+		st, err := postgres.Open(ctx, url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { st.Close() })
+		return st
+	}
+	a, other := open(), open()
+	lctx, stop := context.WithCancel(ctx)
+	ch, err := other.Listen(lctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		stop()
+		for range ch {
+		}
+	})
+	wait := func(kind store.NotifyKind, seq int64) {
+		for n := range ch {
+			if n.Kind == kind && n.BatchSeq == seq {
+				return
+			}
+		}
+		b.Fatal("the listener stopped")
+	}
+	var heard time.Duration
+	for i := 0; b.Loop(); i++ {
+		bt, err := a.BatchInsert(ctx, store.BatchInsertParams{ID: fmt.Sprint("msgbatch_", i), Workspace: "w", CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := a.RequestsInsert(ctx, store.RequestsInsertParams{BatchSeq: bt.Seq, Requests: []store.NewRequest{{CustomID: "r", Params: []byte(`{}`)}}}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := a.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: bt.Seq, Total: 1}); err != nil {
+			b.Fatal(err)
+		}
+		wait(store.NotifyCreated, bt.Seq)
+		start := time.Now()
+		if _, err := a.BatchCancel(ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: time.Now()}); err != nil {
+			b.Fatal(err)
+		}
+		wait(store.NotifyCanceled, bt.Seq)
+		heard += time.Since(start)
+	}
+	per := heard / time.Duration(b.N)
+	b.ReportMetric(float64(per.Microseconds())/1000, "ms/cancel")
+	b.ReportMetric(per.Seconds()/time.Second.Seconds(), "ratio_to_1s")
 }
