@@ -16,6 +16,7 @@ import (
 
 	"github.com/batchd/batchd/internal/config"
 	"github.com/batchd/batchd/internal/server"
+	"github.com/batchd/batchd/internal/store"
 )
 
 // idlePoll is the polling interval of the cluster tests' idle processes:
@@ -218,4 +219,27 @@ func TestClusterCancelForwardedByHolder(t *testing.T) {
 	if got.RequestCounts.Canceled < 3 {
 		t.Fatalf("counts %+v, want at least the 3 queued upstream requests canceled", got.RequestCounts)
 	}
+}
+
+// TestDelegateFindsCancelWithoutWakeUp: a batch is canceled in the store
+// with no wake-up reaching the delegator (as when the notification of a
+// cancel made through another process is lost); the delegator's own look
+// for canceled batches, every third of its lease, forwards it upstream.
+func TestDelegateFindsCancelWithoutWakeUp(t *testing.T) {
+	t.Parallel()
+	up := newTestServer(t, withConfig(func(c *server.Config) { c.Dispatch.Concurrency = 1 }))
+	ts := newTestServer(t, withConfig(delegating(up.URL, 100)), withConfig(func(c *server.Config) { c.Lease = time.Second }))
+	bt := createRaw(t, ts.URL, createBody(t, nRequests("c", 5, "[[sim latency=3s]] slow")...))
+	var ups []wireBatch
+	waitFor(t, 20*time.Second, "the upstream batch", func() bool {
+		ups = upstreamBatches(t, up.URL)
+		return len(ups) == 1
+	})
+	// The store, not the service: nothing is told of it.
+	if _, err := ts.Srv.Store.BatchCancel(context.Background(), store.BatchCancelParams{Workspace: "default", ID: bt.ID, Now: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the delegator to find the cancel and forward it", func() bool {
+		return getRaw(t, up.URL, ups[0].ID).CancelInitiatedAt != nil
+	})
 }
