@@ -97,6 +97,7 @@ func TestClusterCancelStopsOtherProcess(t *testing.T) {
 	if after > 0 {
 		t.Fatalf("B sent %d requests of the batch more than 1s after it was canceled through A (%d in all)", after, sent)
 	}
+	t.Logf("%d of %d sent, none from 1s after the cancel; ended %v after it", sent, n, time.Since(canceled).Round(time.Millisecond))
 	if c := got.RequestCounts; c.Canceled == 0 || c.Canceled+c.Succeeded != n || c.Succeeded != int64(sent) {
 		t.Fatalf("counts %+v after %d sent", c, sent)
 	}
