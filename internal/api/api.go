@@ -44,6 +44,11 @@ type Config struct {
 	// MaxStreamsPerWorkspace caps the event streams one workspace holds
 	// open at once (default 64); over it: 429.
 	MaxStreamsPerWorkspace int
+	// StreamPollInterval is how often the event streams read the store
+	// for new events and progress when nothing wakes them (default
+	// 250ms). Wake wakes them after a commit of this process, and the
+	// server calls it on a store notification from any process.
+	StreamPollInterval time.Duration
 	// BodyIdleTimeout ends a create whose body sends nothing for this long
 	// (default 30s); a slow body that keeps sending is never cut off.
 	BodyIdleTimeout time.Duration

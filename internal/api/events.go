@@ -34,6 +34,9 @@ func (a *API) handleEvents() {
 		return
 	}
 	a.hub = newHub(a.cfg.Events, a.svc, a.log, a.cfg.MaxStreamsPerWorkspace)
+	if a.cfg.StreamPollInterval > 0 {
+		a.hub.tick = a.cfg.StreamPollInterval
+	}
 	a.handle("GET /v1/messages/batches/{id}/events", a.longLived(a.batchEvents))
 	a.handle("GET /v1/events", a.longLived(a.workspaceEvents))
 }

@@ -32,8 +32,10 @@ const (
 // new events (of every workspace at once) and the progress of the batches
 // being watched, and fans them out to the subscribers, so that the store's
 // load grows with the workspaces watched, not with the streams open. A
-// wake-up after a commit makes it read at once; the tick guarantees
-// progress without one. It runs only while someone subscribes.
+// wake-up after a commit makes it read at once: a commit of this process,
+// or of any process of a cluster through the store's notifications (the
+// server calls Wake on each); the tick guarantees progress without one. It
+// runs only while someone subscribes.
 type hub struct {
 	src  EventSource
 	svc  *batch.Service

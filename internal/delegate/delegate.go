@@ -218,7 +218,10 @@ func (d *Delegator) Wake() {
 }
 
 // Canceled tells the delegator that one of our batches is canceling, so it
-// forwards the cancel to that batch's upstream batches at once.
+// forwards the cancel to that batch's upstream batches at once. The cancel
+// may have been made through any process: the server calls it on a store
+// notification, and leaseLoop finds the cancels a lost notification did
+// not bring.
 func (d *Delegator) Canceled(batchSeq int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -228,6 +231,14 @@ func (d *Delegator) Canceled(batchSeq int64) {
 	d.canceling[batchSeq] = true
 	close(d.kick)
 	d.kick = make(chan struct{})
+}
+
+// Ended tells the delegator that a batch ended, perhaps in another
+// process: it forgets that the batch was canceling.
+func (d *Delegator) Ended(batchSeq int64) {
+	d.mu.Lock()
+	delete(d.canceling, batchSeq)
+	d.mu.Unlock()
 }
 
 func (d *Delegator) isCanceling(seq int64) (bool, <-chan struct{}) {
@@ -266,7 +277,26 @@ func (d *Delegator) leaseLoop(ctx context.Context) {
 		if err := d.resume(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("resume upstream batches failed", "err", err)
 		}
+		if err := d.findCanceled(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("look for canceled batches failed", "err", err)
+		}
 	}
+}
+
+// findCanceled marks canceling the batches of the upstream batches polled
+// here whose batch is canceling: a cancel made through another process is
+// forwarded even if its notification was lost.
+func (d *Delegator) findCanceled(ctx context.Context) error {
+	ubs, err := d.st.UpstreamBatchesList(ctx, d.cfg.Name)
+	if err != nil {
+		return err
+	}
+	for _, ub := range ubs {
+		if ub.Owner == d.owner && ub.BatchStatus == store.StatusCanceling {
+			d.Canceled(ub.BatchSeq)
+		}
+	}
+	return nil
 }
 
 // resume adopts, on the leader only, every upstream batch of this backend

@@ -129,6 +129,7 @@ type Dispatcher struct {
 	log    *slog.Logger
 
 	wake     chan struct{} // new work may be claimable
+	recheck  chan struct{} // look for batches canceled elsewhere now
 	freed    chan struct{} // a slot was freed
 	outcomes chan laneOutcome
 	lanes    []*lane // one per backend, then the unroutable lane
@@ -174,6 +175,7 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", "dispatch"),
 		wake:      make(chan struct{}, 1),
+		recheck:   make(chan struct{}, 1),
 		freed:     make(chan struct{}, 1),
 		byName:    map[string]*lane{},
 		canceling: map[int64]struct{}{},
@@ -247,12 +249,22 @@ func (d *Dispatcher) Route(model string) string { return d.route(model) }
 
 // Canceled tells the dispatcher that a batch is canceling, so that requests
 // of it that are claimed but not yet sent settle as canceled at once instead
-// of being sent.
+// of being sent, and calls of it waiting in a backend are withdrawn. The
+// cancel may have been made by any process (the server calls it on a
+// store notification too); calling it again changes nothing.
 func (d *Dispatcher) Canceled(batchSeq int64) {
 	d.mu.Lock()
 	d.canceling[batchSeq] = struct{}{}
 	d.mu.Unlock()
 	d.settleUnsent()
+}
+
+// Ended tells the dispatcher that a batch ended, perhaps in another
+// process: it forgets that the batch was canceling.
+func (d *Dispatcher) Ended(batchSeq int64) {
+	d.mu.Lock()
+	delete(d.canceling, batchSeq)
+	d.mu.Unlock()
 }
 
 // enter admits a sender other than the workers and the claim loop; it
@@ -407,7 +419,8 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		defer close(completed)
 		d.complete(runCtx)
 	}()
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); d.cancelLoop(ctx) }()
 	go func() { defer wg.Done(); d.claimLoop(ctx) }()
 	go func() { defer wg.Done(); d.heartbeatLoop(ctx) }()
 	go func() { defer wg.Done(); d.sweepLoop(ctx) }()
@@ -918,6 +931,48 @@ func (d *Dispatcher) heartbeatLoop(ctx context.Context) {
 			if err := d.store.RequestsHeartbeat(ctx, store.RequestsHeartbeatParams{Owner: d.cfg.Owner, LeaseUntil: d.cfg.Now().Add(d.cfg.Lease)}); err != nil && ctx.Err() == nil {
 				d.log.Error("heartbeat failed", "err", err)
 			}
+		}
+	}
+}
+
+// RecheckCanceled makes the dispatcher look at once for batches canceled
+// through another process whose requests it holds: the server calls it
+// when the store's notifications may have been lost (its listener
+// connected again).
+func (d *Dispatcher) RecheckCanceled() {
+	select {
+	case d.recheck <- struct{}{}:
+	default:
+	}
+}
+
+// cancelLoop looks, every third of a lease (±20%, so that the processes of
+// a cluster spread their looks) and when RecheckCanceled asks, for the
+// canceling batches whose requests this process holds, and treats each as
+// Canceled: the notification of a cancel made through another process
+// normally does that at once, and this finds the cancels whose
+// notification was lost.
+func (d *Dispatcher) cancelLoop(ctx context.Context) {
+	for {
+		every := d.cfg.Lease / 3
+		t := time.NewTimer(every*4/5 + rand.N(every*2/5+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		case <-d.recheck:
+			t.Stop()
+		}
+		seqs, err := d.store.BatchesCancelingHeld(ctx, store.BatchesCancelingHeldParams{Owner: d.cfg.Owner})
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Error("look for canceled batches failed", "err", err)
+			}
+			continue
+		}
+		for _, seq := range seqs {
+			d.Canceled(seq)
 		}
 	}
 }

@@ -81,6 +81,9 @@ type Config struct {
 	// MaxStreamsPerWorkspace caps a workspace's open event streams; see
 	// api.Config.
 	MaxStreamsPerWorkspace int
+	// StreamPollInterval is how often event streams poll the store when
+	// nothing wakes them; see api.Config.
+	StreamPollInterval time.Duration
 }
 
 // Defaults of the upload guards, for the serve flags.
@@ -132,6 +135,12 @@ type Server struct {
 	// Shares keeps each backend limiter's share of the cluster's limits.
 	Shares  *ratelimit.Shares
 	handler *api.API
+	log     *slog.Logger
+	// wake hands a store notification to the parts it concerns.
+	wake func(store.Notification)
+	// stopListen ends the store listener; listening is closed once it has.
+	stopListen context.CancelFunc
+	listening  chan struct{}
 }
 
 // SetOpenMode decides whether requests need a key; see api.SetOpenMode.
@@ -246,9 +255,47 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built),
 		Webhooks: &api.Webhooks{Store: st, Sealer: sealer, Guard: guard, Now: cfg.Now, Wake: deliverer.Wake},
 		Events:   st, BodyIdleTimeout: cfg.BodyIdleTimeout, MaxConcurrentCreates: cfg.MaxConcurrentCreates,
-		MaxStreamsPerWorkspace: cfg.MaxStreamsPerWorkspace})
+		MaxStreamsPerWorkspace: cfg.MaxStreamsPerWorkspace, StreamPollInterval: cfg.StreamPollInterval})
 	wakeStreams = h.Wake
-	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, Leader: elector, Shares: shares, handler: h}, nil
+	// A store shared by several processes notifies every commit to all of
+	// them: each part is woken as by the callbacks above, which stay for
+	// the store that does not notify (SQLite) and for the process that
+	// made the change, which hears it first.
+	wake := func(n store.Notification) {
+		switch n.Kind {
+		case store.NotifyCreated:
+			disp.Wake()
+			for _, d := range delegators {
+				d.Wake()
+			}
+		case store.NotifyCanceled:
+			disp.Canceled(n.BatchSeq)
+			for _, d := range delegators {
+				d.Canceled(n.BatchSeq)
+			}
+		case store.NotifyEnded:
+			disp.Ended(n.BatchSeq)
+			for _, d := range delegators {
+				d.Ended(n.BatchSeq)
+			}
+		case store.NotifyResync:
+			// Anything may have been missed: what polling would find
+			// later is looked for now.
+			if n.Err != nil {
+				cfg.Logger.Warn("store notifications were lost for a while; listening again", "err", n.Err)
+			}
+			disp.Wake()
+			disp.RecheckCanceled()
+			for _, d := range delegators {
+				d.Wake()
+			}
+		}
+		// Every transition records an event, perhaps with deliveries.
+		deliverer.Wake()
+		wakeStreams()
+	}
+	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, Leader: elector, Shares: shares, handler: h,
+		log: cfg.Logger, wake: wake}, nil
 }
 
 // Handler is the HTTP API.
@@ -276,6 +323,7 @@ func (s *Server) Start(ctx context.Context) error {
 				started.Stop(ctx)
 			}
 			s.Dispatcher.Stop(ctx)
+			s.Shares.Stop(ctx)
 			return err
 		}
 	}
@@ -284,15 +332,45 @@ func (s *Server) Start(ctx context.Context) error {
 			d.Stop(ctx)
 		}
 		s.Dispatcher.Stop(ctx)
+		s.Shares.Stop(ctx)
 		return err
 	}
+	s.listen(ctx)
 	return nil
+}
+
+// listen hands the store's notifications, if it sends any, to the parts
+// they wake, until Close. Without them (the listener failed to start)
+// every part still finds its work by polling.
+func (s *Server) listen(ctx context.Context) {
+	n, ok := s.Store.(store.Notifier)
+	if !ok {
+		return
+	}
+	ctx, stop := context.WithCancel(ctx)
+	ch, err := n.Listen(ctx)
+	if err != nil {
+		stop()
+		s.log.Error("listen for store notifications failed; wake-ups from other processes wait for polling", "err", err)
+		return
+	}
+	s.stopListen, s.listening = stop, make(chan struct{})
+	go func() {
+		defer close(s.listening)
+		for n := range ch {
+			s.wake(n)
+		}
+	}()
 }
 
 // Close stops dispatching and delegating, letting running requests finish
 // until ctx ends, and closes the store. Upstream batches go on upstream and
 // are resumed by the next leader once this process's lease on them lapses.
 func (s *Server) Close(ctx context.Context) error {
+	if s.stopListen != nil {
+		s.stopListen()
+		<-s.listening
+	}
 	for _, d := range s.Delegators {
 		d.Stop(ctx)
 	}

@@ -583,6 +583,59 @@ type Attempt struct {
 	AttemptRecord
 }
 
+// NotifyKind says what a committed change was, in a Notification.
+type NotifyKind string
+
+// The kinds of Notification.
+const (
+	// NotifyCreated: a batch was published; its requests may be claimed.
+	NotifyCreated NotifyKind = "created"
+	// NotifyCanceled: a batch began canceling; its requests claimed but
+	// not sent must not be sent, and its upstream batches are canceled.
+	NotifyCanceled NotifyKind = "canceled"
+	// NotifyEnded: a batch ended.
+	NotifyEnded NotifyKind = "ended"
+	// NotifyEvent: events (and their webhook deliveries) were recorded.
+	NotifyEvent NotifyKind = "event"
+	// NotifyResync: the listener (re)connected. Anything may have been
+	// missed while it was not listening: wake everything.
+	NotifyResync NotifyKind = "resync"
+)
+
+// Notification is a wake-up that a committed change sends to every process
+// sharing the store. It only says what to look at again; the store holds
+// the truth, and polling still finds everything a lost notification would
+// have announced.
+type Notification struct {
+	Kind NotifyKind
+	// BatchSeq is the batch of NotifyCreated, NotifyCanceled and
+	// NotifyEnded.
+	BatchSeq int64
+	// Err, on a NotifyResync after the first, is why the listener lost its
+	// connection.
+	Err error
+}
+
+// Notifier is implemented by a store that several processes may share
+// (PostgreSQL): the changes that wake parts up (batches published,
+// canceled or ended, events and deliveries recorded) notify inside their
+// transaction, so every process hears of each commit, and of no rollback.
+// A store without it (SQLite, one process) leaves the wake-ups to the
+// in-process callbacks after commit.
+type Notifier interface {
+	// Listen delivers notifications until ctx ends, then closes the
+	// channel. It reconnects by itself, with backoff, after losing its
+	// connection, and sends NotifyResync each time it listens again. A
+	// slow reader delays the notifications, it loses none.
+	Listen(ctx context.Context) (<-chan Notification, error)
+}
+
+// BatchesCancelingHeldParams names the owner whose running requests'
+// canceling batches are listed.
+type BatchesCancelingHeldParams struct {
+	Owner string
+}
+
 // Store is every storage verb batchd needs.
 type Store interface {
 	BatchInsert(ctx context.Context, p BatchInsertParams) (*Batch, error)
@@ -621,6 +674,11 @@ type Store interface {
 	// RequestNextDue is the earliest next_at among a backend's pending
 	// requests of in_progress batches, or zero when there is none.
 	RequestNextDue(ctx context.Context, backend string) (time.Time, error)
+	// BatchesCancelingHeld lists, in seq order, the canceling batches of
+	// which Owner holds running requests: a process polls it to stop
+	// sending what it claimed of a batch canceled elsewhere, should the
+	// cancel's notification have been lost.
+	BatchesCancelingHeld(ctx context.Context, p BatchesCancelingHeldParams) ([]int64, error)
 	// RequestsReroute sends the pending requests of every model whose
 	// backend changed (the configuration did) to route(model), returning
 	// how many moved.

@@ -117,7 +117,9 @@ func NewDeliverer(cfg DelivererConfig) *Deliverer {
 	return &Deliverer{cfg: cfg, log: cfg.Logger.With("component", "webhook"), client: guardedClient{cfg.Guard.Client(cfg.Timeout)}, wake: make(chan struct{}, 1)}
 }
 
-// Wake tells the deliverer that deliveries may be due.
+// Wake tells the deliverer that deliveries may be due: after this process
+// recorded events, or, through the store's notifications, any process of
+// a cluster did. PollInterval finds them without a wake-up.
 func (d *Deliverer) Wake() {
 	select {
 	case d.wake <- struct{}{}:

@@ -162,6 +162,14 @@ func (s *Store) RequestNextDue(ctx context.Context, backend string) (time.Time, 
 	return s.Store.RequestNextDue(ctx, backend)
 }
 
+// BatchesCancelingHeld fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) BatchesCancelingHeld(ctx context.Context, p store.BatchesCancelingHeldParams) ([]int64, error) {
+	if err := s.check("BatchesCancelingHeld"); err != nil {
+		return nil, err
+	}
+	return s.Store.BatchesCancelingHeld(ctx, p)
+}
+
 // RequestsReroute fails when a fault is set for it, else calls the wrapped store.
 func (s *Store) RequestsReroute(ctx context.Context, route func(model string) string) (int, error) {
 	if err := s.check("RequestsReroute"); err != nil {

@@ -121,8 +121,12 @@ func recordEvent(ctx context.Context, tx pgx.Tx, b *store.Batch, typ string, now
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, qEventDeliveries, seq, micros(now), b.Workspace, typ)
-	return err
+	if _, err = tx.Exec(ctx, qEventDeliveries, seq, micros(now), b.Workspace, typ); err != nil {
+		return err
+	}
+	// Every process hears of the transition (and of the event and its
+	// deliveries) once this commits, and never if it rolls back.
+	return notifyEvent(ctx, tx, typ, b.Seq)
 }
 
 func scanEvent(row scanner, e *store.Event) error {
@@ -207,7 +211,10 @@ func (s *Store) EventTestInsert(ctx context.Context, workspace, endpointID strin
 		if err := tx.QueryRow(ctx, qTestEvent, evID, workspace, store.EventTest, micros(now)).Scan(&seq); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, qTestDelivery, seq, endpointID, micros(now)).Scan(&deliveryID)
+		if err := tx.QueryRow(ctx, qTestDelivery, seq, endpointID, micros(now)).Scan(&deliveryID); err != nil {
+			return err
+		}
+		return notify(ctx, tx, store.NotifyEvent, 0)
 	})
 	if err != nil {
 		return "", 0, err
@@ -496,7 +503,10 @@ func (s *Store) DeliveriesRecover(ctx context.Context, workspace, endpointID str
 			return err
 		}
 		n += int(tag.RowsAffected())
-		return nil
+		if n == 0 {
+			return nil
+		}
+		return notify(ctx, tx, store.NotifyEvent, 0) // deliveries are due
 	})
 	return n, err
 }

@@ -1,6 +1,11 @@
 package postgres
 
-import "context"
+import (
+	"context"
+	"time"
+
+	"github.com/batchd/batchd/internal/store"
+)
 
 // BackendPIDs lists the server pids of the pool's idle connections, for
 // tests that kill them.
@@ -11,4 +16,22 @@ func (s *Store) BackendPIDs(ctx context.Context) ([]uint32, error) {
 		c.Release()
 	}
 	return pids, nil
+}
+
+// RecordEventRolledBack records an event of type typ about b in a
+// transaction that then rolls back, for tests that check nothing of it
+// escapes (its notification in particular).
+func (s *Store) RecordEventRolledBack(ctx context.Context, b *store.Batch, typ string) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	return recordEvent(ctx, tx, b, typ, time.Now())
+}
+
+// Exec runs one statement on the pool, for tests.
+func (s *Store) Exec(ctx context.Context, sql string, args ...any) (int64, error) {
+	tag, err := s.pool.Exec(ctx, sql, args...)
+	return tag.RowsAffected(), err
 }

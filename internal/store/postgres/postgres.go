@@ -42,6 +42,9 @@ var migrations embed.FS
 // Store implements store.Store on PostgreSQL.
 type Store struct {
 	pool *pgxpool.Pool
+	// connConfig is how the pool connects, for the listener's connection
+	// of its own (notify.go).
+	connConfig *pgx.ConnConfig
 }
 
 var _ store.Store = (*Store)(nil)
@@ -63,7 +66,7 @@ func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	s := &Store{pool: pool}
+	s := &Store{pool: pool, connConfig: cfg.ConnConfig.Copy()}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err

@@ -49,6 +49,12 @@ const (
 		FROM claimed c JOIN open b ON b.seq = c.batch_seq JOIN requests r ON r.id = c.id
 		ORDER BY c.rank, c.tiebreak`
 
+	// qCancelingHeld lists the canceling batches of which owner $1 holds
+	// running requests.
+	qCancelingHeld = `SELECT b.seq FROM batches b WHERE b.status = 'canceling'
+		AND EXISTS (SELECT 1 FROM tasks t WHERE t.lease_owner = $1 AND t.state = 1 AND t.batch_seq = b.seq)
+		ORDER BY b.seq`
+
 	qBatchStates = `SELECT seq, status, expires_at FROM batches WHERE seq = ANY($1) ORDER BY seq FOR NO KEY UPDATE`
 
 	// qRetry: only the current attempt of the lease holder, while the
@@ -381,6 +387,18 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 // RequestNextDue implements store.Store.
 func (s *Store) RequestNextDue(ctx context.Context, backend string) (time.Time, error) {
 	return s.minTime(ctx, "next due", qNextDue, backend)
+}
+
+// BatchesCancelingHeld implements store.Store: canceling batches are few,
+// and each is looked up in the owner's running tasks (tasks_owner).
+func (s *Store) BatchesCancelingHeld(ctx context.Context, p store.BatchesCancelingHeldParams) ([]int64, error) {
+	var seqs []int64
+	err := s.read(ctx, "list canceling batches", func(q querier) error {
+		var err error
+		seqs, err = querySeqs(ctx, q, qCancelingHeld, p.Owner)
+		return err
+	})
+	return seqs, err
 }
 
 // RequestsReroute implements store.Store.

@@ -1721,6 +1721,30 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 	return out, nil
 }
 
+// BatchesCancelingHeld implements store.Store. Canceling batches are few;
+// each is looked up in its own tasks.
+func (s *Store) BatchesCancelingHeld(ctx context.Context, p store.BatchesCancelingHeldParams) ([]int64, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT b.seq FROM batches b WHERE b.status = 'canceling'
+		AND EXISTS (SELECT 1 FROM tasks t WHERE t.batch_seq = b.seq AND t.state = 1 AND t.lease_owner = ?)
+		ORDER BY b.seq`, p.Owner)
+	if err != nil {
+		return nil, fmt.Errorf("list canceling batches: %w", err)
+	}
+	defer rows.Close()
+	var seqs []int64
+	for rows.Next() {
+		var seq int64
+		if err := rows.Scan(&seq); err != nil {
+			return nil, fmt.Errorf("list canceling batches: %w", err)
+		}
+		seqs = append(seqs, seq)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list canceling batches: %w", err)
+	}
+	return seqs, nil
+}
+
 // RequestNextDue implements store.Store. The inner min per batch is one
 // index seek on tasks_pending; a join would scan every pending request.
 func (s *Store) RequestNextDue(ctx context.Context, backend string) (time.Time, error) {

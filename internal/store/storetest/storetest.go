@@ -819,6 +819,45 @@ func testRequests(t *testing.T, newStore NewStore) {
 			t.Fatalf("%d results, want %d", len(r), n)
 		}
 	})
+
+	run(t, "CancelingHeld", newStore, func(t *testing.T, b *bundle) {
+		held := func(owner string) []int64 {
+			t.Helper()
+			seqs, err := b.st.BatchesCancelingHeld(b.ctx, store.BatchesCancelingHeldParams{Owner: owner})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return seqs
+		}
+		b1 := b.batch(t, "w", 2, t0)
+		ca := b.claim(t, "a", 10, t0)
+		b2 := b.batch(t, "w", 2, t0)
+		cb := b.claim(t, "b", 10, t0)
+		if len(ca) != 2 || len(cb) != 2 {
+			t.Fatalf("claimed %d and %d", len(ca), len(cb))
+		}
+		if got := held("a"); len(got) != 0 {
+			t.Fatalf("nothing canceling yet, got %v", got)
+		}
+		for _, bt := range []*store.Batch{b1, b2} {
+			if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: t0}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := held("a"); len(got) != 1 || got[0] != b1.Seq {
+			t.Fatalf("a holds %v, want [%d]", got, b1.Seq)
+		}
+		if got := held("b"); len(got) != 1 || got[0] != b2.Seq {
+			t.Fatalf("b holds %v, want [%d]", got, b2.Seq)
+		}
+		if got := held("c"); len(got) != 0 {
+			t.Fatalf("c holds nothing, got %v", got)
+		}
+		b.complete(t, "a", t0, succeed(ca[0]), succeed(ca[1]))
+		if got := held("a"); len(got) != 0 {
+			t.Fatalf("a's batch ended, still listed: %v", got)
+		}
+	})
 }
 
 // testUpstreamBatches is requests delegated to an upstream Message Batches API.
