@@ -144,8 +144,6 @@ func Copy(ctx context.Context, src Source, dst Target, o Options) (*Report, erro
 	return rep, nil
 }
 
-// errUnchanged rolls back a transaction that found nothing to do.
-var errUnchanged = errors.New("unchanged")
 
 func copyTables(ctx context.Context, r Reader, w Writer, o Options) (*Report, error) {
 	tables, err := r.Tables(ctx)
