@@ -144,7 +144,6 @@ func Copy(ctx context.Context, src Source, dst Target, o Options) (*Report, erro
 	return rep, nil
 }
 
-
 func copyTables(ctx context.Context, r Reader, w Writer, o Options) (*Report, error) {
 	tables, err := r.Tables(ctx)
 	if err != nil {
