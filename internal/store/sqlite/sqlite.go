@@ -50,8 +50,12 @@ const (
 	qOpenBatches = `SELECT seq, id, expires_at, betas FROM batches
 		WHERE status != 'ended' AND status = 'in_progress' AND expires_at > ?
 		ORDER BY last_claimed_at, seq`
+	// The LIMIT is "? + 0", not a bare "?": SQLite plans a bare LIMIT
+	// parameter with its bound value and so re-prepares the statement
+	// whenever the next claim asks for another number of requests, which
+	// the dispatcher's do nearly every time (BenchmarkClaimComplete, vary).
 	qClaim = `UPDATE tasks SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
-		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND backend = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?)
+		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND backend = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ? + 0)
 		RETURNING id, attempts`
 	qClaimParams = `SELECT id, custom_id, params FROM requests WHERE id IN (SELECT value FROM json_each(?))`
 	qTouchBatch  = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
