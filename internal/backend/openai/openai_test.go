@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -938,5 +939,35 @@ func TestClip(t *testing.T) {
 	}
 	if clip("short") != "short" {
 		t.Error("clip changed a short message")
+	}
+}
+
+// TestRedirectFollowed: requests skip http.Client, but an upstream that
+// redirects (307, 308: the POST and its body go again) is still followed,
+// as the client follows it.
+func TestRedirectFollowed(t *testing.T) {
+	t.Parallel()
+	moved := newUpstream(t, answer(200, nil, okCompletion))
+	for _, status := range []int{307, 308} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			t.Parallel()
+			u := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, moved.srv.URL+"/v2/chat/completions", status)
+			})
+			b := u.backend(t, Config{})
+			params := `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"moved ` + strconv.Itoa(status) + `"}]}`
+			if _, err := b.Do(context.Background(), call(params)); err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			moved.mu.Lock()
+			for _, r := range moved.reqs {
+				found = found || (r.path == "/v2/chat/completions" && strings.Contains(string(r.body), "moved "+strconv.Itoa(status)))
+			}
+			moved.mu.Unlock()
+			if !found {
+				t.Errorf("the redirect target never got the request")
+			}
+		})
 	}
 }
