@@ -678,8 +678,11 @@ func valueEnd(raw []byte, i int) int {
 			}
 		}
 	default: // a number, true, false or null
-		for i < len(raw) && !strings.ContainsRune(",}] \t\r\n", rune(raw[i])) {
-			i++
+		for ; i < len(raw); i++ {
+			switch raw[i] {
+			case ',', '}', ']', ' ', '\t', '\r', '\n':
+				return i
+			}
 		}
 		return i
 	}

@@ -3,6 +3,7 @@ package openai
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -76,4 +77,74 @@ func TestMessageJSONAgrees(t *testing.T) {
 			t.Errorf("appendJSON\n got %s\nwant %s", got, want)
 		}
 	}
+}
+
+// completionSeeds are answers where scanCompletion and the library could
+// part: case, punctuation and escapes in names, duplicates, nulls, types,
+// invalid UTF-8, tool calls, trailing data.
+var completionSeeds = []string{
+	`{"id":"chatcmpl-x","object":"chat.completion","created":1,"model":"llama-x","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}`,
+	` { "id" : "c" , "choices" : [ { "message" : { "content" : [ {"type":"text","text":"a"} ] , "tool_calls" : [ ] } , "stop_reason" : "END" } ] } `,
+	`{"id":"c","choices":[{"message":{"content":null,"refusal":"no","tool_calls":null},"finish_reason":"content_filter","stop_reason":null}],"error":null}`,
+	`{"id":"c","choices":[{"message":{"content":"x","tool_calls":[{"id":"t","function":{"name":"f","arguments":"{}"}}]}}]}`,
+	`{"ID":"c","choices":[]}`, `{"Id":"c"}`, `{"i_d":"c"}`, `{"id":"a","id":"b"}`, `{"\u0069d":"c"}`,
+	`{"choices":[{"Message":{"content":"x"}}]}`, `{"choices":[{"message":{"Content":"x"}}]}`,
+	`{"choices":[{"finish-reason":"length","message":{}}]}`, `{"usage":{"promptTokens":3}}`,
+	`{"usage":{"prompt_tokens":1.5}}`, `{"usage":{"prompt_tokens":"5"}}`, `{"usage":{"prompt_tokens":99999999999999999999}}`,
+	`{"usage":{"prompt_tokens":-1,"completion_tokens":0}}`, `{"usage":null}`, `{"id":null}`, `{"choices":null}`,
+	`{"choices":[null]}`, `{"choices":[{"message":null}]}`, `{"choices":[{"message":{"content":"x"}},5]}`,
+	`{"model":"m\u00e9 \"q\""}`, "{\"model\":\"caf\xe9\"}", "{\"mod\xc3\xa9l\":\"x\"}", "{\"\u212Aey\":1}",
+	`{"id":"c"} {}`, `{"id":"c"`, `[]`, `null`, `"s"`, ``, `{}`,
+	`{"error":{"message":"boom","type":"server_error"}}`, `{"error":"plain"}`,
+	`{"choices":[{"message":{"content":"a"},"finish_reason":"stop"},{"message":{"content":"b"},"finish_reason":"length"}]}`,
+}
+
+// FuzzCompletionAgrees: whatever scanCompletion vouches for, it decodes as
+// the library does.
+func FuzzCompletionAgrees(f *testing.F) {
+	for _, s := range completionSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, sure := scanCompletion(body)
+		if !sure {
+			return
+		}
+		want, err := decodeCompletionSlow(body)
+		if err != nil {
+			t.Fatalf("scanCompletion(%q) vouched for a body the library refuses: %v", body, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("scanCompletion(%q)\n got %#v\nwant %#v", body, got, want)
+		}
+	})
+}
+
+// TestCompletionFastPathTaken: the common answers do take the fast path
+// (a scan that always gave up would agree with the library too).
+func TestCompletionFastPathTaken(t *testing.T) {
+	t.Parallel()
+	for _, s := range completionSeeds[:3] {
+		if _, sure := scanCompletion([]byte(s)); !sure {
+			t.Errorf("scanCompletion(%s) gave up", s)
+		}
+	}
+}
+
+// FuzzValidAgrees: valid answers what json.Valid answers.
+func FuzzValidAgrees(f *testing.F) {
+	for _, s := range append(completionSeeds,
+		`0`, `-0`, `01`, `-`, `1.`, `1.5e`, `1e+5`, `1E-05`, `.5`, `+1`, `tru`, `true `, ` null`, `nul`, `falsey`,
+		`"\u12"`, `"\u12G4"`, `"\x"`, `"a\/b"`, "\"tab\there\"", "\"\x7f\xff\"", `"unterminated`, `"\"`,
+		`{"a":}`, `{"a" 1}`, `{,}`, `{"a":1,}`, `[1,]`, `[,1]`, `[1 2]`, `{"a":1}}`, `[[[]]]`, `{"a":[{"b":{}}]}`,
+	) {
+		f.Add([]byte(s))
+	}
+	f.Add([]byte(strings.Repeat("[", 10000) + strings.Repeat("]", 10000)))
+	f.Add([]byte(strings.Repeat("[", 10001) + strings.Repeat("]", 10001)))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if got, want := valid(data), json.Valid(data); got != want {
+			t.Fatalf("valid(%q) = %v, json.Valid %v", data, got, want)
+		}
+	})
 }
