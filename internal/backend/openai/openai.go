@@ -184,9 +184,12 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 	if err != nil {
 		return nil, err
 	}
-	body, err := encode(req)
-	if err != nil {
-		return nil, fmt.Errorf("encode chat request: %w", err)
+	body, ok := req.appendJSON(make([]byte, 0, 64+len(call.Params)))
+	if !ok {
+		var err error
+		if body, err = encode(req); err != nil {
+			return nil, fmt.Errorf("encode chat request: %w", err)
+		}
 	}
 
 	parent := ctx

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/batchd/batchd/internal/backend"
 )
 
 // FuzzSplitAgrees: parseObject, splitArray and unquote read valid JSON
@@ -33,8 +35,12 @@ func FuzzSplitAgrees(f *testing.F) {
 			if err != nil {
 				t.Fatalf("parseObject(%q): %v", raw, err)
 			}
-			if !reflect.DeepEqual(map[string]json.RawMessage(got.fields), m) {
-				t.Errorf("parseObject(%q) = %q, encoding/json %q", raw, got.fields, m)
+			fields := map[string]json.RawMessage{}
+			for _, f := range got.fields {
+				fields[string(f.key)] = f.raw // the last of duplicates, as get reads them
+			}
+			if !reflect.DeepEqual(fields, m) {
+				t.Errorf("parseObject(%q) = %q, encoding/json %q", raw, fields, m)
 			}
 		}
 		var a []json.RawMessage
@@ -147,4 +153,44 @@ func FuzzValidAgrees(f *testing.F) {
 			t.Fatalf("valid(%q) = %v, json.Valid %v", data, got, want)
 		}
 	})
+}
+
+// TestRequestJSONAgrees: appendJSON writes the common chat request without
+// reflection; its bytes must be encode's, and it must take the common
+// requests.
+func TestRequestJSONAgrees(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		params string
+		fast   bool // appendJSON must write it
+	}{
+		{`{"model":"m","max_tokens":32,"messages":[{"role":"user","content":"q 1"}]}`, true},
+		{`{"model":"llama/3 <b>&</b>","max_tokens":1,"system":"be \"brief\"\n","messages":[{"role":"user","content":"café ✓ \u2028 <x>"},{"role":"assistant","content":"ok"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}`, true},
+		{`{"model":"m","max_tokens":5,"temperature":0.7,"top_p":1,"stop_sequences":["END","\n\n","<&>"],"metadata":{"user_id":"u-1"},"messages":[{"role":"user","content":"x"}]}`, true},
+		{`{"model":"m","max_tokens":5,"temperature":0,"top_p":0.000001,"messages":[{"role":"user","content":"x"}]}`, true},
+		{`{"model":"m","max_tokens":5,"temperature":1e-7,"messages":[{"role":"user","content":"x"}]}`, false},
+		{`{"model":"m","max_tokens":5,"top_p":1e21,"messages":[{"role":"user","content":"x"}]}`, false},
+		{`{"model":"m","max_tokens":5,"temperature":123456789.125,"messages":[{"role":"user","content":"x"}]}`, true},
+		{`{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"},{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{"a":1}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"42"},{"type":"tool_result","tool_use_id":"t2","is_error":true}]}]}`, false},
+		{`{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":[{"type":"text","text":"r"}]},{"type":"text","text":"next"}]}]}`, true},
+		{`{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":"https://x/y.png"}}]}]}`, false},
+		{`{"model":"m","max_tokens":5,"tools":[{"name":"f","input_schema":{"type":"object"}}],"messages":[{"role":"user","content":"x"}]}`, false},
+	}
+	for _, tt := range tests {
+		req, _, err := translate(backend.Call{Params: json.RawMessage(tt.params)})
+		if err != nil {
+			t.Fatalf("translate(%s): %v", tt.params, err)
+		}
+		want, err := encode(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := req.appendJSON(nil)
+		switch {
+		case ok != tt.fast:
+			t.Errorf("appendJSON(%s): ok = %v, want %v", tt.params, ok, tt.fast)
+		case ok && string(got) != string(want):
+			t.Errorf("appendJSON(%s)\n got %s\nwant %s", tt.params, got, want)
+		}
+	}
 }
