@@ -54,7 +54,7 @@ const (
 	// parameter with its bound value and so re-prepares the statement
 	// whenever the next claim asks for another number of requests, which
 	// the dispatcher's do nearly every time (BenchmarkClaimComplete, vary).
-	qClaim = `UPDATE tasks SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
+	qClaim = `UPDATE OR FAIL tasks SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
 		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND backend = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ? + 0)
 		RETURNING id, attempts`
 	qClaimParams = `SELECT id, custom_id, params FROM requests WHERE id IN (SELECT value FROM json_each(?))`
@@ -70,6 +70,13 @@ const (
 	qBatchBySeq = `SELECT ` + batchCols + ` FROM batches WHERE seq = ?`
 )
 
+// The hot statements that write many rows say OR FAIL, which only
+// differs from the default (ABORT) in keeping the rows a failing statement
+// wrote before it failed, and every such failure rolls the whole
+// transaction back here anyway; with ABORT, SQLite copies every page such
+// a statement touches into a statement journal first, so that it could
+// undo the statement alone.
+//
 // Outcomes settle in chunks of these sizes, each with its own prepared
 // multi-row statements: a group of 100 runs as 64+16+16+4 rows in 8
 // statements instead of 200.
@@ -83,7 +90,7 @@ func qSettle(n int) string {
 }
 
 func qAddResults(n int) string {
-	return `INSERT INTO results (id, batch_seq, custom_id, result_type, result) VALUES ` +
+	return `INSERT OR FAIL INTO results (id, batch_seq, custom_id, result_type, result) VALUES ` +
 		strings.TrimSuffix(strings.Repeat("(?,?,?,?,?),", n), ",")
 }
 
@@ -94,12 +101,12 @@ var insertChunkSizes = []int{200, 40, 8, 1}
 const qMaxRequestID = `SELECT coalesce(max(id), 0) FROM requests`
 
 func qInsertRequests(n int) string {
-	return `INSERT INTO requests (batch_seq, custom_id, model, params) VALUES ` +
+	return `INSERT OR FAIL INTO requests (batch_seq, custom_id, model, params) VALUES ` +
 		strings.TrimSuffix(strings.Repeat("(?,?,?,?),", n), ",")
 }
 
 func qInsertTasks(n int) string {
-	return `INSERT INTO tasks (id, batch_seq, backend) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?,?),", n), ",")
+	return `INSERT OR FAIL INTO tasks (id, batch_seq, backend) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?,?),", n), ",")
 }
 
 // chunkLen is the largest of sizes (in decreasing order, the last 1) that
