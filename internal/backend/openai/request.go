@@ -694,7 +694,7 @@ func parseObject(path string, raw json.RawMessage) (object, error) {
 func parseObjectAt(base string, index int, raw json.RawMessage) (object, error) {
 	o := object{base: base, index: index}
 	if base == "" {
-		if !valid(raw) {
+		if !backend.ValidJSON(raw) {
 			return object{}, invalid("params: not valid JSON")
 		}
 		raw = bytes.Trim(raw, " \t\r\n")

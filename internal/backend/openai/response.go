@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	jsonv1 "github.com/go-json-experiment/json/v1"
+
+	"github.com/batchd/batchd/internal/backend"
 )
 
 // completion is the part of a Chat Completions answer that is translated.
@@ -197,7 +199,7 @@ func decodeCompletionSlow(body []byte) (completion, error) {
 }
 
 // scanCompletion decodes body as decodeCompletionSlow would, in one pass
-// over bytes that valid checked, without reflection (decoding was
+// over bytes that backend.ValidJSON checked, without reflection (decoding was
 // the largest cost of a call). sure is false whenever its reading could
 // differ: body is not a valid object, a name is escaped, not ASCII,
 // repeated or matches a field only in case or punctuation, a field the
@@ -205,7 +207,7 @@ func decodeCompletionSlow(body []byte) (completion, error) {
 // is escaped or not ASCII, a count is not an int64, or a choice has tool
 // calls.
 func scanCompletion(body []byte) (c completion, sure bool) {
-	if !valid(body) {
+	if !backend.ValidJSON(body) {
 		return completion{}, false
 	}
 	body = body[skipSpace(body, 0):]

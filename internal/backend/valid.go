@@ -1,16 +1,24 @@
-package openai
+package backend
 
-// valid reports whether data is one valid JSON value, as json.Valid does
-// (invalid UTF-8 inside strings included, nesting at most 10000 deep), in
-// one recursive pass: json.Valid's byte-by-byte state machine cost as much
-// as decoding a whole completion (FuzzValidAgrees proves the two agree).
-func valid(data []byte) bool {
+// ValidJSON reports whether data is one valid JSON value, as json.Valid
+// does (invalid UTF-8 inside strings included, nesting at most 10000
+// deep), in one recursive pass: json.Valid's byte-by-byte state machine
+// cost as much as decoding a whole completion (FuzzValidAgrees proves the
+// two agree). Backends check upstream bodies with it.
+func ValidJSON(data []byte) bool {
 	i := validValue(data, skipSpace(data, 0), 0)
 	return i >= 0 && skipSpace(data, i) == len(data)
 }
 
 // maxDepth is encoding/json's limit on nesting.
 const maxDepth = 10000
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
+}
 
 // validValue returns the end of the valid value that starts at data[i], or
 // -1.
