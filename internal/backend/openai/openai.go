@@ -233,7 +233,11 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 // headers, its body unread.
 func (b *Backend) send(ctx context.Context, body []byte) (*http.Response, error) {
 	if b.rt == nil {
-		return b.client.Do(b.request(ctx, body))
+		// A caller's client may write to a request's headers (a cookie
+		// jar does): it gets a copy of them.
+		req := b.request(ctx, body)
+		req.Header = b.header.Clone()
+		return b.client.Do(req)
 	}
 	req := b.request(ctx, body)
 	resp, err := b.rt.RoundTrip(req)

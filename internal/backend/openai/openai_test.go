@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"reflect"
 	"regexp"
@@ -969,5 +970,33 @@ func TestRedirectFollowed(t *testing.T) {
 				t.Errorf("the redirect target never got the request")
 			}
 		})
+	}
+}
+
+// TestCallerClientWithJar: a caller's client with a cookie jar is used
+// whole (it adds the upstream's cookies), and never writes into the headers
+// every call shares: a second call sends one cookie, not two.
+func TestCallerClientWithJar(t *testing.T) {
+	t.Parallel()
+	u := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		http.SetCookie(w, &http.Cookie{Name: "s", Value: "1", Path: "/"})
+		answer(200, nil, okCompletion)(w, r)
+	})
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := u.backend(t, Config{HTTPClient: &http.Client{Jar: jar}})
+	params := `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]}`
+	for range 3 {
+		if _, err := b.Do(context.Background(), call(params)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := u.last(t).header.Values("Cookie"); len(got) != 1 || got[0] != "s=1" {
+		t.Errorf("third call sent Cookie %q, want one s=1", got)
+	}
+	if got := b.header.Values("Cookie"); len(got) != 0 {
+		t.Errorf("the shared headers gained Cookie %q", got)
 	}
 }
