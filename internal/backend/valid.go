@@ -10,6 +10,52 @@ func ValidJSON(data []byte) bool {
 	return i >= 0 && skipSpace(data, i) == len(data)
 }
 
+// EachMember calls member with the name (between its quotes, escapes
+// left as they are) and the value of each member of obj, in order, while
+// checking obj as ValidJSON does; it reports whether obj is one valid JSON
+// object, and false as soon as member does. It lets a caller read a few
+// fields of a reply in one pass without decoding it.
+func EachMember(obj []byte, member func(name, value []byte) bool) bool {
+	i := skipSpace(obj, 0)
+	if i >= len(obj) || obj[i] != '{' {
+		return false
+	}
+	if i = skipSpace(obj, i+1); i < len(obj) && obj[i] == '}' {
+		return skipSpace(obj, i+1) == len(obj)
+	}
+	for {
+		if i >= len(obj) || obj[i] != '"' {
+			return false
+		}
+		end := validString(obj, i)
+		if end < 0 {
+			return false
+		}
+		name := obj[i+1 : end-1]
+		if i = skipSpace(obj, end); i >= len(obj) || obj[i] != ':' {
+			return false
+		}
+		start := skipSpace(obj, i+1)
+		if i = validValue(obj, start, 1); i < 0 {
+			return false
+		}
+		if !member(name, obj[start:i:i]) {
+			return false
+		}
+		if i = skipSpace(obj, i); i >= len(obj) {
+			return false
+		}
+		switch obj[i] {
+		case '}':
+			return skipSpace(obj, i+1) == len(obj)
+		case ',':
+			i = skipSpace(obj, i+1)
+		default:
+			return false
+		}
+	}
+}
+
 // maxDepth is encoding/json's limit on nesting.
 const maxDepth = 10000
 

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -26,6 +27,36 @@ func FuzzValidAgrees(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if got, want := ValidJSON(data), json.Valid(data); got != want {
 			t.Fatalf("ValidJSON(%q) = %v, json.Valid %v", data, got, want)
+		}
+	})
+}
+
+// FuzzEachMemberAgrees: EachMember accepts exactly the objects
+// encoding/json decodes into a map, and gives each member as it does.
+func FuzzEachMemberAgrees(f *testing.F) {
+	for _, s := range validSeeds {
+		f.Add([]byte(s))
+	}
+	f.Add([]byte(strings.Repeat("[", 9999) + strings.Repeat("]", 9999)))
+	f.Add([]byte(`{"a":` + strings.Repeat("[", 9999) + strings.Repeat("]", 9999) + `}`))
+	f.Add([]byte(`{"a":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var want map[string]json.RawMessage
+		wantOK := json.Unmarshal(data, &want) == nil && want != nil
+		got := map[string]json.RawMessage{}
+		ok := EachMember(data, func(name, value []byte) bool {
+			var key string
+			if json.Unmarshal(append(append([]byte{'"'}, name...), '"'), &key) != nil {
+				t.Fatalf("EachMember(%q) gave the name %q, not a JSON string's inside", data, name)
+			}
+			got[key] = value
+			return true
+		})
+		if ok != wantOK {
+			t.Fatalf("EachMember(%q) = %v, encoding/json decodes it: %v", data, ok, wantOK)
+		}
+		if ok && !reflect.DeepEqual(got, want) {
+			t.Fatalf("EachMember(%q) gave %q, encoding/json %q", data, got, want)
 		}
 	})
 }

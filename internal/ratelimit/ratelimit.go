@@ -14,7 +14,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -22,8 +21,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
-
-	"github.com/go-json-experiment/json/jsontext"
+	"unicode/utf8"
 
 	"github.com/batchd/batchd/internal/backend"
 )
@@ -617,8 +615,8 @@ func estimate(call backend.Call) (in, out int) {
 }
 
 // usage reads a Message's usage: input tokens (cache reads and writes
-// included) and output tokens. The common Message is read in one streaming
-// pass (decoding it with encoding/json cost more than the rest of the
+// included) and output tokens. The common Message is read in one pass
+// (decoding it with encoding/json cost more than the rest of the
 // limiter); anything that pass cannot vouch for reads the same as
 // encoding/json would, because it is decoded by it.
 func usage(msg json.RawMessage) (in, out int, ok bool) {
@@ -647,114 +645,69 @@ func (u *tokenUsage) in() int {
 	return u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens
 }
 
-// scanDecoder is reused across calls: a fresh jsontext.Decoder costs more
-// than reading a Message.
-type scanDecoder struct {
-	r   bytes.Reader
-	dec jsontext.Decoder
-}
-
-var scanDecoders = sync.Pool{New: func() any { return new(scanDecoder) }}
-
-// scanUsage reads msg's top-level usage object. sure is false whenever
+// scanUsage reads msg's top-level usage object, in one pass that also
+// checks msg is valid JSON (backend.EachMember). sure is false whenever
 // that reading could differ from encoding/json's: msg is not one valid
-// object (jsontext also refuses duplicate names and invalid UTF-8, which
-// encoding/json accepts), a name is escaped or matches a field only in
-// case, usage is not an object, or one of its counts is not a plain
-// integer of int's range.
+// object, a name is escaped, not ASCII or matches a field only in case,
+// usage is repeated or not an object, or one of its counts is repeated or
+// not a plain integer of int's range.
 func scanUsage(msg []byte) (u tokenUsage, sure bool) {
-	sd := scanDecoders.Get().(*scanDecoder)
-	defer scanDecoders.Put(sd)
-	sd.r.Reset(msg)
-	sd.dec.Reset(&sd.r)
-	dec := &sd.dec
-	if dec.PeekKind() != '{' {
-		return u, false
-	}
-	if _, err := dec.ReadToken(); err != nil {
-		return u, false
-	}
-	for dec.PeekKind() == '"' {
-		name, ok := readName(dec)
-		if !ok {
-			return u, false
-		}
+	sure = true
+	valid := backend.EachMember(msg, func(name, v []byte) bool {
 		switch {
 		case string(name) == "usage":
-			if dec.PeekKind() != '{' || !scanCounts(dec, &u) {
-				return u, false
+			if u.present || v[0] != '{' {
+				sure = false
+				return false
 			}
 			u.present = true
-			continue
-		case bytes.EqualFold(name, []byte("usage")):
-			return u, false
+			var seen [len(usageFields)]bool
+			counts := [...]*int{&u.InputTokens, &u.OutputTokens, &u.CacheCreationInputTokens, &u.CacheReadInputTokens}
+			return backend.EachMember(v, func(name, v []byte) bool {
+				for i, f := range usageFields {
+					if string(name) == f {
+						n, err := strconv.Atoi(string(v)) // not a fraction, an exponent or out of range
+						if seen[i] || err != nil {
+							sure = false
+							return false
+						}
+						seen[i], *counts[i] = true, n
+						return true
+					}
+				}
+				if foldsLike(name, usageFields[:]...) {
+					sure = false
+					return false
+				}
+				return true
+			})
+		case foldsLike(name, "usage"):
+			sure = false
+			return false
 		}
-		if dec.SkipValue() != nil {
-			return u, false
-		}
-	}
-	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '}' {
-		return u, false
-	}
-	_, err := dec.ReadToken()
-	return u, err == io.EOF
+		return true
+	})
+	return u, sure && valid
 }
 
 // usageFields are tokenUsage's JSON names, in field order.
 var usageFields = [...]string{"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"}
 
-// scanCounts reads the usage object dec is at into u; see scanUsage.
-func scanCounts(dec *jsontext.Decoder, u *tokenUsage) bool {
-	if _, err := dec.ReadToken(); err != nil {
-		return false
+// foldsLike reports whether encoding/json could match name, the inside of
+// a JSON string, to one of fields without it being exactly that field: it
+// is escaped, not ASCII, or equal to one of them but for case.
+func foldsLike(name []byte, fields ...string) bool {
+	for _, c := range name {
+		if c == '\\' || c >= utf8.RuneSelf {
+			return true
+		}
 	}
-	counts := [...]*int{&u.InputTokens, &u.OutputTokens, &u.CacheCreationInputTokens, &u.CacheReadInputTokens}
-	for dec.PeekKind() == '"' {
-		name, ok := readName(dec)
-		if !ok {
-			return false
+	for _, f := range fields {
+		if bytes.EqualFold(name, []byte(f)) {
+			return true
 		}
-		field := -1
-		for i, f := range usageFields {
-			if string(name) == f {
-				field = i
-				break
-			}
-			if bytes.EqualFold(name, []byte(f)) {
-				return false
-			}
-		}
-		if field < 0 {
-			if dec.SkipValue() != nil {
-				return false
-			}
-			continue
-		}
-		if dec.PeekKind() != '0' {
-			return false
-		}
-		v, err := dec.ReadValue()
-		if err != nil {
-			return false
-		}
-		n, err := strconv.Atoi(string(v))
-		if err != nil {
-			return false // a fraction, an exponent, out of range
-		}
-		*counts[field] = n
 	}
-	tok, err := dec.ReadToken()
-	return err == nil && tok.Kind() == '}'
-}
-
-// readName reads an object member's name, unquoted; ok is false for an
-// escaped name, which encoding/json would unescape first.
-func readName(dec *jsontext.Decoder) (name []byte, ok bool) {
-	v, err := dec.ReadValue()
-	if err != nil || len(v) < 2 || bytes.IndexByte(v, '\\') >= 0 {
-		return nil, false
-	}
-	return v[1 : len(v)-1], true
+	return false
 }
 
 // bucket is a token bucket refilled continuously at its per-minute rate.
