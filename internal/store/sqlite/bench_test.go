@@ -92,3 +92,29 @@ func cpuTime() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkBatchGet is one poll of a batch (GET /v1/messages/batches/{id}),
+// which clients repeat until it ends.
+func BenchmarkBatchGet(b *testing.B) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "batchd.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	bt, err := st.BatchInsert(ctx, store.BatchInsertParams{ID: "msgbatch_b", Workspace: "w", CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := st.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: bt.Seq, Total: 1}); err != nil {
+		b.Fatal(err)
+	}
+	cpu0 := cpuTime()
+	for b.Loop() {
+		if _, err := st.BatchGet(ctx, store.BatchGetParams{ID: "msgbatch_b", Workspace: "w"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/1e3, "cpu_us/op")
+}

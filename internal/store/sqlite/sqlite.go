@@ -37,6 +37,10 @@ type Store struct {
 	w     *sql.DB // the single writer
 	r     *sql.DB // readers
 	stmts map[string]*sql.Stmt
+	// batchGet is prepared on the readers: GET of a batch is what a client
+	// polls, and parsing its SELECT again each time cost more than running
+	// it (the driver caches no statements).
+	batchGet *sql.Stmt
 
 	stop, stopped chan struct{} // the checkpointer's
 	closeOnce     sync.Once
@@ -68,6 +72,7 @@ const (
 		WHERE seq = ? AND status IN ('in_progress', 'canceling')
 		AND n_succeeded + n_errored + n_canceled + n_expired >= total RETURNING ` + batchCols
 	qBatchBySeq = `SELECT ` + batchCols + ` FROM batches WHERE seq = ?`
+	qBatchGet   = `SELECT ` + batchCols + ` FROM batches WHERE id = ? AND workspace = ? AND status != 'creating'`
 )
 
 // The hot statements that write many rows say OR FAIL, which only
@@ -139,6 +144,10 @@ func (s *Store) prepare(ctx context.Context) error {
 			return fmt.Errorf("prepare: %w", err)
 		}
 		s.stmts[q] = st
+	}
+	var err error
+	if s.batchGet, err = s.r.PrepareContext(ctx, qBatchGet); err != nil {
+		return fmt.Errorf("prepare: %w", err)
 	}
 	return nil
 }
@@ -274,6 +283,9 @@ func (s *Store) Close() error {
 	})
 	for _, st := range s.stmts {
 		st.Close()
+	}
+	if s.batchGet != nil {
+		s.batchGet.Close()
 	}
 	return errors.Join(s.r.Close(), s.w.Close())
 }
@@ -582,8 +594,7 @@ func querySeqs(ctx context.Context, tx *sql.Tx, q string, args ...any) ([]int64,
 
 // BatchGet implements store.Store.
 func (s *Store) BatchGet(ctx context.Context, p store.BatchGetParams) (*store.Batch, error) {
-	b, err := scanBatch(s.r.QueryRowContext(ctx, `SELECT `+batchCols+` FROM batches
-		WHERE id = ? AND workspace = ? AND status != 'creating'`, p.ID, p.Workspace))
+	b, err := scanBatch(s.batchGet.QueryRowContext(ctx, p.ID, p.Workspace))
 	if err != nil {
 		return nil, fmt.Errorf("get batch: %w", err)
 	}
