@@ -215,12 +215,16 @@ func translate(call backend.Call) (*chatRequest, []string, error) {
 		return nil, nil, err
 	}
 
-	var stream bool
-	if _, err := top.decode("stream", &stream, "a boolean"); err != nil {
-		return nil, nil, err
-	}
-	if stream {
-		return nil, nil, unsupported("stream")
+	// Values that may be absent are declared only when present: one passed
+	// to decode lives on the heap.
+	if top.get("stream") != nil {
+		var stream bool
+		if _, err := top.decode("stream", &stream, "a boolean"); err != nil {
+			return nil, nil, err
+		}
+		if stream {
+			return nil, nil, unsupported("stream")
+		}
 	}
 	if raw := top.get("thinking"); raw != nil {
 		th, err := parseObject("thinking", raw)
@@ -254,7 +258,9 @@ func translate(call backend.Call) (*chatRequest, []string, error) {
 		}
 	}
 	var msgs []json.RawMessage
-	if _, err := top.decode("messages", &msgs, "an array of messages"); err != nil {
+	if raw := top.get("messages"); raw != nil && raw[0] == '[' {
+		msgs = splitArray(raw)
+	} else if _, err := top.decode("messages", new([]json.RawMessage), "an array of messages"); err != nil {
 		return nil, nil, err
 	}
 	if len(msgs) == 0 {
@@ -575,7 +581,9 @@ func toolResult(b object) (chatMessage, error) {
 // anyway, because OpenAI rejects tool_choice without tools.
 func translateTools(top object, req *chatRequest) error {
 	var tools []json.RawMessage
-	if _, err := top.decode("tools", &tools, "an array of tools"); err != nil {
+	if raw := top.get("tools"); raw != nil && raw[0] == '[' {
+		tools = splitArray(raw)
+	} else if _, err := top.decode("tools", new([]json.RawMessage), "an array of tools"); err != nil {
 		return err
 	}
 	for i, raw := range tools {
@@ -876,6 +884,9 @@ func (o object) decode(key string, v any, want string) (bool, error) {
 
 // str returns a required string field.
 func (o object) str(key string) (string, error) {
+	if raw := o.get(key); raw != nil && raw[0] == '"' {
+		return unquote(raw), nil
+	}
 	var s string
 	ok, err := o.decode(key, &s, "a string")
 	if err != nil {
