@@ -19,6 +19,9 @@ type Call struct {
 	// Model is params.model, already extracted so backends and the router
 	// need not parse Params again.
 	Model string
+	// MaxTokens is params.max_tokens when the caller extracted it (the
+	// dispatcher does, for the rate limiter's token estimate), 0 when not.
+	MaxTokens int64
 	// Params is the Messages API request body exactly as the client sent it.
 	Params json.RawMessage
 	// Attempt is 1 for the first try and grows with every retry.
@@ -49,6 +52,12 @@ type Backend interface {
 	// Do runs one request and returns the Anthropic Message JSON. A failure is
 	// returned as *Error when its Anthropic error type is known; any other
 	// error is treated as a transient api_error.
+	//
+	// A Message returned with a nil error must be valid JSON: the
+	// dispatcher writes it into the results as it is, without checking it
+	// again (a second json.Valid of every reply cost 2–3 µs a request). A
+	// backend relaying an upstream's bytes validates them (anthropic); one
+	// that builds the Message itself does so by construction (openai, sim).
 	Do(ctx context.Context, call Call) (json.RawMessage, error)
 }
 

@@ -189,6 +189,7 @@ func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 			defer trace.Stop()
 		}
 	}
+	defer tuneGC()()
 	if err := prepareDataDir(c.dataDir, func(msg string) { log.Warn(msg) }); err != nil {
 		return err
 	}

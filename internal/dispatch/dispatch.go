@@ -652,7 +652,7 @@ func (d *Dispatcher) dispatch(l *lane, c store.ClaimedRequest) {
 		d.outcomes <- laneOutcome{unsentOutcome(c, typ), l}
 		return
 	}
-	model, perr := checkParams(c.Params)
+	model, maxTokens, perr := checkParams(c.Params)
 	if perr != nil {
 		d.outcomes <- laneOutcome{d.outcome(c, nil, perr), l}
 		return
@@ -667,13 +667,15 @@ func (d *Dispatcher) dispatch(l *lane, c store.ClaimedRequest) {
 		d.outcomes <- laneOutcome{d.outcome(c, nil, err), l}
 		return
 	}
-	l.queue.push(job{ClaimedRequest: c, model: model})
+	l.queue.push(job{ClaimedRequest: c, model: model, maxTokens: maxTokens})
 }
 
-// job is a claimed request on its way to a backend.
+// job is a claimed request on its way to a backend, with what checkParams
+// read from its params.
 type job struct {
 	store.ClaimedRequest
-	model string
+	model     string
+	maxTokens int64
 }
 
 // work runs requests from its lane's queue until the queue closes. runCtx
@@ -697,7 +699,7 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
 		withdrawn := d.watch(c.ClaimedRequest)
-		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas, Withdrawn: withdrawn})
+		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, MaxTokens: c.maxTokens, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas, Withdrawn: withdrawn})
 		d.unwatch(c.BatchSeq)
 		cancel()
 		if runCtx.Err() != nil {
@@ -728,18 +730,19 @@ func (d *Dispatcher) release(l *lane, n int) {
 // outcome turns an attempt's result into what the store records.
 func (d *Dispatcher) outcome(c store.ClaimedRequest, msg json.RawMessage, err error) store.Outcome {
 	o := store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt}
-	if err == nil && !json.Valid(msg) {
-		// Never let a broken backend response into the results stream.
-		err = &backend.Error{Type: backend.ErrAPI, Status: 502, Message: "backend returned a response that is not valid JSON"}
+	// msg is valid JSON when err is nil: backend.Backend.Do promises it,
+	// so it is not checked again; a reply that must be compacted is
+	// checked on the way, for free.
+	if err == nil && bytes.IndexByte(msg, '\n') >= 0 {
+		// A JSONL line must not contain a newline.
+		var buf bytes.Buffer
+		if cerr := json.Compact(&buf, msg); cerr != nil {
+			err = &backend.Error{Type: backend.ErrAPI, Status: 502, Message: "backend returned a response that is not valid JSON"}
+		} else {
+			msg = buf.Bytes()
+		}
 	}
 	if err == nil {
-		if bytes.IndexByte(msg, '\n') >= 0 {
-			// A JSONL line must not contain a newline.
-			var buf bytes.Buffer
-			if cerr := json.Compact(&buf, msg); cerr == nil {
-				msg = buf.Bytes()
-			}
-		}
 		o.ResultType = store.ResultSucceeded
 		o.Result = append(append([]byte(`{"type":"succeeded","message":`), msg...), '}')
 		return o

@@ -60,12 +60,14 @@ func TestCheckParams(t *testing.T) {
 		{`{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"stream":true}`, "stream: streaming is not supported"},
 	}
 	for _, tt := range tests {
-		model, err := checkParams(json.RawMessage(tt.params))
+		model, maxTokens, err := checkParams(json.RawMessage(tt.params))
 		switch {
 		case tt.want == "" && err != nil:
 			t.Errorf("%s: unexpected error %v", tt.params, err)
 		case tt.want == "" && model != "m":
 			t.Errorf("%s: model %q", tt.params, model)
+		case tt.want == "" && maxTokens != 5:
+			t.Errorf("%s: max_tokens %d", tt.params, maxTokens)
 		case tt.want != "" && (err == nil || !strings.Contains(err.Message, tt.want)):
 			t.Errorf("%s: want error containing %q, got %v", tt.params, tt.want, err)
 		case tt.want != "" && (err.Type != backend.ErrInvalidRequest || err.Transient()):
@@ -83,7 +85,10 @@ func TestOutcome(t *testing.T) {
 	if o.ResultType != store.ResultSucceeded || string(o.Result) != `{"type":"succeeded","message":{"id":"msg_1"}}` {
 		t.Fatalf("succeeded outcome must be compact: %s", o.Result)
 	}
-	o = d.outcome(c, json.RawMessage(`{"id":`), nil)
+	// A backend's reply is valid JSON by backend.Backend.Do's contract (each
+	// backend's tests check its own); only one that is compacted here is
+	// checked again.
+	o = d.outcome(c, json.RawMessage("{\"id\":\n"), nil)
 	if o.ResultType != store.ResultErrored || !strings.Contains(string(o.Result), "api_error") {
 		t.Fatalf("invalid JSON from a backend must become an errored result: %+v", o)
 	}
@@ -108,7 +113,7 @@ func TestOutcome(t *testing.T) {
 func BenchmarkCheckParams(b *testing.B) {
 	raw := json.RawMessage(`{"model":"claude-sim","max_tokens":32,"system":[{"type":"text","text":"be brief"}],"messages":[{"role":"user","content":"Summarize document 12345"},{"role":"assistant","content":[{"type":"text","text":"ok"}]}]}`)
 	for b.Loop() {
-		if _, err := checkParams(raw); err != nil {
+		if _, _, err := checkParams(raw); err != nil {
 			b.Fatal(err)
 		}
 	}

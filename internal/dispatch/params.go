@@ -24,10 +24,12 @@ var decoders = sync.Pool{New: func() any { return new(pooledDecoder) }}
 // checkParams validates params the way Anthropic does inside a batch: a bad
 // request is not a 400 at create but an errored result naming the field.
 // It checks structure only (the model provider validates the rest) in one
-// streaming pass, because it runs for every request on the dispatch path.
-func checkParams(raw json.RawMessage) (model string, err *backend.Error) {
-	bad := func(format string, args ...any) (string, *backend.Error) {
-		return "", &backend.Error{Type: backend.ErrInvalidRequest, Status: 400, Message: fmt.Sprintf(format, args...)}
+// streaming pass, because it runs for every request on the dispatch path,
+// and returns the model and max_tokens it read on the way, so that neither
+// the router nor the rate limiter parses the params again.
+func checkParams(raw json.RawMessage) (model string, maxTokens int64, err *backend.Error) {
+	bad := func(format string, args ...any) (string, int64, *backend.Error) {
+		return "", 0, &backend.Error{Type: backend.ErrInvalidRequest, Status: 400, Message: fmt.Sprintf(format, args...)}
 	}
 	pd := decoders.Get().(*pooledDecoder)
 	defer decoders.Put(pd)
@@ -73,7 +75,7 @@ func checkParams(raw json.RawMessage) (model string, err *backend.Error) {
 			if n < 1 {
 				return bad("max_tokens: Each batched request must have max_tokens of at least 1")
 			}
-			haveMaxTokens = true
+			maxTokens, haveMaxTokens = n, true
 			continue
 		case "messages":
 			if kind != '[' {
@@ -101,7 +103,7 @@ func checkParams(raw json.RawMessage) (model string, err *backend.Error) {
 	case !haveMessages:
 		return bad("messages: Field required")
 	}
-	return model, nil
+	return model, maxTokens, nil
 }
 
 // checkMessages reads the messages array, returning what is wrong with it

@@ -11,13 +11,17 @@
 package ratelimit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
+	"math"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/batchd/batchd/internal/backend"
 )
@@ -175,7 +179,7 @@ const maxTries = 8
 
 // Do implements backend.Backend.
 func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, error) {
-	inTok, outTok := estimate(call.Params)
+	inTok, outTok := estimate(call)
 	inner := call.OnResponse
 	call.OnResponse = func(status int, h http.Header) {
 		l.observe(h)
@@ -531,28 +535,41 @@ func (l *Limiter) grow() {
 // spent, the backend pauses until that budget's reset instead of being told
 // with a 429.
 func (l *Limiter) observe(h http.Header) {
+	// Most upstreams send none of these headers: look each budget's
+	// remaining count up once, by its canonical key as Header.Get would,
+	// and take the lock only when one is there.
+	var rems [len(rateHeaders)]string
+	found := false
+	for i, k := range rateHeaders {
+		if v := h[k.remaining]; len(v) > 0 {
+			rems[i], found = v[0], true
+		}
+	}
+	if !found {
+		return
+	}
 	var spent string
 	var pausedFor time.Duration
 	l.mu.Lock()
 	now := l.now()
-	for _, kind := range []string{"requests", "input-tokens", "output-tokens", "tokens"} {
-		rem, err := strconv.ParseInt(h.Get("anthropic-ratelimit-"+kind+"-remaining"), 10, 64)
+	for i, k := range rateHeaders {
+		rem, err := strconv.ParseInt(rems[i], 10, 64)
 		if err != nil {
 			continue
 		}
-		reset, err := time.Parse(time.RFC3339, h.Get("anthropic-ratelimit-"+kind+"-reset"))
+		reset, err := time.Parse(time.RFC3339, h.Get(k.reset))
 		if err != nil || !reset.After(now) {
 			continue
 		}
 		if rem <= 0 {
 			if !l.paused.After(now) {
-				spent, pausedFor = kind, reset.Sub(now) // a new pause, not one extended
+				spent, pausedFor = k.kind, reset.Sub(now) // a new pause, not one extended
 			}
 			l.paused = maxTime(l.paused, reset)
 			continue
 		}
-		limit, _ := strconv.ParseInt(h.Get("anthropic-ratelimit-"+kind+"-limit"), 10, 64)
-		if kind == "requests" && limit > 0 && rem*10 < limit {
+		limit, _ := strconv.ParseInt(h.Get(k.limit), 10, 64)
+		if k.kind == "requests" && limit > 0 && rem*10 < limit {
 			l.spacing, l.spacingUntil = reset.Sub(now)/time.Duration(rem), reset
 		}
 	}
@@ -563,6 +580,20 @@ func (l *Limiter) observe(h http.Header) {
 	}
 }
 
+// rateHeader names the anthropic-ratelimit-* headers of one budget, keys
+// in canonical form.
+type rateHeader struct{ kind, remaining, reset, limit string }
+
+var rateHeaders = func() (hs [4]rateHeader) {
+	for i, kind := range []string{"requests", "input-tokens", "output-tokens", "tokens"} {
+		key := func(s string) string {
+			return textproto.CanonicalMIMEHeaderKey("anthropic-ratelimit-" + kind + "-" + s)
+		}
+		hs[i] = rateHeader{kind: kind, remaining: key("remaining"), reset: key("reset"), limit: key("limit")}
+	}
+	return hs
+}()
+
 func maxTime(a, b time.Time) time.Time {
 	if a.After(b) {
 		return a
@@ -572,30 +603,114 @@ func maxTime(a, b time.Time) time.Time {
 
 // estimate guesses a call's tokens before sending it: input from the
 // params' size (about four bytes a token), output from max_tokens, which
-// is reserved in full and refunded with the real usage.
-func estimate(params json.RawMessage) (in, out int) {
-	var p struct {
-		MaxTokens int `json:"max_tokens"`
+// is reserved in full and refunded with the real usage. max_tokens comes
+// from the call when the caller read it already (the dispatcher does).
+func estimate(call backend.Call) (in, out int) {
+	maxTokens := call.MaxTokens
+	if maxTokens <= 0 {
+		var p struct {
+			MaxTokens int64 `json:"max_tokens"`
+		}
+		json.Unmarshal(call.Params, &p)
+		maxTokens = p.MaxTokens
 	}
-	json.Unmarshal(params, &p)
-	return max(1, len(params)/4), max(1, p.MaxTokens)
+	return max(1, len(call.Params)/4), int(max(1, min(maxTokens, math.MaxInt32)))
 }
 
-// usage reads a Message's usage.
+// usage reads a Message's usage: input tokens (cache reads and writes
+// included) and output tokens. The common Message is read in one pass
+// (decoding it with encoding/json cost more than the rest of the
+// limiter); anything that pass cannot vouch for reads the same as
+// encoding/json would, because it is decoded by it.
 func usage(msg json.RawMessage) (in, out int, ok bool) {
+	if u, sure := scanUsage(msg); sure {
+		return u.in(), u.OutputTokens, u.present
+	}
 	var m struct {
-		Usage *struct {
-			InputTokens              int `json:"input_tokens"`
-			OutputTokens             int `json:"output_tokens"`
-			CacheCreationInputTokens int `json:"cache_creation_input_tokens"`
-			CacheReadInputTokens     int `json:"cache_read_input_tokens"`
-		} `json:"usage"`
+		Usage *tokenUsage `json:"usage"`
 	}
 	if json.Unmarshal(msg, &m) != nil || m.Usage == nil {
 		return 0, 0, false
 	}
-	u := m.Usage
-	return u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens, u.OutputTokens, true
+	return m.Usage.in(), m.Usage.OutputTokens, true
+}
+
+// tokenUsage is a Message's usage object.
+type tokenUsage struct {
+	InputTokens              int `json:"input_tokens"`
+	OutputTokens             int `json:"output_tokens"`
+	CacheCreationInputTokens int `json:"cache_creation_input_tokens"`
+	CacheReadInputTokens     int `json:"cache_read_input_tokens"`
+	present                  bool
+}
+
+func (u *tokenUsage) in() int {
+	return u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens
+}
+
+// scanUsage reads msg's top-level usage object, in one pass that also
+// checks msg is valid JSON (backend.EachMember). sure is false whenever
+// that reading could differ from encoding/json's: msg is not one valid
+// object, a name is escaped, not ASCII or matches a field only in case,
+// usage is repeated or not an object, or one of its counts is repeated or
+// not a plain integer of int's range.
+func scanUsage(msg []byte) (u tokenUsage, sure bool) {
+	sure = true
+	valid := backend.EachMember(msg, func(name, v []byte) bool {
+		switch {
+		case string(name) == "usage":
+			if u.present || v[0] != '{' {
+				sure = false
+				return false
+			}
+			u.present = true
+			var seen [len(usageFields)]bool
+			counts := [...]*int{&u.InputTokens, &u.OutputTokens, &u.CacheCreationInputTokens, &u.CacheReadInputTokens}
+			return backend.EachMember(v, func(name, v []byte) bool {
+				for i, f := range usageFields {
+					if string(name) == f {
+						n, err := strconv.Atoi(string(v)) // not a fraction, an exponent or out of range
+						if seen[i] || err != nil {
+							sure = false
+							return false
+						}
+						seen[i], *counts[i] = true, n
+						return true
+					}
+				}
+				if foldsLike(name, usageFields[:]...) {
+					sure = false
+					return false
+				}
+				return true
+			})
+		case foldsLike(name, "usage"):
+			sure = false
+			return false
+		}
+		return true
+	})
+	return u, sure && valid
+}
+
+// usageFields are tokenUsage's JSON names, in field order.
+var usageFields = [...]string{"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"}
+
+// foldsLike reports whether encoding/json could match name, the inside of
+// a JSON string, to one of fields without it being exactly that field: it
+// is escaped, not ASCII, or equal to one of them but for case.
+func foldsLike(name []byte, fields ...string) bool {
+	for _, c := range name {
+		if c == '\\' || c >= utf8.RuneSelf {
+			return true
+		}
+	}
+	for _, f := range fields {
+		if bytes.EqualFold(name, []byte(f)) {
+			return true
+		}
+	}
+	return false
 }
 
 // bucket is a token bucket refilled continuously at its per-minute rate.

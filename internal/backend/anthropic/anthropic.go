@@ -97,7 +97,7 @@ type Backend struct {
 	// and read only: a RoundTripper must not modify a request. header and
 	// redact are pointers so that printing a Backend, even with %#v, shows
 	// addresses rather than the key they hold.
-	url    string
+	url    *url.URL
 	header *http.Header
 	redact *strings.Replacer
 }
@@ -174,7 +174,7 @@ func New(cfg Config) (*Backend, error) {
 		name:    cfg.Name,
 		timeout: cfg.Timeout,
 		rt:      rt,
-		url:     req.URL.String(),
+		url:     req.URL,
 		header:  &req.Header,
 		redact:  strings.NewReplacer(cfg.APIKey, "[redacted]"),
 	}, nil
@@ -218,14 +218,29 @@ var errTooLarge = fmt.Errorf("response body exceeds %d bytes", maxBody)
 // Do sends one request and returns the upstream Message, compacted. Errors
 // are *backend.Error, except that a cancelled ctx returns ctx.Err().
 func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, error) {
-	tctx, cancel := context.WithTimeout(ctx, b.timeout)
-	defer cancel()
-
-	req, err := http.NewRequestWithContext(tctx, http.MethodPost, b.url, bytes.NewReader(call.Params))
-	if err != nil {
-		return nil, b.fail(backend.ErrAPI, 0, 0, "upstream: build the request: "+err.Error())
+	tctx := ctx
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) >= b.timeout {
+		// Only a timeout that can end first needs a timer of its own (the
+		// dispatcher's deadline for the attempt usually comes sooner).
+		var cancel context.CancelFunc
+		tctx, cancel = context.WithTimeout(ctx, b.timeout)
+		defer cancel()
 	}
-	req.Header = *b.header
+
+	// What http.NewRequestWithContext makes, without parsing the URL again.
+	body := call.Params
+	req := (&http.Request{
+		Method:        http.MethodPost,
+		URL:           b.url,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        *b.header,
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		GetBody:       func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil },
+		ContentLength: int64(len(body)),
+		Host:          strings.TrimSuffix(b.url.Host, ":"),
+	}).WithContext(tctx)
 	if betas := joinBetas(call.Betas); betas != "" {
 		req.Header = b.header.Clone()
 		req.Header.Set("Anthropic-Beta", betas)
@@ -237,15 +252,15 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 	if call.OnResponse != nil {
 		call.OnResponse(res.StatusCode, res.Header)
 	}
-	body, err := io.ReadAll(io.LimitReader(res.Body, maxBody+1))
+	data, err := io.ReadAll(io.LimitReader(res.Body, maxBody+1))
 	_ = res.Body.Close()
-	if err == nil && len(body) > maxBody {
+	if err == nil && len(data) > maxBody {
 		err = errTooLarge
 	}
 	if err != nil {
 		return nil, b.failed(ctx, tctx, res.StatusCode, err, nil)
 	}
-	return b.response(&exchange{status: res.StatusCode, header: res.Header, body: body})
+	return b.response(&exchange{status: res.StatusCode, header: res.Header, body: data})
 }
 
 // failed classifies a call that got no whole response: the caller's
@@ -269,10 +284,10 @@ func (b *Backend) failed(ctx, tctx context.Context, status int, readErr, connErr
 
 // response turns a fully read upstream response into the call's result.
 func (b *Backend) response(ex *exchange) (json.RawMessage, error) {
-	retryAfter := backend.RetryAfter(ex.header, time.Now())
 	if ex.status >= 200 && ex.status < 300 {
 		return b.message(ex)
 	}
+	retryAfter := backend.RetryAfter(ex.header, time.Now())
 	if ex.status < 400 {
 		msg := fmt.Sprintf("upstream: unexpected HTTP %d", ex.status)
 		if loc := ex.header.Get("Location"); loc != "" {
@@ -295,7 +310,7 @@ func (b *Backend) message(ex *exchange) (json.RawMessage, error) {
 	// The common case, a valid and compact Message, is checked without
 	// decoding it (a decode into even two fields cost more than the rest
 	// of the call); anything else is decoded, for its exact error.
-	if json.Valid(ex.body) {
+	if backend.ValidJSON(ex.body) {
 		if typ, id, compact, ok := messageHead(ex.body); ok && typ == "message" && id != "" {
 			if compact {
 				return ex.body, nil

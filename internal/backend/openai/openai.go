@@ -11,6 +11,7 @@ package openai
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -47,6 +48,23 @@ type Config struct {
 	HTTPClient *http.Client
 }
 
+// Requests go to the client's transport directly, without http.Client:
+// it copies each request for the redirects it could follow, and Chat
+// Completions APIs answer a POST without redirecting. An answer that does
+// redirect (a 307 from http to https, a moved base URL) is sent again
+// through the client, which follows it as it always did. A caller's client
+// with a timeout, a cookie jar or a redirect policy of its own is always
+// used whole.
+
+// redirected reports whether http.Client would follow a response.
+func redirected(resp *http.Response) bool {
+	switch resp.StatusCode {
+	case 301, 302, 303, 307, 308:
+		return resp.Header.Get("Location") != ""
+	}
+	return false
+}
+
 // DefaultTimeout is the per-request limit when Config.Timeout is zero.
 const DefaultTimeout = 10 * time.Minute
 
@@ -78,6 +96,13 @@ type Backend struct {
 	apiKey   string
 	timeout  time.Duration
 	client   *http.Client
+	// rt, when set, is client's transport, sent to directly (see
+	// redirected); url and header are the request every call sends, parsed
+	// and built once. header is shared by every call and read only: a
+	// RoundTripper must not modify a request.
+	rt     http.RoundTripper
+	url    *url.URL
+	header http.Header
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -109,6 +134,16 @@ func New(cfg Config) (*Backend, error) {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = maxIdleConnsPerHost
 		b.client = &http.Client{Transport: tr}
+	}
+	if c := b.client; c.Timeout == 0 && c.Jar == nil && c.CheckRedirect == nil {
+		b.rt = cmp.Or[http.RoundTripper](c.Transport, http.DefaultTransport)
+	}
+	if b.url, err = url.Parse(endpoint); err != nil {
+		return nil, fmt.Errorf("openai backend: base URL: %v", err)
+	}
+	b.header = http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json"}, "User-Agent": {"batchd"}}
+	if b.apiKey != "" {
+		b.header.Set("Authorization", "Bearer "+b.apiKey)
 	}
 	return b, nil
 }
@@ -149,26 +184,23 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 	if err != nil {
 		return nil, err
 	}
-	body, err := encode(req)
-	if err != nil {
-		return nil, fmt.Errorf("encode chat request: %w", err)
+	body, ok := req.appendJSON(make([]byte, 0, 64+len(call.Params)))
+	if !ok {
+		var err error
+		if body, err = encode(req); err != nil {
+			return nil, fmt.Errorf("encode chat request: %w", err)
+		}
 	}
 
 	parent := ctx
-	ctx, cancel := context.WithTimeoutCause(ctx, b.timeout, errTimedOut)
-	defer cancel()
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, b.endpoint, bytes.NewReader(body))
-	if err != nil {
-		return nil, fmt.Errorf("build chat request: %w", err)
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) >= b.timeout {
+		// Only a timeout that can end first needs a timer of its own (the
+		// dispatcher's deadline for the attempt usually comes sooner).
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, b.timeout, errTimedOut)
+		defer cancel()
 	}
-	hreq.Header.Set("Content-Type", "application/json")
-	hreq.Header.Set("Accept", "application/json")
-	hreq.Header.Set("User-Agent", "batchd")
-	if b.apiKey != "" {
-		hreq.Header.Set("Authorization", "Bearer "+b.apiKey)
-	}
-
-	resp, err := b.client.Do(hreq)
+	resp, err := b.send(ctx, body)
 	if err != nil {
 		return nil, b.transportError(parent, ctx, err)
 	}
@@ -195,6 +227,48 @@ func (b *Backend) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 		return nil, b.redactError(err)
 	}
 	return msg, nil
+}
+
+// send posts body to the endpoint and returns the answer's status and
+// headers, its body unread.
+func (b *Backend) send(ctx context.Context, body []byte) (*http.Response, error) {
+	if b.rt == nil {
+		// A caller's client may write to a request's headers (a cookie
+		// jar does): it gets a copy of them.
+		req := b.request(ctx, body)
+		req.Header = b.header.Clone()
+		return b.client.Do(req)
+	}
+	req := b.request(ctx, body)
+	resp, err := b.rt.RoundTrip(req)
+	if err != nil {
+		// As http.Client words it, so errors read the same either way.
+		return nil, &url.Error{Op: "Post", URL: b.endpoint, Err: err}
+	}
+	if redirected(resp) {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		resp.Body.Close()
+		return b.client.Do(b.request(ctx, body))
+	}
+	return resp, nil
+}
+
+// request is what http.NewRequestWithContext makes of the endpoint and
+// body, without parsing the URL and building the headers again.
+func (b *Backend) request(ctx context.Context, body []byte) *http.Request {
+	req := &http.Request{
+		Method:        http.MethodPost,
+		URL:           b.url,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        b.header,
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		GetBody:       func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil },
+		ContentLength: int64(len(body)),
+		Host:          strings.TrimSuffix(b.url.Host, ":"), // as NewRequest sets it
+	}
+	return req.WithContext(ctx)
 }
 
 // transportError classifies a failure to get or read an answer. The caller

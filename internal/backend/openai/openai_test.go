@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -938,5 +940,63 @@ func TestClip(t *testing.T) {
 	}
 	if clip("short") != "short" {
 		t.Error("clip changed a short message")
+	}
+}
+
+// TestRedirectFollowed: requests skip http.Client, but an upstream that
+// redirects (307, 308: the POST and its body go again) is still followed,
+// as the client follows it.
+func TestRedirectFollowed(t *testing.T) {
+	t.Parallel()
+	moved := newUpstream(t, answer(200, nil, okCompletion))
+	for _, status := range []int{307, 308} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			t.Parallel()
+			u := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, moved.srv.URL+"/v2/chat/completions", status)
+			})
+			b := u.backend(t, Config{})
+			params := `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"moved ` + strconv.Itoa(status) + `"}]}`
+			if _, err := b.Do(context.Background(), call(params)); err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			moved.mu.Lock()
+			for _, r := range moved.reqs {
+				found = found || (r.path == "/v2/chat/completions" && strings.Contains(string(r.body), "moved "+strconv.Itoa(status)))
+			}
+			moved.mu.Unlock()
+			if !found {
+				t.Errorf("the redirect target never got the request")
+			}
+		})
+	}
+}
+
+// TestCallerClientWithJar: a caller's client with a cookie jar is used
+// whole (it adds the upstream's cookies), and never writes into the headers
+// every call shares: a second call sends one cookie, not two.
+func TestCallerClientWithJar(t *testing.T) {
+	t.Parallel()
+	u := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		http.SetCookie(w, &http.Cookie{Name: "s", Value: "1", Path: "/"})
+		answer(200, nil, okCompletion)(w, r)
+	})
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := u.backend(t, Config{HTTPClient: &http.Client{Jar: jar}})
+	params := `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]}`
+	for range 3 {
+		if _, err := b.Do(context.Background(), call(params)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := u.last(t).header.Values("Cookie"); len(got) != 1 || got[0] != "s=1" {
+		t.Errorf("third call sent Cookie %q, want one s=1", got)
+	}
+	if got := b.header.Values("Cookie"); len(got) != 0 {
+		t.Errorf("the shared headers gained Cookie %q", got)
 	}
 }

@@ -3,7 +3,7 @@ package openai
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -82,6 +82,79 @@ type namedFunction struct {
 	} `json:"function"`
 }
 
+// appendJSON appends r as encode would, without reflection, for the
+// common request: text messages (tool results included), no tools, no
+// image parts; ok is false for any other, which encode then writes.
+func (r *chatRequest) appendJSON(dst []byte) (out []byte, ok bool) {
+	if r.Tools != nil || r.ToolChoice != nil || r.ParallelToolCalls != nil {
+		return nil, false
+	}
+	dst = append(dst, `{"model":`...)
+	dst = appendQuoted(dst, r.Model)
+	dst = append(dst, `,"messages":`...)
+	if r.Messages == nil {
+		dst = append(dst, "null"...)
+	} else {
+		dst = append(dst, '[')
+		for i, m := range r.Messages {
+			if len(m.ToolCalls) > 0 {
+				return nil, false
+			}
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, `{"role":`...)
+			dst = appendQuoted(dst, m.Role)
+			switch c := m.Content.(type) {
+			case nil:
+			case string:
+				dst = append(dst, `,"content":`...)
+				dst = appendQuoted(dst, c)
+			default:
+				return nil, false
+			}
+			if m.ToolCallID != "" {
+				dst = append(dst, `,"tool_call_id":`...)
+				dst = appendQuoted(dst, m.ToolCallID)
+			}
+			dst = append(dst, '}')
+		}
+		dst = append(dst, ']')
+	}
+	dst = append(dst, `,"max_tokens":`...)
+	dst = strconv.AppendInt(dst, r.MaxTokens, 10)
+	for _, f := range []struct {
+		name string
+		v    *float64
+	}{{`,"temperature":`, r.Temperature}, {`,"top_p":`, r.TopP}} {
+		if f.v == nil {
+			continue
+		}
+		// encoding/json writes these as 'f' -1; smaller or larger
+		// numbers take an exponent, which encode writes.
+		if abs := math.Abs(*f.v); abs != 0 && (abs < 1e-6 || abs >= 1e21) || math.IsNaN(*f.v) {
+			return nil, false
+		}
+		dst = append(dst, f.name...)
+		dst = strconv.AppendFloat(dst, *f.v, 'f', -1, 64)
+	}
+	if len(r.Stop) > 0 {
+		dst = append(dst, `,"stop":[`...)
+		for i, s := range r.Stop {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendQuoted(dst, s)
+		}
+		dst = append(dst, ']')
+	}
+	if r.User != "" {
+		dst = append(dst, `,"user":`...)
+		dst = appendQuoted(dst, r.User)
+	}
+	return append(dst, '}'), true
+}
+
 // Fields accepted on purpose although nothing is sent for them. They are
 // hints whose absence cannot change what the model is asked to do:
 //   - cache_control (top level and on blocks and tools) asks for prompt
@@ -142,12 +215,16 @@ func translate(call backend.Call) (*chatRequest, []string, error) {
 		return nil, nil, err
 	}
 
-	var stream bool
-	if _, err := top.decode("stream", &stream, "a boolean"); err != nil {
-		return nil, nil, err
-	}
-	if stream {
-		return nil, nil, unsupported("stream")
+	// Values that may be absent are declared only when present: one passed
+	// to decode lives on the heap.
+	if top.get("stream") != nil {
+		var stream bool
+		if _, err := top.decode("stream", &stream, "a boolean"); err != nil {
+			return nil, nil, err
+		}
+		if stream {
+			return nil, nil, unsupported("stream")
+		}
 	}
 	if raw := top.get("thinking"); raw != nil {
 		th, err := parseObject("thinking", raw)
@@ -181,7 +258,9 @@ func translate(call backend.Call) (*chatRequest, []string, error) {
 		}
 	}
 	var msgs []json.RawMessage
-	if _, err := top.decode("messages", &msgs, "an array of messages"); err != nil {
+	if raw := top.get("messages"); raw != nil && raw[0] == '[' {
+		msgs = splitArray(raw)
+	} else if _, err := top.decode("messages", new([]json.RawMessage), "an array of messages"); err != nil {
 		return nil, nil, err
 	}
 	if len(msgs) == 0 {
@@ -202,7 +281,7 @@ func translate(call backend.Call) (*chatRequest, []string, error) {
 // systemText flattens the system prompt, a string or text blocks, into the
 // one string a system message carries.
 func systemText(raw json.RawMessage) (string, error) {
-	str, blocks, err := parseContent("system", raw)
+	str, blocks, err := parseContent(object{index: -1}, "system", raw)
 	if err != nil || blocks == nil {
 		return str, err
 	}
@@ -228,8 +307,7 @@ func systemText(raw json.RawMessage) (string, error) {
 // message, or for a user turn with tool results, a tool message per result
 // followed by the rest of the turn.
 func appendMessage(out []chatMessage, i int, raw json.RawMessage, last bool) ([]chatMessage, error) {
-	path := fmt.Sprintf("messages.%d", i)
-	m, err := parseObject(path, raw)
+	m, err := parseObjectAt("messages", i, raw)
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +322,7 @@ func appendMessage(out []chatMessage, i int, raw json.RawMessage, last bool) ([]
 	if content == nil {
 		return nil, invalid(m.name("content") + ": field required")
 	}
-	str, blocks, err := parseContent(m.name("content"), content)
+	str, blocks, err := parseContent(m, "content", content)
 	if err != nil {
 		return nil, err
 	}
@@ -259,7 +337,7 @@ func appendMessage(out []chatMessage, i int, raw json.RawMessage, last bool) ([]
 			// Anthropic continues a final assistant message (prefill); Chat
 			// Completions would answer it with a new message instead, which
 			// is a different request.
-			return nil, invalid(path + ": a final assistant message (prefill) is not supported by the openai backend")
+			return nil, invalid(m.path() + ": a final assistant message (prefill) is not supported by the openai backend")
 		}
 		if blocks == nil {
 			return append(out, chatMessage{Role: "assistant", Content: str}), nil
@@ -459,7 +537,7 @@ func toolResult(b object) (chatMessage, error) {
 	}
 	var text string
 	if raw := b.get("content"); raw != nil {
-		str, blocks, err := parseContent(b.name("content"), raw)
+		str, blocks, err := parseContent(b, "content", raw)
 		if err != nil {
 			return msg, err
 		}
@@ -503,11 +581,13 @@ func toolResult(b object) (chatMessage, error) {
 // anyway, because OpenAI rejects tool_choice without tools.
 func translateTools(top object, req *chatRequest) error {
 	var tools []json.RawMessage
-	if _, err := top.decode("tools", &tools, "an array of tools"); err != nil {
+	if raw := top.get("tools"); raw != nil && raw[0] == '[' {
+		tools = splitArray(raw)
+	} else if _, err := top.decode("tools", new([]json.RawMessage), "an array of tools"); err != nil {
 		return err
 	}
 	for i, raw := range tools {
-		t, err := parseObject(fmt.Sprintf("tools.%d", i), raw)
+		t, err := parseObjectAt("tools", i, raw)
 		if err != nil {
 			return err
 		}
@@ -592,10 +672,21 @@ func translateTools(top object, req *chatRequest) error {
 
 // object is one JSON object of the request being translated, with the dotted
 // path that names its fields in errors, as Anthropic's own errors do
-// ("messages.0.content.1.source.type").
+// ("messages.0.content.1.source.type"). The path is base, or base.index
+// when index >= 0, and is spelled only for an error: most requests have
+// none.
 type object struct {
-	path   string
-	fields map[string]json.RawMessage
+	base   string
+	index  int
+	fields []field
+}
+
+// field is one member of an object: its name, unescaped, and raw value.
+// A request's objects have a few members each, which a slice searched in
+// order finds sooner than a map is built.
+type field struct {
+	key []byte
+	raw json.RawMessage
 }
 
 // parseObject splits raw into its fields. The params (path "") are
@@ -604,32 +695,38 @@ type object struct {
 // and decoded the same bytes again for every object, array and field on
 // the way down, which made translation the largest cost of a call.
 func parseObject(path string, raw json.RawMessage) (object, error) {
-	if path == "" {
-		if !json.Valid(raw) {
+	return parseObjectAt(path, -1, raw)
+}
+
+// parseObjectAt is parseObject for the object at base.index.
+func parseObjectAt(base string, index int, raw json.RawMessage) (object, error) {
+	o := object{base: base, index: index}
+	if base == "" {
+		if !backend.ValidJSON(raw) {
 			return object{}, invalid("params: not valid JSON")
 		}
 		raw = bytes.Trim(raw, " \t\r\n")
 	}
 	if len(raw) == 0 || raw[0] != '{' {
-		if path == "" {
+		if base == "" {
 			return object{}, invalid("params: must be a JSON object")
 		}
-		return object{}, invalid(path + ": must be an object")
+		return object{}, invalid(o.path() + ": must be an object")
 	}
-	m := make(map[string]json.RawMessage, 8)
+	o.fields = make([]field, 0, 8)
 	for i := skipSpace(raw, 1); raw[i] != '}'; {
 		end := valueEnd(raw, i)
-		key := unquote(raw[i:end])
+		key := unquoteBytes(raw[i:end])
 		i = skipSpace(raw, end)
 		i = skipSpace(raw, i+1) // ':'
 		end = valueEnd(raw, i)
-		m[key] = raw[i:end:end] // the last of duplicate keys wins, as in encoding/json
+		o.fields = append(o.fields, field{key, raw[i:end:end]}) // get takes the last of duplicate keys, as encoding/json does
 		i = skipSpace(raw, end)
 		if raw[i] == ',' {
 			i = skipSpace(raw, i+1)
 		}
 	}
-	return object{path: path, fields: m}, nil
+	return o, nil
 }
 
 // splitArray splits raw, a valid JSON array, into its elements.
@@ -678,8 +775,11 @@ func valueEnd(raw []byte, i int) int {
 			}
 		}
 	default: // a number, true, false or null
-		for i < len(raw) && !strings.ContainsRune(",}] \t\r\n", rune(raw[i])) {
-			i++
+		for ; i < len(raw); i++ {
+			switch raw[i] {
+			case ',', '}', ']', ' ', '\t', '\r', '\n':
+				return i
+			}
 		}
 		return i
 	}
@@ -696,6 +796,14 @@ func unquote(raw []byte) string {
 	return out
 }
 
+// unquoteBytes is unquote without a copy when raw needs no decoding.
+func unquoteBytes(raw []byte) []byte {
+	if s := raw[1 : len(raw)-1]; plain(s) {
+		return s
+	}
+	return []byte(unquote(raw))
+}
+
 // plain reports whether s, the inside of a valid JSON string, is its own
 // value: no escapes, and valid UTF-8 (encoding/json replaces invalid bytes).
 func plain(s []byte) bool {
@@ -707,21 +815,33 @@ func plain(s []byte) bool {
 	return true
 }
 
-func (o object) name(key string) string {
-	if o.path == "" {
-		return key
+// path names the object in errors.
+func (o object) path() string {
+	if o.index < 0 {
+		return o.base
 	}
-	return o.path + "." + key
+	return o.base + "." + strconv.Itoa(o.index)
+}
+
+func (o object) name(key string) string {
+	if p := o.path(); p != "" {
+		return p + "." + key
+	}
+	return key
 }
 
 // get returns key's raw value, or nil when it is absent or null: the
 // Messages API treats an explicit null like an omitted field.
 func (o object) get(key string) json.RawMessage {
-	v := o.fields[key]
-	if len(v) == 0 || string(v) == "null" {
-		return nil
+	for i := len(o.fields) - 1; i >= 0; i-- {
+		if f := o.fields[i]; string(f.key) == key {
+			if string(f.raw) == "null" {
+				return nil
+			}
+			return f.raw
+		}
 	}
-	return v
+	return nil
 }
 
 // decode unmarshals key into v when present, reporting whether it was; want
@@ -764,6 +884,9 @@ func (o object) decode(key string, v any, want string) (bool, error) {
 
 // str returns a required string field.
 func (o object) str(key string) (string, error) {
+	if raw := o.get(key); raw != nil && raw[0] == '"' {
+		return unquote(raw), nil
+	}
 	var s string
 	ok, err := o.decode(key, &s, "a string")
 	if err != nil {
@@ -779,9 +902,9 @@ func (o object) str(key string) (string, error) {
 // order so the error is the same on every attempt.
 func (o object) only(allowed ...string) error {
 	var bad []string
-	for k := range o.fields {
-		if !slices.Contains(allowed, k) && o.get(k) != nil {
-			bad = append(bad, k)
+	for _, f := range o.fields {
+		if !slices.Contains(allowed, string(f.key)) && o.get(string(f.key)) != nil {
+			bad = append(bad, string(f.key))
 		}
 	}
 	if len(bad) == 0 {
@@ -791,19 +914,20 @@ func (o object) only(allowed ...string) error {
 	return unsupported(o.name(bad[0]))
 }
 
-// parseContent splits message content into a string or blocks; blocks is
-// nil exactly when the content was a string.
-func parseContent(path string, raw json.RawMessage) (string, []object, error) {
+// parseContent splits the content at o's key into a string or blocks;
+// blocks is nil exactly when the content was a string.
+func parseContent(o object, key string, raw json.RawMessage) (string, []object, error) {
 	if raw[0] == '"' {
 		return unquote(raw), nil, nil
 	}
+	path := o.name(key)
 	if raw[0] != '[' {
 		return "", nil, invalid(path + ": must be a string or an array of content blocks")
 	}
 	items := splitArray(raw)
 	blocks := make([]object, 0, len(items))
 	for j, item := range items {
-		b, err := parseObject(fmt.Sprintf("%s.%d", path, j), item)
+		b, err := parseObjectAt(path, j, item)
 		if err != nil {
 			return "", nil, err
 		}

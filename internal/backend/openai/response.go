@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	jsonv1 "github.com/go-json-experiment/json/v1"
+
+	"github.com/batchd/batchd/internal/backend"
 )
 
 // completion is the part of a Chat Completions answer that is translated.
@@ -96,15 +98,9 @@ const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 // Message JSON. model is the requested model, used when the server does not
 // name one; stops are the request's stop sequences.
 func convert(body []byte, model string, stops []string) ([]byte, error) {
-	// go-json-experiment's v1 API decodes with encoding/json's semantics
-	// at about twice its speed; a body it refuses is decoded again by
-	// encoding/json itself, which has the last word and words the error.
-	var c completion
-	if jsonv1.Unmarshal(body, &c) != nil {
-		c = completion{}
-		if err := json.Unmarshal(body, &c); err != nil {
-			return nil, badUpstream("decode completion: " + err.Error())
-		}
+	c, err := decodeCompletion(body)
+	if err != nil {
+		return nil, err
 	}
 	if len(c.Choices) == 0 {
 		if len(c.Error) > 0 && string(c.Error) != "null" {
@@ -176,6 +172,225 @@ func convert(body []byte, model string, stops []string) ([]byte, error) {
 		}
 	}
 	return msg.appendJSON(make([]byte, 0, 256+len(body))), nil
+}
+
+// decodeCompletion decodes a Chat Completions answer. The common answer is
+// read in one streaming pass (scanCompletion); anything that pass cannot
+// vouch for goes to go-json-experiment's v1 API, which decodes with
+// encoding/json's semantics at about twice its speed, and a body that
+// refuses is decoded again by encoding/json itself, which has the last
+// word and words the error.
+func decodeCompletion(body []byte) (completion, error) {
+	if c, sure := scanCompletion(body); sure {
+		return c, nil
+	}
+	return decodeCompletionSlow(body)
+}
+
+func decodeCompletionSlow(body []byte) (completion, error) {
+	var c completion
+	if jsonv1.Unmarshal(body, &c) != nil {
+		c = completion{}
+		if err := json.Unmarshal(body, &c); err != nil {
+			return completion{}, badUpstream("decode completion: " + err.Error())
+		}
+	}
+	return c, nil
+}
+
+// scanCompletion decodes body as decodeCompletionSlow would, in one pass
+// over bytes that backend.ValidJSON checked, without reflection (decoding was
+// the largest cost of a call). sure is false whenever its reading could
+// differ: body is not a valid object, a name is escaped, not ASCII,
+// repeated or matches a field only in case or punctuation, a field the
+// completion reads has a value of another type or null, a string it reads
+// is escaped or not ASCII, a count is not an int64, or a choice has tool
+// calls.
+func scanCompletion(body []byte) (c completion, sure bool) {
+	if !backend.ValidJSON(body) {
+		return completion{}, false
+	}
+	body = body[skipSpace(body, 0):]
+	var seen uint8
+	ok := scanObject(body, &seen, func(name string, v []byte) bool {
+		switch name {
+		case "id":
+			return scanString(v, &c.ID)
+		case "model":
+			return scanString(v, &c.Model)
+		case "choices":
+			return scanChoices(v, &c.Choices)
+		case "usage":
+			var seen uint8
+			return scanObject(v, &seen, func(name string, v []byte) bool {
+				switch name {
+				case "prompt_tokens":
+					return scanInt(v, &c.Usage.PromptTokens)
+				case "completion_tokens":
+					return scanInt(v, &c.Usage.CompletionTokens)
+				}
+				return true
+			}, "prompt_tokens", "completion_tokens")
+		case "error":
+			c.Error = v
+		}
+		return true
+	}, "id", "model", "choices", "usage", "error")
+	if !ok {
+		return completion{}, false
+	}
+	return c, true
+}
+
+// scanObject calls member for each member of obj, a valid JSON object,
+// with its name and value. fields are the names a decoder would match:
+// member is called with the name itself for those, and with "" for any
+// other (whose value it then ignores). It returns false, as soon as
+// member does, or for a name that is escaped, not ASCII, matches one of
+// fields only in case or punctuation, or repeats one of them (seen holds
+// those already met; at most 8 fields).
+func scanObject(obj []byte, seen *uint8, member func(name string, v []byte) bool, fields ...string) bool {
+	if len(obj) == 0 || obj[0] != '{' {
+		return false
+	}
+	for i := skipSpace(obj, 1); obj[i] != '}'; {
+		end := valueEnd(obj, i)
+		name := obj[i+1 : end-1]
+		i = skipSpace(obj, end)
+		i = skipSpace(obj, i+1) // ':'
+		end = valueEnd(obj, i)
+		v := obj[i:end:end]
+		i = skipSpace(obj, end)
+		if obj[i] == ',' {
+			i = skipSpace(obj, i+1)
+		}
+		field := ""
+		for k, f := range fields {
+			if string(name) == f {
+				if *seen&(1<<k) != 0 {
+					return false
+				}
+				*seen |= 1 << k
+				field = f
+				break
+			}
+		}
+		if field == "" && (bytes.IndexByte(name, '\\') >= 0 || like(name, fields...)) {
+			return false
+		}
+		if field != "" && !member(field, v) {
+			return false
+		}
+	}
+	return true
+}
+
+func scanChoices(v []byte, out *[]choice) bool {
+	if v[0] != '[' {
+		return false
+	}
+	items := splitArray(v)
+	*out = make([]choice, len(items))
+	for n, item := range items {
+		ch := &(*out)[n]
+		var seen uint8
+		ok := scanObject(item, &seen, func(name string, v []byte) bool {
+			switch name {
+			case "message":
+				m := &ch.Message
+				var seen uint8
+				return scanObject(v, &seen, func(name string, v []byte) bool {
+					switch name {
+					case "content":
+						m.Content = v
+					case "refusal":
+						return scanString(v, &m.Refusal)
+					case "tool_calls":
+						// None, or an empty list as vLLM sends; calls are
+						// read by the library.
+						switch {
+						case string(v) == "null":
+						case v[0] == '[' && v[skipSpace(v, 1)] == ']':
+							m.ToolCalls = []toolCall{}
+						default:
+							return false
+						}
+					}
+					return true
+				}, "content", "refusal", "tool_calls")
+			case "finish_reason":
+				return scanString(v, &ch.FinishReason)
+			case "stop_reason":
+				ch.StopReason = v
+			}
+			return true
+		}, "message", "finish_reason", "stop_reason")
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// scanString reads a string value that is its own text: printable ASCII
+// without escapes.
+func scanString(v []byte, out *string) bool {
+	if v[0] != '"' {
+		return false
+	}
+	s := v[1 : len(v)-1]
+	for _, c := range s {
+		if c == '\\' || c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	*out = string(s)
+	return true
+}
+
+func scanInt(v []byte, out *int64) bool {
+	n, err := strconv.ParseInt(string(v), 10, 64)
+	*out = n
+	return err == nil
+}
+
+// like reports whether name could match one of fields in a decoder that
+// ignores case (and, in go-json-experiment, '_' and '-'), without being
+// exactly it; a name that is not ASCII always could.
+func like(name []byte, fields ...string) bool {
+	for _, c := range name {
+		if c >= utf8.RuneSelf {
+			return true
+		}
+	}
+	for _, f := range fields {
+		if foldedEqual(name, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// foldedEqual compares ASCII a and b ignoring case, '_' and '-'.
+func foldedEqual(a []byte, b string) bool {
+	i, j := 0, 0
+	for {
+		for i < len(a) && (a[i] == '_' || a[i] == '-') {
+			i++
+		}
+		for j < len(b) && (b[j] == '_' || b[j] == '-') {
+			j++
+		}
+		if i == len(a) || j == len(b) {
+			return i == len(a) && j == len(b)
+		}
+		x, y := a[i]|0x20, b[j]|0x20
+		if x != y || (x < 'a' || x > 'z') && a[i] != b[j] {
+			return false
+		}
+		i++
+		j++
+	}
 }
 
 // appendJSON appends m as encode would (compact, <, > and & as they are),

@@ -37,6 +37,10 @@ type Store struct {
 	w     *sql.DB // the single writer
 	r     *sql.DB // readers
 	stmts map[string]*sql.Stmt
+	// batchGet is prepared on the readers: GET of a batch is what a client
+	// polls, and parsing its SELECT again each time cost more than running
+	// it (the driver caches no statements).
+	batchGet *sql.Stmt
 
 	stop, stopped chan struct{} // the checkpointer's
 	closeOnce     sync.Once
@@ -50,8 +54,12 @@ const (
 	qOpenBatches = `SELECT seq, id, expires_at, betas FROM batches
 		WHERE status != 'ended' AND status = 'in_progress' AND expires_at > ?
 		ORDER BY last_claimed_at, seq`
-	qClaim = `UPDATE tasks SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
-		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND backend = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?)
+	// The LIMIT is "? + 0", not a bare "?": SQLite plans a bare LIMIT
+	// parameter with its bound value and so re-prepares the statement
+	// whenever the next claim asks for another number of requests, which
+	// the dispatcher's do nearly every time (BenchmarkClaimComplete, vary).
+	qClaim = `UPDATE OR FAIL tasks SET state = 1, lease_owner = ?, lease_expires = ?, attempts = attempts + 1
+		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND backend = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ? + 0)
 		RETURNING id, attempts`
 	qClaimParams = `SELECT id, custom_id, params FROM requests WHERE id IN (SELECT value FROM json_each(?))`
 	qTouchBatch  = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
@@ -64,8 +72,16 @@ const (
 		WHERE seq = ? AND status IN ('in_progress', 'canceling')
 		AND n_succeeded + n_errored + n_canceled + n_expired >= total RETURNING ` + batchCols
 	qBatchBySeq = `SELECT ` + batchCols + ` FROM batches WHERE seq = ?`
+	qBatchGet   = `SELECT ` + batchCols + ` FROM batches WHERE id = ? AND workspace = ? AND status != 'creating'`
 )
 
+// The hot statements that write many rows say OR FAIL, which only
+// differs from the default (ABORT) in keeping the rows a failing statement
+// wrote before it failed, and every such failure rolls the whole
+// transaction back here anyway; with ABORT, SQLite copies every page such
+// a statement touches into a statement journal first, so that it could
+// undo the statement alone.
+//
 // Outcomes settle in chunks of these sizes, each with its own prepared
 // multi-row statements: a group of 100 runs as 64+16+16+4 rows in 8
 // statements instead of 200.
@@ -79,7 +95,7 @@ func qSettle(n int) string {
 }
 
 func qAddResults(n int) string {
-	return `INSERT INTO results (id, batch_seq, custom_id, result_type, result) VALUES ` +
+	return `INSERT OR FAIL INTO results (id, batch_seq, custom_id, result_type, result) VALUES ` +
 		strings.TrimSuffix(strings.Repeat("(?,?,?,?,?),", n), ",")
 }
 
@@ -90,12 +106,12 @@ var insertChunkSizes = []int{200, 40, 8, 1}
 const qMaxRequestID = `SELECT coalesce(max(id), 0) FROM requests`
 
 func qInsertRequests(n int) string {
-	return `INSERT INTO requests (batch_seq, custom_id, model, params) VALUES ` +
+	return `INSERT OR FAIL INTO requests (batch_seq, custom_id, model, params) VALUES ` +
 		strings.TrimSuffix(strings.Repeat("(?,?,?,?),", n), ",")
 }
 
 func qInsertTasks(n int) string {
-	return `INSERT INTO tasks (id, batch_seq, backend) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?,?),", n), ",")
+	return `INSERT OR FAIL INTO tasks (id, batch_seq, backend) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?,?),", n), ",")
 }
 
 // chunkLen is the largest of sizes (in decreasing order, the last 1) that
@@ -128,6 +144,10 @@ func (s *Store) prepare(ctx context.Context) error {
 			return fmt.Errorf("prepare: %w", err)
 		}
 		s.stmts[q] = st
+	}
+	var err error
+	if s.batchGet, err = s.r.PrepareContext(ctx, qBatchGet); err != nil {
+		return fmt.Errorf("prepare: %w", err)
 	}
 	return nil
 }
@@ -263,6 +283,9 @@ func (s *Store) Close() error {
 	})
 	for _, st := range s.stmts {
 		st.Close()
+	}
+	if s.batchGet != nil {
+		s.batchGet.Close()
 	}
 	return errors.Join(s.r.Close(), s.w.Close())
 }
@@ -589,8 +612,7 @@ func querySeqs(ctx context.Context, tx *sql.Tx, q string, args ...any) ([]int64,
 
 // BatchGet implements store.Store.
 func (s *Store) BatchGet(ctx context.Context, p store.BatchGetParams) (*store.Batch, error) {
-	b, err := scanBatch(s.r.QueryRowContext(ctx, `SELECT `+batchCols+` FROM batches
-		WHERE id = ? AND workspace = ? AND status != 'creating'`, p.ID, p.Workspace))
+	b, err := scanBatch(s.batchGet.QueryRowContext(ctx, p.ID, p.Workspace))
 	if err != nil {
 		return nil, fmt.Errorf("get batch: %w", err)
 	}
