@@ -78,7 +78,7 @@ func TestClusterCancelStopsOtherProcess(t *testing.T) {
 			Routes:   []config.Route{{Model: "*", Backend: "up"}},
 		}
 	})
-	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL = url }))
+	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL, c.Webhooks.Key = url, clusterKey }))
 
 	const n = 30
 	bt := sdkBatch(t, b.Client, requests(n, "r")...)
@@ -109,7 +109,7 @@ func TestClusterIdleProcessWokenByCreate(t *testing.T) {
 	t.Parallel()
 	url := clusterURL(t)
 	b := clusterServer(t, url, func(c *server.Config) { c.Dispatch.PollInterval = idlePoll })
-	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL = url }))
+	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL, c.Webhooks.Key = url, clusterKey }))
 	_ = b
 	bt := sdkBatch(t, a.Client, requests(3, "r")...)
 	waitEnded(t, a.Client, bt.ID, 30*time.Second)
@@ -125,7 +125,7 @@ func TestClusterStreamSeesOtherProcess(t *testing.T) {
 	b := clusterServer(t, url, func(c *server.Config) {
 		c.StreamPollInterval, c.Dispatch.PollInterval = idlePoll, idlePoll
 	})
-	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL = url }))
+	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL, c.Webhooks.Key = url, clusterKey }))
 	events, res := openStream(t, b.URL+"/v1/events")
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("stream: %s", res.Status)
@@ -162,7 +162,7 @@ func TestClusterListenerReconnects(t *testing.T) {
 	t.Parallel()
 	url := clusterURL(t)
 	b := clusterServer(t, url, func(c *server.Config) { c.Dispatch.PollInterval = idlePoll })
-	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL = url }))
+	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL, c.Webhooks.Key = url, clusterKey }))
 	_ = b
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, url)
@@ -203,7 +203,7 @@ func TestClusterCancelForwardedByHolder(t *testing.T) {
 		delegating(up.URL, 100)(c)
 		c.Lease, c.Dispatch.Lease = time.Minute, time.Minute
 	})
-	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL = url }))
+	a := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.DatabaseURL, c.Webhooks.Key = url, clusterKey }))
 	bt := createRaw(t, b.URL, createBody(t, nRequests("c", 5, "[[sim latency=1s]] slow")...))
 	var ups []wireBatch
 	waitFor(t, 20*time.Second, "the upstream batch", func() bool {
