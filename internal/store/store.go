@@ -506,6 +506,35 @@ type WebhookEndpointUpdateParams struct {
 	PreviousUntil time.Time
 }
 
+// Apply changes e as p asks, the same for every driver: each driver reads
+// the row under its lock, applies, and writes it back.
+func (p WebhookEndpointUpdateParams) Apply(e *WebhookEndpoint) {
+	if p.URL != nil {
+		e.URL = *p.URL
+	}
+	if p.Description != nil {
+		e.Description = *p.Description
+	}
+	if p.EventTypes != nil {
+		e.EventTypes = *p.EventTypes
+	}
+	if p.Enabled != nil {
+		e.Enabled = *p.Enabled
+		e.DisabledReason = ""
+		if !e.Enabled {
+			e.DisabledReason = p.DisabledReason
+		} else {
+			e.FailingSince = nil // a fresh start after a disable
+		}
+	}
+	if p.Rotate != nil {
+		e.PreviousSecret, e.Secret = e.Secret, *p.Rotate
+		t := p.PreviousUntil
+		e.PreviousExpiresAt = &t
+	}
+	e.UpdatedAt = p.Now
+}
+
 // Delivery states.
 const (
 	DeliveryPending   = "pending"

@@ -290,30 +290,7 @@ func (s *Store) WebhookEndpointUpdate(ctx context.Context, p store.WebhookEndpoi
 		if e, err = scanEndpoint(tx.QueryRow(ctx, qEndpointGet+` FOR UPDATE`, p.ID, p.Workspace)); err != nil {
 			return err
 		}
-		if p.URL != nil {
-			e.URL = *p.URL
-		}
-		if p.Description != nil {
-			e.Description = *p.Description
-		}
-		if p.EventTypes != nil {
-			e.EventTypes = *p.EventTypes
-		}
-		if p.Enabled != nil {
-			e.Enabled = *p.Enabled
-			e.DisabledReason = ""
-			if !e.Enabled {
-				e.DisabledReason = p.DisabledReason
-			} else {
-				e.FailingSince = nil // a fresh start after a disable
-			}
-		}
-		if p.Rotate != nil {
-			e.PreviousSecret, e.Secret = e.Secret, *p.Rotate
-			t := p.PreviousUntil
-			e.PreviousExpiresAt = &t
-		}
-		e.UpdatedAt = p.Now
+		p.Apply(e)
 		_, err = tx.Exec(ctx, qEndpointUpdate, e.URL, e.Description, strings.Join(e.EventTypes, ","), e.Secret, e.PreviousSecret,
 			nullMicros(e.PreviousExpiresAt), e.Enabled, e.DisabledReason, nullMicros(e.FailingSince), micros(p.Now), e.ID)
 		return err

@@ -962,30 +962,8 @@ func (s *Store) WebhookEndpointUpdate(ctx context.Context, p store.WebhookEndpoi
 		if e, err = scanEndpoint(tx.QueryRowContext(ctx, `SELECT `+endpointCols+` FROM webhook_endpoints WHERE id = ? AND workspace = ?`, p.ID, p.Workspace)); err != nil {
 			return err
 		}
-		if p.URL != nil {
-			e.URL = *p.URL
-		}
-		if p.Description != nil {
-			e.Description = *p.Description
-		}
-		if p.EventTypes != nil {
-			e.EventTypes = *p.EventTypes
-		}
-		if p.Enabled != nil {
-			e.Enabled = *p.Enabled
-			e.DisabledReason = ""
-			if !e.Enabled {
-				e.DisabledReason = p.DisabledReason
-			} else {
-				e.FailingSince = nil // a fresh start after a disable
-			}
-		}
+		p.Apply(e)
 		var prevExp any
-		if p.Rotate != nil {
-			e.PreviousSecret, e.Secret = e.Secret, *p.Rotate
-			t := p.PreviousUntil
-			e.PreviousExpiresAt = &t
-		}
 		if e.PreviousExpiresAt != nil {
 			prevExp = micros(*e.PreviousExpiresAt)
 		}
@@ -997,7 +975,6 @@ func (s *Store) WebhookEndpointUpdate(ctx context.Context, p store.WebhookEndpoi
 		if e.Enabled {
 			enabled = 1
 		}
-		e.UpdatedAt = p.Now
 		_, err = tx.ExecContext(ctx, `UPDATE webhook_endpoints SET url = ?, description = ?, event_types = ?, secret = ?,
 			previous_secret = nullif(?, ''), previous_expires_at = ?, enabled = ?, disabled_reason = ?, failing_since = ?, updated_at = ?
 			WHERE id = ?`, e.URL, e.Description, strings.Join(e.EventTypes, ","), e.Secret, e.PreviousSecret, prevExp, enabled,
