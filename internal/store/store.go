@@ -91,6 +91,20 @@ type Counts struct {
 	Expired    int64 `json:"expired"`
 }
 
+// Add counts n more settled requests of resultType (store.Result…).
+func (c *Counts) Add(resultType string, n int64) {
+	switch resultType {
+	case ResultSucceeded:
+		c.Succeeded += n
+	case ResultErrored:
+		c.Errored += n
+	case ResultCanceled:
+		c.Canceled += n
+	case ResultExpired:
+		c.Expired += n
+	}
+}
+
 // Batch is one message batch as stored.
 type Batch struct {
 	ID                string

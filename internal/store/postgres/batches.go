@@ -254,28 +254,12 @@ func (s *Store) BatchList(ctx context.Context, p store.BatchListParams) (*store.
 	return page, nil
 }
 
-// counts is a delta to a batch's settled counts.
-type counts struct{ succeeded, errored, canceled, expired int64 }
-
-func (c *counts) add(resultType string, n int64) {
-	switch resultType {
-	case store.ResultSucceeded:
-		c.succeeded += n
-	case store.ResultErrored:
-		c.errored += n
-	case store.ResultCanceled:
-		c.canceled += n
-	case store.ResultExpired:
-		c.expired += n
-	}
-}
-
 // settle applies a count delta and ends the batch if every request is now
 // settled. The end is guarded by status, so it happens exactly once; the
 // caller holds the batch row (lockBatches).
-func settle(ctx context.Context, tx pgx.Tx, seq int64, d counts, now time.Time) (*store.BatchChange, error) {
-	if d != (counts{}) {
-		if _, err := tx.Exec(ctx, qAddCounts, d.succeeded, d.errored, d.canceled, d.expired, seq); err != nil {
+func settle(ctx context.Context, tx pgx.Tx, seq int64, d store.Counts, now time.Time) (*store.BatchChange, error) {
+	if d != (store.Counts{}) {
+		if _, err := tx.Exec(ctx, qAddCounts, d.Succeeded, d.Errored, d.Canceled, d.Expired, seq); err != nil {
 			return nil, err
 		}
 	}
@@ -332,7 +316,7 @@ func (s *Store) BatchCancel(ctx context.Context, p store.BatchCancelParams) (*st
 		if err != nil {
 			return err
 		}
-		ch, err = settle(ctx, tx, b.Seq, counts{canceled: n}, p.Now)
+		ch, err = settle(ctx, tx, b.Seq, store.Counts{Canceled: n}, p.Now)
 		return err
 	})
 	if err != nil {
@@ -378,7 +362,7 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 			if err != nil {
 				return err
 			}
-			ch, err := settle(ctx, tx, seq, counts{expired: expired, errored: errored}, p.Now)
+			ch, err := settle(ctx, tx, seq, store.Counts{Expired: expired, Errored: errored}, p.Now)
 			if err != nil {
 				return err
 			}

@@ -279,16 +279,16 @@ func completeTx(ctx context.Context, tx pgx.Tx, p store.RequestsCompleteParams) 
 	if err != nil {
 		return nil, err
 	}
-	deltas := map[int64]*counts{}
+	deltas := map[int64]*store.Counts{}
 	var order []int64
 	for _, o := range settled {
 		d := deltas[o.BatchSeq]
 		if d == nil {
-			d = &counts{}
+			d = &store.Counts{}
 			deltas[o.BatchSeq] = d
 			order = append(order, o.BatchSeq)
 		}
-		d.add(o.ResultType, 1)
+		d.Add(o.ResultType, 1)
 	}
 	var out []*store.BatchChange
 	for _, seq := range order {
@@ -370,7 +370,7 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 		}
 		slices.Sort(order)
 		for _, seq := range order {
-			ch, err := settle(ctx, tx, seq, counts{canceled: deltas[seq]}, p.Now)
+			ch, err := settle(ctx, tx, seq, store.Counts{Canceled: deltas[seq]}, p.Now)
 			if err != nil {
 				return err
 			}

@@ -178,7 +178,7 @@ func (s *Store) UpstreamBatchAbandon(ctx context.Context, p store.UpstreamBatchA
 			return err
 		}
 		if canceled > 0 {
-			ch, err := settle(ctx, tx, seq, counts{canceled: canceled}, p.Now)
+			ch, err := settle(ctx, tx, seq, store.Counts{Canceled: canceled}, p.Now)
 			if err != nil {
 				return err
 			}

@@ -680,27 +680,11 @@ func (s *Store) BatchList(ctx context.Context, p store.BatchListParams) (*store.
 	return page, nil
 }
 
-// counts is a delta to a batch's settled counts.
-type counts struct{ succeeded, errored, canceled, expired int64 }
-
-func (c *counts) add(resultType string, n int64) {
-	switch resultType {
-	case store.ResultSucceeded:
-		c.succeeded += n
-	case store.ResultErrored:
-		c.errored += n
-	case store.ResultCanceled:
-		c.canceled += n
-	case store.ResultExpired:
-		c.expired += n
-	}
-}
-
 // settle applies a count delta and ends the batch if every request is now
 // settled. The end is guarded by status, so it happens exactly once.
-func (s *Store) settle(ctx context.Context, tx *sql.Tx, seq int64, d counts, now time.Time) (*store.BatchChange, error) {
-	if d != (counts{}) {
-		_, err := s.stmt(ctx, tx, qAddCounts).ExecContext(ctx, d.succeeded, d.errored, d.canceled, d.expired, seq)
+func (s *Store) settle(ctx context.Context, tx *sql.Tx, seq int64, d store.Counts, now time.Time) (*store.BatchChange, error) {
+	if d != (store.Counts{}) {
+		_, err := s.stmt(ctx, tx, qAddCounts).ExecContext(ctx, d.Succeeded, d.Errored, d.Canceled, d.Expired, seq)
 		if err != nil {
 			return nil, err
 		}
@@ -750,7 +734,7 @@ func (s *Store) BatchCancel(ctx context.Context, p store.BatchCancelParams) (*st
 		if err != nil {
 			return err
 		}
-		ch, err = s.settle(ctx, tx, b.Seq, counts{canceled: n}, p.Now)
+		ch, err = s.settle(ctx, tx, b.Seq, store.Counts{Canceled: n}, p.Now)
 		return err
 	})
 	if err != nil {
@@ -1280,7 +1264,7 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 			if err != nil {
 				return err
 			}
-			ch, err := s.settle(ctx, tx, seq, counts{expired: expired, errored: errored}, p.Now)
+			ch, err := s.settle(ctx, tx, seq, store.Counts{Expired: expired, Errored: errored}, p.Now)
 			if err != nil {
 				return err
 			}
@@ -1572,16 +1556,16 @@ func (s *Store) completeTx(ctx context.Context, tx *sql.Tx, p store.RequestsComp
 	if err != nil {
 		return nil, err
 	}
-	deltas := map[int64]*counts{}
+	deltas := map[int64]*store.Counts{}
 	var order []int64
 	for _, o := range settled {
 		d := deltas[o.BatchSeq]
 		if d == nil {
-			d = &counts{}
+			d = &store.Counts{}
 			deltas[o.BatchSeq] = d
 			order = append(order, o.BatchSeq)
 		}
-		d.add(o.ResultType, 1)
+		d.Add(o.ResultType, 1)
 	}
 	for _, seq := range order {
 		ch, err := s.settle(ctx, tx, seq, *deltas[seq], p.Now)
@@ -1706,7 +1690,7 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 			deltas[seq]++
 		}
 		for seq, n := range deltas {
-			ch, err := s.settle(ctx, tx, seq, counts{canceled: n}, p.Now)
+			ch, err := s.settle(ctx, tx, seq, store.Counts{Canceled: n}, p.Now)
 			if err != nil {
 				return err
 			}
@@ -2176,7 +2160,7 @@ func (s *Store) UpstreamBatchAbandon(ctx context.Context, p store.UpstreamBatchA
 			return err
 		}
 		if canceled > 0 {
-			ch, err := s.settle(ctx, tx, seq, counts{canceled: canceled}, p.Now)
+			ch, err := s.settle(ctx, tx, seq, store.Counts{Canceled: canceled}, p.Now)
 			if err != nil {
 				return err
 			}
