@@ -90,3 +90,49 @@ func (a Amounts) Max(b Amounts) Amounts {
 	return Amounts{max(a.Concurrency, b.Concurrency), max(a.RequestsPerMinute, b.RequestsPerMinute),
 		max(a.InputTokensPerMinute, b.InputTokensPerMinute), max(a.OutputTokensPerMinute, b.OutputTokensPerMinute)}
 }
+
+// LimitShareGrant is the outcome of one claim of a renewal: Grant is what
+// the owner may apply, Record what its row is to hold (the grant, or what
+// it still holds above it while it drains).
+type LimitShareGrant struct {
+	Backend string
+	Grant   Amounts
+	Record  Amounts
+}
+
+// Grants applies GrantShare to each of p's claims, given the others' live
+// holdings by backend: the rule both drivers apply inside the renewal's
+// transaction.
+func (p LimitSharesRenewParams) Grants(live map[string][]LimitShareHolding) []LimitShareGrant {
+	out := make([]LimitShareGrant, 0, len(p.Claims))
+	for _, c := range p.Claims {
+		g := GrantShare(p.Owner, c, live[c.Backend])
+		out = append(out, LimitShareGrant{Backend: c.Backend, Grant: g, Record: c.Held.Max(g)})
+	}
+	return out
+}
+
+// RowScanner is what ScanLimitShareHoldings reads: database/sql's and
+// pgx's rows both are one.
+type RowScanner interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// ScanLimitShareHoldings reads rows of (backend, owner, concurrency,
+// requests_pm, input_tokens_pm, output_tokens_pm) into holdings by
+// backend. The caller closes rows.
+func ScanLimitShareHoldings(rows RowScanner) (map[string][]LimitShareHolding, error) {
+	live := map[string][]LimitShareHolding{}
+	for rows.Next() {
+		var backend string
+		var h LimitShareHolding
+		if err := rows.Scan(&backend, &h.Owner, &h.Held.Concurrency, &h.Held.RequestsPerMinute,
+			&h.Held.InputTokensPerMinute, &h.Held.OutputTokensPerMinute); err != nil {
+			return nil, err
+		}
+		live[backend] = append(live[backend], h)
+	}
+	return live, rows.Err()
+}

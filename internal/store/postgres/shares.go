@@ -39,29 +39,18 @@ func (s *Store) LimitSharesRenew(ctx context.Context, p store.LimitSharesRenewPa
 		if err != nil {
 			return err
 		}
-		live := map[string][]store.LimitShareHolding{}
-		for rows.Next() {
-			var backend string
-			var h store.LimitShareHolding
-			if err := rows.Scan(&backend, &h.Owner, &h.Held.Concurrency, &h.Held.RequestsPerMinute,
-				&h.Held.InputTokensPerMinute, &h.Held.OutputTokensPerMinute); err != nil {
-				rows.Close()
-				return err
-			}
-			live[backend] = append(live[backend], h)
-		}
+		live, err := store.ScanLimitShareHoldings(rows)
 		rows.Close()
-		if err := rows.Err(); err != nil {
+		if err != nil {
 			return err
 		}
-		for _, c := range p.Claims {
-			g := store.GrantShare(p.Owner, c, live[c.Backend])
-			h := c.Held.Max(g)
-			if _, err := tx.Exec(ctx, qSharesUpsert, c.Backend, p.Owner, h.Concurrency, h.RequestsPerMinute,
+		for _, g := range p.Grants(live) {
+			h := g.Record
+			if _, err := tx.Exec(ctx, qSharesUpsert, g.Backend, p.Owner, h.Concurrency, h.RequestsPerMinute,
 				h.InputTokensPerMinute, h.OutputTokensPerMinute, micros(p.Until)); err != nil {
 				return err
 			}
-			grants = append(grants, g)
+			grants = append(grants, g.Grant)
 		}
 		return nil
 	})
