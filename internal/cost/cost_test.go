@@ -1,0 +1,126 @@
+package cost
+
+import (
+	"math"
+	"slices"
+	"testing"
+)
+
+func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
+
+// The cases are worked by hand from the pricing page's numbers (USD per
+// million tokens), so a wrong multiplier or unit shows as a wrong sum.
+func TestPriceByHand(t *testing.T) {
+	t.Parallel()
+	tab := Default()
+	for _, tc := range []struct {
+		name          string
+		byModel       map[string]Tokens
+		batch, stdUSD float64
+		unpriced      []string
+	}{
+		{"input and output", map[string]Tokens{"claude-sonnet-4-5": {Input: 1_000_000, Output: 1_000_000}},
+			9, 18, nil}, // 3 + 15 standard, half in a batch
+		{"5-minute cache write", map[string]Tokens{"claude-sonnet-4-5": {CacheWrite5m: 100_000}},
+			0.1875, 0.375, nil}, // 0.1 M × 3.75 = 1.25 × 3 × 0.1
+		{"1-hour cache write", map[string]Tokens{"claude-sonnet-4-5": {CacheWrite1h: 100_000}},
+			0.3, 0.6, nil}, // 0.1 M × 6 = 2 × 3 × 0.1
+		{"cache read", map[string]Tokens{"claude-sonnet-4-5": {CacheRead: 1_000_000}},
+			0.15, 0.3, nil}, // 0.1 × 3
+		{"mixed models", map[string]Tokens{
+			"claude-sonnet-4-5":          {Input: 1_000_000, Output: 1_000_000},
+			"claude-haiku-4-5-20251001": {Input: 2_000_000, Output: 500_000}}, // 2 × 1 + 0.5 × 5 = 4.5
+			(18 + 4.5) / 2, 18 + 4.5, nil},
+		{"opus 4.1 every kind", map[string]Tokens{"claude-opus-4-1": {Input: 10, Output: 20, CacheWrite5m: 30, CacheWrite1h: 40, CacheRead: 50}},
+			(10*15 + 20*75 + 30*18.75 + 40*30 + 50*1.5) / 1e6 / 2, (10*15 + 20*75 + 30*18.75 + 40*30 + 50*1.5) / 1e6, nil},
+		{"an unknown model is unpriced, not free", map[string]Tokens{
+			"llama-3-8b":        {Input: 1_000_000, Output: 1_000_000},
+			"claude-sonnet-4-5": {Output: 1_000_000}},
+			7.5, 15, []string{"llama-3-8b"}},
+		{"a model unknown by its base id is not priced as an older one", map[string]Tokens{"claude-opus-4-9": {Input: 1_000_000}},
+			0, 0, []string{"claude-opus-4-9"}},
+		{"nothing", map[string]Tokens{}, 0, 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := tab.Price(tc.byModel)
+			if !near(r.BatchUSD, tc.batch) || !near(r.StandardUSD, tc.stdUSD) || !near(r.SavingUSD, tc.stdUSD-tc.batch) {
+				t.Errorf("batch %v standard %v saving %v, want %v %v %v", r.BatchUSD, r.StandardUSD, r.SavingUSD, tc.batch, tc.stdUSD, tc.stdUSD-tc.batch)
+			}
+			if !slices.Equal(r.Unpriced, tc.unpriced) && (len(r.Unpriced) != 0 || tc.unpriced != nil) {
+				t.Errorf("unpriced %v, want %v", r.Unpriced, tc.unpriced)
+			}
+			var sum Tokens
+			for _, tok := range tc.byModel {
+				sum = sum.Add(tok)
+			}
+			if r.Tokens != sum || len(r.Models) != len(tc.byModel) {
+				t.Errorf("tokens %+v over %d models, want %+v over %d", r.Tokens, len(r.Models), sum, len(tc.byModel))
+			}
+		})
+	}
+}
+
+func TestParseUsage(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, raw string
+		want      Tokens
+		bad       bool
+	}{
+		{"plain", `{"input_tokens":5,"output_tokens":7}`, Tokens{Input: 5, Output: 7}, false},
+		{"cache writes without the breakdown count at 5 minutes",
+			`{"input_tokens":1,"output_tokens":2,"cache_creation_input_tokens":300,"cache_read_input_tokens":40}`,
+			Tokens{Input: 1, Output: 2, CacheWrite5m: 300, CacheRead: 40}, false},
+		{"the breakdown splits them",
+			`{"input_tokens":1,"output_tokens":2,"cache_creation_input_tokens":300,"cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":200},"service_tier":"batch"}`,
+			Tokens{Input: 1, Output: 2, CacheWrite5m: 100, CacheWrite1h: 200}, false},
+		{"an empty breakdown leaves the total at 5 minutes",
+			`{"input_tokens":1,"cache_creation_input_tokens":30,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0}}`,
+			Tokens{Input: 1, CacheWrite5m: 30}, false},
+		{"negative", `{"input_tokens":-1}`, Tokens{}, true},
+		{"not json", `{"input_tokens":`, Tokens{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := ParseUsage([]byte(tc.raw))
+			if (err != nil) != tc.bad || got != tc.want {
+				t.Errorf("ParseUsage = %+v, %v; want %+v, bad %v", got, err, tc.want, tc.bad)
+			}
+		})
+	}
+}
+
+func TestLookup(t *testing.T) {
+	t.Parallel()
+	tab := Default().With(map[string]Price{
+		"llama-3-8b":        Price{Input: 0.1, Output: 0.2}.Complete(),
+		"claude-sonnet-4-5": {Input: 2, Output: 10},
+	})
+	for _, tc := range []struct {
+		model string
+		input float64
+		ok    bool
+	}{
+		{"claude-sonnet-4-5", 2, true},          // overridden
+		{"claude-sonnet-4-5-20250929", 2, true}, // a snapshot follows its base id
+		{"claude-3-7-sonnet-latest", 3, true},
+		{"claude-haiku-4-5", 1, true},
+		{"llama-3-8b", 0.1, true}, // extended
+		{"claude-opus-4-20250514", 15, true},
+		{"claude-opus-4-8", 0, false}, // not claude-opus-4's price
+		{"claude-sonnet-4-5-x", 0, false},
+		{"", 0, false},
+	} {
+		p, ok := tab.Lookup(tc.model)
+		if ok != tc.ok || !near(p.Input, tc.input) {
+			t.Errorf("Lookup(%q) = %+v %v, want input %v %v", tc.model, p, ok, tc.input, tc.ok)
+		}
+	}
+	if p, _ := tab.Lookup("llama-3-8b"); !near(p.CacheWrite5m, 0.125) || !near(p.CacheWrite1h, 0.2) || !near(p.CacheRead, 0.01) {
+		t.Errorf("completed price %+v", p)
+	}
+	if p, _ := Default().Lookup("claude-sonnet-4-5"); p.Input != 3 {
+		t.Errorf("With changed the default table: %+v", p)
+	}
+}
