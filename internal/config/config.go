@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/batchd/batchd/internal/backend/anthropic"
 	"github.com/batchd/batchd/internal/backend/openai"
 	"github.com/batchd/batchd/internal/backend/sim"
+	"github.com/batchd/batchd/internal/cost"
 	"github.com/batchd/batchd/internal/delegate"
 	"github.com/batchd/batchd/internal/ratelimit"
 )
@@ -93,6 +95,45 @@ type Route struct {
 type Config struct {
 	Backends []Backend `toml:"backends"`
 	Routes   []Route   `toml:"routes"`
+	Prices   []Price   `toml:"prices"`
+}
+
+// Price overrides or adds one model's price, in USD per million tokens at
+// standard (not batch) rates. Cache prices left out follow input by
+// Anthropic's multipliers (1.25×, 2×, 0.1×).
+type Price struct {
+	Model        string   `toml:"model"`
+	Input        float64  `toml:"input"`
+	Output       float64  `toml:"output"`
+	CacheWrite5m *float64 `toml:"cache_write_5m"`
+	CacheWrite1h *float64 `toml:"cache_write_1h"`
+	CacheRead    *float64 `toml:"cache_read"`
+}
+
+// cost is p in the cost package's form.
+func (p Price) cost() cost.Price {
+	c := cost.Price{Input: p.Input, Output: p.Output}
+	derived := c.Complete()
+	c.CacheWrite5m, c.CacheWrite1h, c.CacheRead = derived.CacheWrite5m, derived.CacheWrite1h, derived.CacheRead
+	if p.CacheWrite5m != nil {
+		c.CacheWrite5m = *p.CacheWrite5m
+	}
+	if p.CacheWrite1h != nil {
+		c.CacheWrite1h = *p.CacheWrite1h
+	}
+	if p.CacheRead != nil {
+		c.CacheRead = *p.CacheRead
+	}
+	return c
+}
+
+// PriceTable is the shipped price table with the file's prices over it.
+func (c *Config) PriceTable() *cost.Table {
+	over := map[string]cost.Price{}
+	for _, p := range c.Prices {
+		over[p.Model] = p.cost()
+	}
+	return cost.Default().With(over)
 }
 
 // Load reads and validates the file at path.
@@ -164,6 +205,22 @@ func (c *Config) validate() error {
 		}
 		if b.MaxConcurrency > 0 && b.Concurrency > b.MaxConcurrency {
 			return ceilingError(field, b.Concurrency, b.MaxConcurrency, false)
+		}
+	}
+	priced := map[string]bool{}
+	for i, p := range c.Prices {
+		field := fmt.Sprintf("prices.%d", i)
+		switch {
+		case !cost.ValidModelID(p.Model):
+			return fmt.Errorf("%s.model: required, a model id without spaces", field)
+		case priced[p.Model]:
+			return fmt.Errorf("%s.model: %q is priced twice", field, p.Model)
+		}
+		priced[p.Model] = true
+		for _, v := range []*float64{&p.Input, &p.Output, p.CacheWrite5m, p.CacheWrite1h, p.CacheRead} {
+			if v != nil && (*v < 0 || math.IsNaN(*v) || math.IsInf(*v, 0)) {
+				return fmt.Errorf("%s: prices must be finite and not negative (USD per million tokens)", field)
+			}
 		}
 	}
 	if len(c.Routes) == 0 {

@@ -57,6 +57,10 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"[[backends]]\nname = \"o\"\nkind = \"openai\"\n" + route:                                       "backends.0.base_url: required",
 		sim + sim + route: `backends.1.name: "sim" is used twice`,
 		"[[backends]]\nname = \"s\"\nkind = \"sim\"\nlatency = \"soon\"\n" + route: "latency",
+		sim + route + "[[prices]]\ninput = 1.0\n":                                  "prices.0.model: required",
+		sim + route + "[[prices]]\nmodel = \"m\"\n[[prices]]\nmodel = \"m\"\n":     `prices.1.model: "m" is priced twice`,
+		sim + route + "[[prices]]\nmodel = \"m\"\noutput = -1.0\n":                 "prices.0: prices must be finite and not negative",
+		sim + route + "[[prices]]\nmodel = \"m\"\ncache_read = nan\n":              "prices.0: prices must be finite",
 	}
 	for body, want := range tests {
 		_, err := Load(write(t, body))
@@ -183,5 +187,40 @@ func TestConcurrencyAboveTheCeilingIsRefused(t *testing.T) {
 	_, err = c.Build(64, func(string) string { return "sk" }, nil)
 	if err == nil || !strings.Contains(err.Error(), "backends.0.concurrency: 128 is above max_concurrency 64 (its default, the server's --concurrency)") {
 		t.Errorf("concurrency above the default ceiling: %v", err)
+	}
+}
+
+func TestPricesOverrideAndExtend(t *testing.T) {
+	t.Parallel()
+	c, err := Load(write(t, `[[backends]]
+name = "sim"
+kind = "sim"
+[[routes]]
+model = "*"
+backend = "sim"
+[[prices]]
+model = "llama-3-8b"
+input = 0.2
+output = 0.4
+[[prices]]
+model = "claude-sonnet-4-5"
+input = 2
+output = 10
+cache_read = 0.5
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab := c.PriceTable()
+	llama, ok := tab.Lookup("llama-3-8b")
+	if !ok || llama.Input != 0.2 || llama.Output != 0.4 || llama.CacheWrite5m != 0.25 || llama.CacheWrite1h != 0.4 || llama.CacheRead < 0.0199 || llama.CacheRead > 0.0201 {
+		t.Errorf("extended price %+v %v", llama, ok)
+	}
+	sonnet, _ := tab.Lookup("claude-sonnet-4-5-20250929")
+	if sonnet.Input != 2 || sonnet.CacheRead != 0.5 || sonnet.CacheWrite5m != 2.5 {
+		t.Errorf("overridden price %+v", sonnet)
+	}
+	if haiku, ok := tab.Lookup("claude-haiku-4-5"); !ok || haiku.Input != 1 {
+		t.Errorf("a shipped price is lost: %+v %v", haiku, ok)
 	}
 }
