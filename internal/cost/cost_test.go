@@ -28,7 +28,7 @@ func TestPriceByHand(t *testing.T) {
 		{"cache read", map[string]Tokens{"claude-sonnet-4-5": {CacheRead: 1_000_000}},
 			0.15, 0.3, nil}, // 0.1 × 3
 		{"mixed models", map[string]Tokens{
-			"claude-sonnet-4-5":          {Input: 1_000_000, Output: 1_000_000},
+			"claude-sonnet-4-5":         {Input: 1_000_000, Output: 1_000_000},
 			"claude-haiku-4-5-20251001": {Input: 2_000_000, Output: 500_000}}, // 2 × 1 + 0.5 × 5 = 4.5
 			(18 + 4.5) / 2, 18 + 4.5, nil},
 		{"opus 4.1 every kind", map[string]Tokens{"claude-opus-4-1": {Input: 10, Output: 20, CacheWrite5m: 30, CacheWrite1h: 40, CacheRead: 50}},
