@@ -717,6 +717,9 @@ type Store interface {
 	// RequestNextDue is the earliest next_at among a backend's pending
 	// requests of in_progress batches, or zero when there is none.
 	RequestNextDue(ctx context.Context, backend string) (time.Time, error)
+	// Stats counts batches by status and each backend's waiting requests,
+	// for the metrics; it reads, never writes.
+	Stats(ctx context.Context) (*Stats, error)
 	// BatchesCancelingHeld lists, in seq order, the canceling batches of
 	// which Owner holds running requests: a process polls it to stop
 	// sending what it claimed of a batch canceled elsewhere, should the

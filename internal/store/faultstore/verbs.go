@@ -489,3 +489,11 @@ func (s *Store) LimitSharesRelease(ctx context.Context, owner string) error {
 	}
 	return s.Store.LimitSharesRelease(ctx, owner)
 }
+
+// Stats fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) Stats(ctx context.Context) (*store.Stats, error) {
+	if err := s.check("Stats"); err != nil {
+		return nil, err
+	}
+	return s.Store.Stats(ctx)
+}

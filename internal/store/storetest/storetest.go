@@ -141,6 +141,7 @@ func Run(t *testing.T, newStore NewStore) {
 	t.Run("Idempotency", func(t *testing.T) { testIdempotency(t, newStore) })
 	t.Run("Leadership", func(t *testing.T) { testLeadership(t, newStore) })
 	t.Run("LimitShares", func(t *testing.T) { testLimitShares(t, newStore) })
+	t.Run("Stats", func(t *testing.T) { testStats(t, newStore) })
 }
 
 // run is one case: parallel, on a store of its own.
