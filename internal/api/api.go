@@ -55,6 +55,10 @@ type Config struct {
 	// MaxConcurrentCreates caps the creates one workspace uploads at once
 	// (default 8); over it: 429.
 	MaxConcurrentCreates int
+	// Metrics serves GET /metrics; may be nil.
+	Metrics http.Handler
+	// Ready answers GET /readyz (503 when not ready); may be nil.
+	Ready func(ctx context.Context) Readiness
 }
 
 // BackendInfo is one entry of GET /v1/backends, a batchd extension.
@@ -154,10 +158,7 @@ func New(cfg Config) *API {
 	a.handle("GET /v1/backends", a.backends)
 	a.handleWebhooks()
 	a.handleEvents()
-	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte(`{"status":"ok"}`))
-	})
+	a.handleOps()
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusNotFound, "not_found_error", fmt.Sprintf("%s %s: no such endpoint", r.Method, r.URL.Path))
 	})

@@ -125,3 +125,12 @@ func (e *Elector) Release(ctx context.Context) {
 	}
 	e.held = false
 }
+
+// Leading reports, without asking the store, whether this process held
+// the lease when it last asked and the lease has not lapsed since: for
+// readiness reports, which must not contend for the lease.
+func (e *Elector) Leading() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.held && e.cfg.Now().Before(e.until)
+}

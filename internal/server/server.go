@@ -24,6 +24,7 @@ import (
 	"github.com/batchd/batchd/internal/dispatch"
 	"github.com/batchd/batchd/internal/ids"
 	"github.com/batchd/batchd/internal/leader"
+	"github.com/batchd/batchd/internal/metrics"
 	"github.com/batchd/batchd/internal/ratelimit"
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/sqlite"
@@ -133,7 +134,9 @@ type Server struct {
 	// releases it so another takes over at once.
 	Leader *leader.Elector
 	// Shares keeps each backend limiter's share of the cluster's limits.
-	Shares  *ratelimit.Shares
+	Shares *ratelimit.Shares
+	// Metrics is what GET /metrics serves.
+	Metrics *metrics.Metrics
 	handler *api.API
 	log     *slog.Logger
 	// wake hands a store notification to the parts it concerns.
@@ -252,11 +255,16 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	bc.Route = disp.Route
 	svc := batch.NewService(st, bc)
-	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built),
+	backends := backendLister(bcfg, built)
+	var subscribers func() int // set once the API exists, before anything scrapes
+	mx := metrics.New(metricsSource(st, backends, func() int { return subscribers() }, cfg.Now), cfg.Logger)
+	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backends,
+		Metrics: mx.Handler(), Ready: readiness(target, st, elector, cfg.Logger),
 		Webhooks: &api.Webhooks{Store: st, Sealer: sealer, Guard: guard, Now: cfg.Now, Wake: deliverer.Wake},
 		Events:   st, BodyIdleTimeout: cfg.BodyIdleTimeout, MaxConcurrentCreates: cfg.MaxConcurrentCreates,
 		MaxStreamsPerWorkspace: cfg.MaxStreamsPerWorkspace, StreamPollInterval: cfg.StreamPollInterval})
 	wakeStreams = h.Wake
+	subscribers = h.Subscribers
 	// A store shared by several processes notifies every commit to all of
 	// them: each part is woken as by the callbacks above, which stay for
 	// the store that does not notify (SQLite) and for the process that
@@ -294,7 +302,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		deliverer.Wake()
 		wakeStreams()
 	}
-	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, Leader: elector, Shares: shares, handler: h,
+	return &Server{Store: st, Service: svc, Dispatcher: disp, Delegators: delegators, Deliverer: deliverer, Leader: elector, Shares: shares, Metrics: mx, handler: h,
 		log: cfg.Logger, wake: wake}, nil
 }
 

@@ -23,7 +23,7 @@ func testStats(t *testing.T, newStore NewStore) {
 	run(t, "CountsByStatusAndBackend", newStore, func(t *testing.T, b *bundle) {
 		route := func(m string) string { return map[string]string{"m1": "a", "m2": "b"}[m] }
 		b.routedBatch(t, 5, []string{"m1", "m2"}, route) // a: 3, b: 2, created t0
-		later := b.batch(t, "w", 4, t0.Add(time.Hour))    // backend "", created an hour later
+		later := b.batch(t, "w", 4, t0.Add(time.Hour))   // backend "", created an hour later
 		canceled := b.batch(t, "w", 3, t0.Add(-time.Hour))
 		if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: canceled.ID, Now: t0}); err != nil {
 			t.Fatal(err)

@@ -1,0 +1,126 @@
+package server_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// scrapeMetrics reads GET /metrics through Prometheus's own text parser.
+func scrapeMetrics(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	r := do(t, "GET", url+"/metrics", nil)
+	if r.Status != 200 {
+		t.Fatalf("GET /metrics: %d %s", r.Status, r.Body)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(string(r.Body)))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return fams
+}
+
+// gauge is the value of family name's sample whose labels include those
+// given (name, value pairs); -1 when there is none.
+func gauge(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	f := fams[name]
+	if f == nil {
+		return -1
+	}
+next:
+	for _, m := range f.Metric {
+		have := map[string]string{}
+		for _, l := range m.Label {
+			have[l.GetName()] = l.GetValue()
+		}
+		for i := 0; i < len(labels); i += 2 {
+			if have[labels[i]] != labels[i+1] {
+				continue next
+			}
+		}
+		switch {
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		}
+	}
+	return -1
+}
+
+func TestMetricsShowQueueAndBatches(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, withoutDispatcher())
+	b := createRaw(t, ts.URL, createBody(t, nRequests("m", 7, "hi")...))
+	f := scrapeMetrics(t, ts.URL)
+	if got := gauge(f, "batchd_queue_depth", "backend", "sim"); got != 7 {
+		t.Errorf("queue depth %v, want 7", got)
+	}
+	if got := gauge(f, "batchd_batches", "status", "in_progress"); got != 1 {
+		t.Errorf("batches in progress %v, want 1", got)
+	}
+	if got := gauge(f, "batchd_oldest_pending_seconds", "backend", "sim"); got < 0 || got > 3600 {
+		t.Errorf("oldest pending %v s", got)
+	}
+	if got := gauge(f, "batchd_backend_concurrency_limit", "backend", "sim"); got <= 0 {
+		t.Errorf("concurrency limit %v", got)
+	}
+	if got := gauge(f, "batchd_state_scrape_error"); got != 0 {
+		t.Errorf("scrape error %v", got)
+	}
+	// Metrics need no key, and name no batch.
+	if r := do(t, "GET", ts.URL+"/metrics", nil); strings.Contains(string(r.Body), b.ID) {
+		t.Error("/metrics names a batch id")
+	}
+}
+
+func TestMetricsMoveWhenABatchEnds(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t)
+	b := createRaw(t, ts.URL, createBody(t, nRequests("m", 5, "hi")...))
+	waitEndedRaw(t, ts.URL, b.ID, 30*time.Second)
+	f := scrapeMetrics(t, ts.URL)
+	if got := gauge(f, "batchd_batches", "status", "ended"); got != 1 {
+		t.Errorf("batches ended %v, want 1", got)
+	}
+	if got := gauge(f, "batchd_queue_depth", "backend", "sim"); got != 0 {
+		t.Errorf("queue depth %v after the end, want 0", got)
+	}
+}
+
+func TestReadyz(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t)
+	var rd struct {
+		Ready      bool   `json:"ready"`
+		Driver     string `json:"driver"`
+		Store      string `json:"store"`
+		Migrations string `json:"migrations"`
+		Leader     bool   `json:"leader"`
+	}
+	waitFor(t, 30*time.Second, "the one process to lead", func() bool {
+		r := do(t, "GET", ts.URL+"/readyz", nil)
+		if err := json.Unmarshal(r.Body, &rd); err != nil {
+			t.Fatalf("readyz body %q: %v", r.Body, err)
+		}
+		if r.Status != 200 || !rd.Ready || rd.Driver != "sqlite" || rd.Store != "ok" || rd.Migrations != "current" {
+			t.Fatalf("readyz %d %s", r.Status, r.Body)
+		}
+		return rd.Leader
+	})
+	// A store that no longer answers makes the process unready.
+	ts.Srv.Store.Close()
+	r := do(t, "GET", ts.URL+"/readyz", nil)
+	if err := json.Unmarshal(r.Body, &rd); err != nil || r.Status != 503 || rd.Ready || rd.Store != "unavailable" {
+		t.Fatalf("readyz on a closed store: %d %s", r.Status, r.Body)
+	}
+	if r := do(t, "GET", ts.URL+"/healthz", nil); r.Status != 200 {
+		t.Errorf("healthz %d", r.Status)
+	}
+}
