@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/batchd/batchd/internal/backend"
 )
 
 // BatchMultiplier is the Message Batches discount: every token of a batch
@@ -222,3 +224,44 @@ func (p Price) Complete() Price {
 
 // ValidModelID reports whether id can name a price: not empty, no spaces.
 func ValidModelID(id string) bool { return id != "" && !strings.ContainsAny(id, " \t\n") }
+
+// FromResult reads the model and the priced usage of a result object
+// ({"type":"succeeded","message":{…}}) in one pass without decoding the
+// content; ok is false for any other result type, or a message without a
+// model or a readable usage (it is then not counted rather than guessed).
+func FromResult(result []byte) (model string, t Tokens, ok bool) {
+	var succeeded bool
+	var msg []byte
+	backend.EachMember(result, func(name, v []byte) bool {
+		switch string(name) {
+		case "type":
+			succeeded = string(v) == `"succeeded"`
+		case "message":
+			msg = v
+		}
+		return true
+	})
+	if !succeeded || len(msg) == 0 || msg[0] != '{' {
+		return "", Tokens{}, false
+	}
+	var usageRaw []byte
+	backend.EachMember(msg, func(name, v []byte) bool {
+		switch string(name) {
+		case "model":
+			if err := json.Unmarshal(v, &model); err != nil {
+				model = ""
+			}
+		case "usage":
+			usageRaw = v
+		}
+		return true
+	})
+	if model == "" || len(usageRaw) == 0 {
+		return "", Tokens{}, false
+	}
+	t, err := ParseUsage(usageRaw)
+	if err != nil {
+		return "", Tokens{}, false
+	}
+	return model, t, true
+}

@@ -124,3 +124,31 @@ func TestLookup(t *testing.T) {
 		t.Errorf("With changed the default table: %+v", p)
 	}
 }
+
+func TestFromResult(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, raw string
+		model     string
+		want      Tokens
+		ok        bool
+	}{
+		{"succeeded", `{"type":"succeeded","message":{"id":"msg_1","model":"claude-sonnet-4-5-20250929","content":[{"type":"text","text":"\"usage\":{\"input_tokens\":999}"}],"usage":{"input_tokens":12,"output_tokens":34,"cache_read_input_tokens":5}}}`,
+			"claude-sonnet-4-5-20250929", Tokens{Input: 12, Output: 34, CacheRead: 5}, true},
+		{"a nested usage is not the message's", `{"type":"succeeded","message":{"model":"m","content":[{"type":"tool_use","input":{"usage":{"input_tokens":7}}}],"usage":{"input_tokens":1}}}`,
+			"m", Tokens{Input: 1}, true},
+		{"errored", `{"type":"errored","error":{"type":"error","error":{"type":"api_error","message":"x"}}}`, "", Tokens{}, false},
+		{"canceled", `{"type":"canceled"}`, "", Tokens{}, false},
+		{"no usage", `{"type":"succeeded","message":{"model":"m"}}`, "", Tokens{}, false},
+		{"no model", `{"type":"succeeded","message":{"usage":{"input_tokens":1}}}`, "", Tokens{}, false},
+		{"broken", `{"type":"succeeded","message":{"model":"m","usage":{"input_tokens":"x"}}}`, "", Tokens{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			m, got, ok := FromResult([]byte(tc.raw))
+			if m != tc.model || got != tc.want || ok != tc.ok {
+				t.Errorf("FromResult = %q %+v %v, want %q %+v %v", m, got, ok, tc.model, tc.want, tc.ok)
+			}
+		})
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+
+	"github.com/batchd/batchd/internal/cost"
 )
 
 // Sentinel errors every driver maps its failures onto.
@@ -720,6 +722,12 @@ type Store interface {
 	// Stats counts batches by status and each backend's waiting requests,
 	// for the metrics; it reads, never writes.
 	Stats(ctx context.Context) (*Stats, error)
+	// BatchUsage is a batch's token totals by model (only succeeded
+	// results count); ErrNotFound when the workspace has no such batch.
+	BatchUsage(ctx context.Context, p BatchGetParams) (map[string]cost.Tokens, error)
+	// UsageList is a workspace's token totals by group and model, ordered
+	// by group then model; deleted batches' usage included.
+	UsageList(ctx context.Context, p UsageListParams) ([]UsageRow, error)
 	// BatchesCancelingHeld lists, in seq order, the canceling batches of
 	// which Owner holds running requests: a process polls it to stop
 	// sending what it claimed of a batch canceled elsewhere, should the

@@ -7,6 +7,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/batchd/batchd/internal/cost"
 	"github.com/batchd/batchd/internal/store"
 )
 
@@ -496,4 +497,20 @@ func (s *Store) Stats(ctx context.Context) (*store.Stats, error) {
 		return nil, err
 	}
 	return s.Store.Stats(ctx)
+}
+
+// BatchUsage fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) BatchUsage(ctx context.Context, p store.BatchGetParams) (map[string]cost.Tokens, error) {
+	if err := s.check("BatchUsage"); err != nil {
+		return nil, err
+	}
+	return s.Store.BatchUsage(ctx, p)
+}
+
+// UsageList fails when a fault is set for it, else calls the wrapped store.
+func (s *Store) UsageList(ctx context.Context, p store.UsageListParams) ([]store.UsageRow, error) {
+	if err := s.check("UsageList"); err != nil {
+		return nil, err
+	}
+	return s.Store.UsageList(ctx, p)
 }

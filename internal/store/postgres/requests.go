@@ -279,6 +279,9 @@ func completeTx(ctx context.Context, tx pgx.Tx, p store.RequestsCompleteParams) 
 	if err != nil {
 		return nil, err
 	}
+	if err := addUsage(ctx, tx, store.UsageDeltas(settled, p.Now)); err != nil {
+		return nil, err
+	}
 	deltas := map[int64]*store.Counts{}
 	var order []int64
 	for _, o := range settled {

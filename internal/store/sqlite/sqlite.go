@@ -126,7 +126,7 @@ func chunkLen(rest int, sizes []int) int {
 }
 
 var hotStatements = func() []string {
-	qs := []string{qOpenBatches, qClaim, qClaimParams, qTouchBatch, qBatchState, qRetry, qAddCounts, qEndIfDone, qBatchBySeq, qMaxRequestID}
+	qs := []string{qOpenBatches, qClaim, qClaimParams, qTouchBatch, qBatchState, qRetry, qAddCounts, qEndIfDone, qBatchBySeq, qMaxRequestID, qUsageAdd}
 	for _, n := range chunkSizes {
 		qs = append(qs, qSettle(n), qAddResults(n))
 	}
@@ -1554,6 +1554,9 @@ func (s *Store) completeTx(ctx context.Context, tx *sql.Tx, p store.RequestsComp
 	}
 	settled, err := s.settleOutcomes(ctx, tx, p.Owner, settling)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.addUsage(ctx, tx, store.UsageDeltas(settled, p.Now)); err != nil {
 		return nil, err
 	}
 	deltas := map[int64]*store.Counts{}
