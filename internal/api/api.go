@@ -156,6 +156,7 @@ func New(cfg Config) *API {
 	a.handle("GET /v1/messages/batches/{id}/results", a.longLived(a.results))
 	a.handle("POST /v1/messages/batches/{id}/retry", a.retry)
 	a.handle("GET /v1/backends", a.backends)
+	a.handleUsage()
 	a.handleWebhooks()
 	a.handleEvents()
 	a.handleOps()

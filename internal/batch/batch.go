@@ -14,6 +14,8 @@ import (
 
 	"github.com/batchd/batchd/internal/ids"
 	"github.com/batchd/batchd/internal/store"
+
+	"github.com/batchd/batchd/internal/cost"
 )
 
 // Defaults, from Anthropic's documented limits (see DESIGN.md).
@@ -62,6 +64,8 @@ type Config struct {
 	// the dispatcher sends none of its requests it has claimed ahead; may
 	// be nil.
 	OnCanceled func(batchSeq int64)
+	// Prices prices usage reports (default: cost.Default()).
+	Prices *cost.Table
 }
 
 func (c Config) withDefaults() Config {

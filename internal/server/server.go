@@ -237,6 +237,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	disp := dispatch.New(st, router, dc)
 	bc := cfg.Batch
 	bc.Now = cfg.Now
+	bc.Prices = bcfg.PriceTable()
 	bc.OnCreated = func() {
 		deliverer.Wake()
 		wakeStreams()
