@@ -49,6 +49,7 @@ func addClientCommands(root *cobra.Command) {
 		newRetryCommand(),
 		newWebhooksCommand(),
 		newListenCommand(),
+		newUsageCommand(),
 	)
 }
 
