@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"net/http"
 	"time"
 
@@ -26,6 +27,7 @@ type usageReport struct {
 func (a *API) handleUsage() {
 	a.handle("GET /v1/messages/batches/{id}/usage", a.batchUsage)
 	a.handle("GET /v1/usage", a.usage)
+	a.handle("POST /v1/messages/batches/estimate", a.estimate)
 }
 
 func (a *API) batchUsage(w http.ResponseWriter, r *http.Request) error {
@@ -60,4 +62,25 @@ func (a *API) usage(w http.ResponseWriter, r *http.Request) error {
 		return &s
 	}
 	return writeJSON(w, usageReport{Type: "usage_report", From: day(from), To: day(to), UsageReport: rep})
+}
+
+// estimate is POST /v1/messages/batches/estimate (extension): a create body
+// read with the same limits as a create, priced before anything runs.
+func (a *API) estimate(w http.ResponseWriter, r *http.Request) error {
+	if r.ContentLength > a.svc.Config().MaxBodyBytes {
+		return &batch.Error{Kind: batch.KindTooLarge, Message: fmt.Sprintf("request body of %d bytes is over the %d-byte limit for a message batch", r.ContentLength, a.svc.Config().MaxBodyBytes)}
+	}
+	body, release, err := a.upload(w, r)
+	if err != nil {
+		return err
+	}
+	est, err := a.svc.Estimate(r.Context(), workspace(r), body)
+	release()
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, struct {
+		Type string `json:"type"`
+		*batch.Estimate
+	}{"message_batch_estimate", est})
 }

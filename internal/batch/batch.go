@@ -7,6 +7,7 @@ package batch
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,10 @@ type Config struct {
 	OnCanceled func(batchSeq int64)
 	// Prices prices usage reports (default: cost.Default()).
 	Prices *cost.Table
+	// CheckParams is the dispatcher's check of a request's params, for
+	// estimates: the model and max_tokens, or why the request would end
+	// errored (default: the model only, nothing rejected).
+	CheckParams func(params json.RawMessage) (model string, maxTokens int64, reason string)
 }
 
 func (c Config) withDefaults() Config {
@@ -109,11 +114,14 @@ func (c Config) withDefaults() Config {
 type Service struct {
 	store store.Store
 	cfg   Config
+	// routed says Config.Route was given, so a model it names no backend
+	// for is one no backend serves.
+	routed bool
 }
 
 // NewService returns a Service over st.
 func NewService(st store.Store, cfg Config) *Service {
-	return &Service{store: st, cfg: cfg.withDefaults()}
+	return &Service{store: st, cfg: cfg.withDefaults(), routed: cfg.Route != nil}
 }
 
 // Config returns the effective configuration, defaults applied.

@@ -127,8 +127,6 @@ func (s *Service) publish(ctx context.Context, seq, total int64, fillErr error) 
 }
 
 func (s *Service) ingest(ctx context.Context, seq int64, r io.Reader) (int64, error) {
-	dec := jsontext.NewDecoder(r)
-	seen := make(map[string]int)
 	group := make([]store.NewRequest, 0, groupRequests)
 	groupSize := 0
 	flush := func() error {
@@ -141,7 +139,30 @@ func (s *Service) ingest(ctx context.Context, seq int64, r io.Reader) (int64, er
 		group, groupSize = group[:0], 0
 		return nil
 	}
+	count, err := s.eachRequest(r, func(req store.NewRequest) error {
+		group = append(group, req)
+		groupSize += len(req.Params)
+		if len(group) >= groupRequests || groupSize >= groupBytes {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := flush(); err != nil {
+		return 0, err
+	}
+	return int64(count), nil
+}
 
+// eachRequest reads a create body as a stream and hands each request to
+// fn, validated, with its model and backend, in order; fn may keep the
+// request. Any envelope error ends the read with a message naming the
+// field; the count is of the requests handed over.
+func (s *Service) eachRequest(r io.Reader, fn func(store.NewRequest) error) (int, error) {
+	dec := jsontext.NewDecoder(r)
+	seen := make(map[string]int)
 	if err := expectDelim(dec, '{', "body", "Input should be a valid dictionary"); err != nil {
 		return 0, err
 	}
@@ -179,14 +200,10 @@ func (s *Service) ingest(ctx context.Context, seq int64, r io.Reader) (int64, er
 			seen[req.CustomID] = count
 			req.Model = paramsModel(req.Params)
 			req.Backend = s.cfg.Route(req.Model)
-			group = append(group, req)
-			groupSize += len(req.Params)
-			count++
-			if len(group) >= groupRequests || groupSize >= groupBytes {
-				if err := flush(); err != nil {
-					return 0, err
-				}
+			if err := fn(req); err != nil {
+				return 0, err
 			}
+			count++
 		}
 		if _, err := dec.ReadToken(); err != nil { // ']'
 			return 0, syntaxError(err)
@@ -208,10 +225,7 @@ func (s *Service) ingest(ctx context.Context, seq int64, r io.Reader) (int64, er
 	if count == 0 {
 		return 0, invalid("requests: List should have at least 1 item after validation, not 0")
 	}
-	if err := flush(); err != nil {
-		return 0, err
-	}
-	return int64(count), nil
+	return count, nil
 }
 
 func expectDelim(dec *jsontext.Decoder, want jsontext.Kind, field, msg string) error {

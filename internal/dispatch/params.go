@@ -156,3 +156,15 @@ func checkMessages(dec *jsontext.Decoder) string {
 	}
 	return ""
 }
+
+// CheckParams is the check the dispatcher makes of a request's params
+// before sending it, for callers that predict what a batch will do (the
+// create estimate): the model and max_tokens it read, or why the request
+// would end errored.
+func CheckParams(raw json.RawMessage) (model string, maxTokens int64, reason string) {
+	model, maxTokens, err := checkParams(raw)
+	if err != nil {
+		return "", 0, err.Message
+	}
+	return model, maxTokens, ""
+}

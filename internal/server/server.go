@@ -255,6 +255,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	bc.Route = disp.Route
+	bc.CheckParams = dispatch.CheckParams
 	svc := batch.NewService(st, bc)
 	backends := backendLister(bcfg, built)
 	var subscribers func() int // set once the API exists, before anything scrapes

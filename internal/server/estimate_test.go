@@ -1,0 +1,80 @@
+package server_test
+
+import (
+	"encoding/json"
+	"math"
+	"testing"
+
+	"github.com/batchd/batchd/internal/config"
+	"github.com/batchd/batchd/internal/server"
+)
+
+// TestEstimate: the estimate reads a create body as a create would, stores
+// nothing, and prices it by hand: input from the params' size (4 bytes a
+// token), output from 0 to max_tokens, at half the standard price; what
+// would end errored without running is counted by reason.
+func TestEstimate(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default(0)
+	cfg.Routes = []config.Route{{Model: "claude-*", Backend: "sim"}}
+	ts := newTestServer(t, withConfig(func(c *server.Config) { c.Backends = cfg }))
+	ok := nRequests("ok", 3, "please summarize this")
+	noMax := params("x")
+	delete(noMax, "max_tokens")
+	nowhere := params("y")
+	nowhere["model"] = "gpt-4o"
+	reqs := append(ok, rawRequest{CustomID: "nomax-1", Params: noMax}, rawRequest{CustomID: "nomax-2", Params: noMax},
+		rawRequest{CustomID: "nowhere", Params: nowhere})
+	r := do(t, "POST", ts.URL+"/v1/messages/batches/estimate", createBody(t, reqs...))
+	if r.Status != 200 {
+		t.Fatalf("estimate: %d %s", r.Status, r.Body)
+	}
+	var est struct {
+		Type     string `json:"type"`
+		Requests int    `json:"requests"`
+		Models   []struct {
+			Model           string  `json:"model"`
+			Requests        int     `json:"requests"`
+			InputTokens     int64   `json:"input_tokens"`
+			MaxOutputTokens int64   `json:"max_output_tokens"`
+			MinUSD          float64 `json:"min_usd"`
+			MaxUSD          float64 `json:"max_usd"`
+		} `json:"models"`
+		MinUSD     float64 `json:"min_usd"`
+		MaxUSD     float64 `json:"max_usd"`
+		Rejected   int     `json:"rejected"`
+		Rejections []struct {
+			Reason        string `json:"reason"`
+			Requests      int    `json:"requests"`
+			FirstCustomID string `json:"first_custom_id"`
+		} `json:"rejections"`
+	}
+	if err := json.Unmarshal(r.Body, &est); err != nil {
+		t.Fatal(err)
+	}
+	var in int64
+	for _, q := range ok {
+		raw, _ := json.Marshal(q.Params)
+		in += int64(len(raw) / 4)
+	}
+	out := int64(3 * 256)
+	min, max := float64(in)*3/2/1e6, (float64(in)*3+float64(out)*15)/2/1e6 // claude-sonnet-4-5: $3 in, $15 out, halved
+	if est.Type != "message_batch_estimate" || est.Requests != 6 || len(est.Models) != 1 || est.Models[0].Requests != 3 ||
+		est.Models[0].InputTokens != in || est.Models[0].MaxOutputTokens != out {
+		t.Fatalf("estimate %s (want input %d, output %d)", r.Body, in, out)
+	}
+	if math.Abs(est.MinUSD-min) > 1e-12 || math.Abs(est.MaxUSD-max) > 1e-12 {
+		t.Errorf("cost %v..%v, want %v..%v", est.MinUSD, est.MaxUSD, min, max)
+	}
+	if est.Rejected != 3 || len(est.Rejections) != 2 || est.Rejections[0].Reason != "max_tokens: Field required" ||
+		est.Rejections[0].Requests != 2 || est.Rejections[0].FirstCustomID != "nomax-1" || est.Rejections[1].FirstCustomID != "nowhere" {
+		t.Errorf("rejections %d %+v", est.Rejected, est.Rejections)
+	}
+	// Nothing was created.
+	var page struct{ Data []any }
+	if l := do(t, "GET", ts.URL+"/v1/messages/batches", nil); json.Unmarshal(l.Body, &page) != nil || len(page.Data) != 0 {
+		t.Errorf("the estimate created a batch: %s", l.Body)
+	}
+	// An envelope error is the create's own error.
+	wantError(t, do(t, "POST", ts.URL+"/v1/messages/batches/estimate", `{"requests":[{"custom_id":"a"}]}`), 400, "invalid_request_error", "requests.0.params")
+}
