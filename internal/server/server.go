@@ -252,7 +252,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	bc.Route = disp.Route
 	svc := batch.NewService(st, bc)
-	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built),
+	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backendLister(bcfg, built, shares),
 		Webhooks: &api.Webhooks{Store: st, Sealer: sealer, Guard: guard, Now: cfg.Now, Wake: deliverer.Wake},
 		Events:   st, BodyIdleTimeout: cfg.BodyIdleTimeout, MaxConcurrentCreates: cfg.MaxConcurrentCreates,
 		MaxStreamsPerWorkspace: cfg.MaxStreamsPerWorkspace, StreamPollInterval: cfg.StreamPollInterval})
@@ -382,8 +382,9 @@ func (s *Server) Close(ctx context.Context) error {
 }
 
 // backendLister describes the configured backends for GET /v1/backends:
-// settings and live rate-control state, never a key.
-func backendLister(c *config.Config, built *config.Built) func() []api.BackendInfo {
+// settings, this process's share of the limits and live rate-control
+// state, never a key.
+func backendLister(c *config.Config, built *config.Built, shares *ratelimit.Shares) func() []api.BackendInfo {
 	return func() []api.BackendInfo {
 		var out []api.BackendInfo
 		for _, b := range c.Backends {
@@ -405,6 +406,10 @@ func backendLister(c *config.Config, built *config.Built) func() []api.BackendIn
 				info.Limits.Concurrency = lim.Limits().Concurrency
 				info.Limits.MaxConcurrency = st.MaxConcurrency
 				info.Concurrency, info.InFlight, info.Throttled, info.LastError = st.Concurrency, st.InFlight, st.Throttled, st.LastError
+			}
+			if a, ok := shares.Share(b.Name); ok {
+				info.ClusterShare = &api.BackendShare{Concurrency: a.Concurrency, RequestsPerMinute: a.RequestsPerMinute,
+					InputTokensPerMinute: a.InputTokensPerMinute, OutputTokensPerMinute: a.OutputTokensPerMinute}
 			}
 			out = append(out, info)
 		}
