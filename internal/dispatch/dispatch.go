@@ -1035,6 +1035,12 @@ func (d *Dispatcher) sweepLoop(ctx context.Context) {
 		if next, err := d.store.BatchNextExpiry(ctx); err == nil && next.After(swept) {
 			wait = min(wait, max(next.Sub(d.cfg.Now()), time.Millisecond))
 		}
+		// Another process leads: contend again when its lease lapses, so
+		// that a dead leader's chores resume within its lease rather than
+		// up to a poll later.
+		if lapses := d.cfg.Leader.Lapses(); !lapses.IsZero() {
+			wait = min(wait, max(lapses.Sub(d.cfg.Now())+time.Millisecond, time.Millisecond))
+		}
 		timer.Reset(wait)
 	}
 }
