@@ -61,8 +61,18 @@ var listenRE = regexp.MustCompile(`batchd listening.*url=(http://\S+)`)
 // until it is listening.
 func startServe(tb testing.TB, dataDir string, flags ...string) *proc {
 	tb.Helper()
+	return startServeEnv(tb, dataDir, nil, flags...)
+}
+
+// startServeEnv is startServe with variables (KEY=value) added to the
+// environment the process inherits.
+func startServeEnv(tb testing.TB, dataDir string, env []string, flags ...string) *proc {
+	tb.Helper()
 	args := append([]string{"serve", "--addr", "127.0.0.1:0", "--data-dir", dataDir}, flags...)
 	cmd := exec.Command(binPath, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		tb.Fatal(err)

@@ -72,6 +72,19 @@ type BackendInfo struct {
 	InFlight    int    `json:"in_flight"`
 	Throttled   int64  `json:"throttled"`
 	LastError   string `json:"last_error"`
+	// ClusterShare is this process's share of Limits, which hold for all
+	// the processes sharing a database together (50 concurrent calls
+	// means 50 in all): the whole limits for a process alone, 0 for what
+	// is not limited; nil for a backend without limits.
+	ClusterShare *BackendShare `json:"cluster_share"`
+}
+
+// BackendShare is one process's share of a backend's limits.
+type BackendShare struct {
+	Concurrency           int `json:"concurrency"`
+	RequestsPerMinute     int `json:"requests_per_minute"`
+	InputTokensPerMinute  int `json:"input_tokens_per_minute"`
+	OutputTokensPerMinute int `json:"output_tokens_per_minute"`
 }
 
 // BackendLimits are a backend's configured limits; 0 means none.

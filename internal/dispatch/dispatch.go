@@ -199,7 +199,11 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		if n := cfg.BackendConcurrency[b.Name()]; n > 0 {
 			conc = n
 		}
-		l := &lane{name: b.Name(), backend: b, workers: conc, queue: newFairQueue(), slots: conc + max(cfg.ClaimAhead, conc)}
+		ahead := max(cfg.ClaimAhead, conc)
+		l := &lane{name: b.Name(), backend: b, workers: conc, ahead: ahead, queue: newFairQueue(), slots: conc + ahead}
+		if c, ok := b.(ceilinger); ok {
+			l.ceiling = c.Ceiling
+		}
 		d.lanes = append(d.lanes, l)
 		d.byName[l.name] = l
 		total += l.slots
@@ -223,9 +227,35 @@ type lane struct {
 	backend backend.Backend // nil for the "" lane
 	workers int
 	queue   *fairQueue
-	slots   int  // running plus queued plus unwritten, at most
-	held    int  // guarded by Dispatcher.mu
+	slots   int // running plus queued plus unwritten, at most; see limit
+	ahead   int // of slots, those queued ahead of the workers
+	held    int // guarded by Dispatcher.mu
+	// ceiling is the backend's current limit on calls in flight, when it
+	// has one below the workers (this process's share of a limit that
+	// holds for a cluster); nil: the workers are the limit.
+	ceiling func() int
 	drained bool // its last claim found less than it asked; claim loop only
+}
+
+// ceilinger is a backend that may run fewer calls at once than the
+// workers it is given: a ratelimit.Limiter applying this process's share
+// of a cluster's limit.
+type ceilinger interface{ Ceiling() int }
+
+// limit is how many requests the lane may hold now. With a ceiling below
+// its workers (a share of a cluster's limit), the claimed-ahead depth
+// shrinks with it: requests held ahead of a share the process cannot send
+// would wait here while other processes, with room to run them, find
+// nothing to claim, and a batch's tail would run at one share's pace.
+func (l *lane) limit() int {
+	if l.ceiling == nil {
+		return l.slots
+	}
+	c := min(max(l.ceiling(), 0), l.workers)
+	if c == l.workers {
+		return l.slots
+	}
+	return c + max((l.ahead*c+l.workers-1)/l.workers, c)
 }
 
 // laneOutcome is an outcome on its way to the store, with the lane whose
@@ -607,8 +637,9 @@ func (d *Dispatcher) reserve(l *lane, released int) int {
 	defer d.mu.Unlock()
 	// At most maxClaim at once: a first claim of thousands would keep every
 	// slot idle until the whole transaction is done.
-	free := min(l.slots-l.held+released, maxClaim)
-	if free <= 0 || (free < max(1, l.slots/4) && l.held > released) {
+	slots := l.limit()
+	free := min(slots-l.held+released, maxClaim)
+	if free <= 0 || (free < max(1, slots/4) && l.held > released) {
 		return 0
 	}
 	l.held += free
@@ -1003,6 +1034,12 @@ func (d *Dispatcher) sweepLoop(ctx context.Context) {
 		// batch still has requests in flight: it is not due again.
 		if next, err := d.store.BatchNextExpiry(ctx); err == nil && next.After(swept) {
 			wait = min(wait, max(next.Sub(d.cfg.Now()), time.Millisecond))
+		}
+		// Another process leads: contend again when its lease lapses, so
+		// that a dead leader's chores resume within its lease rather than
+		// up to a poll later.
+		if lapses := d.cfg.Leader.Lapses(); !lapses.IsZero() {
+			wait = min(wait, max(lapses.Sub(d.cfg.Now())+time.Millisecond, time.Millisecond))
 		}
 		timer.Reset(wait)
 	}

@@ -50,6 +50,7 @@ type Elector struct {
 	held    bool
 	renewed time.Time // when the held lease was last written
 	until   time.Time // when it lapses unless renewed
+	lapses  time.Time // when another's lease lapses, as last seen; zero: none seen
 }
 
 // New returns an elector for cfg.Owner on st.
@@ -86,6 +87,7 @@ func (e *Elector) Lead(ctx context.Context) (store.Lead, bool) {
 		if ctx.Err() == nil {
 			e.log.Warn("leader lease not renewed", "err", err)
 		}
+		e.lapses = time.Time{} // not known now: no hurry to try again
 		if e.held && now.Before(e.until) {
 			return e.lead, true
 		}
@@ -94,14 +96,26 @@ func (e *Elector) Lead(ctx context.Context) (store.Lead, bool) {
 	}
 	if l.Owner != e.cfg.Owner {
 		e.lose("held by " + l.Owner)
+		e.lapses = l.Expires
 		return store.Lead{}, false
 	}
+	e.lapses = time.Time{}
 	lead := store.Lead{Name: l.Name, Owner: l.Owner, Term: l.Term}
 	if !e.held || e.lead.Term != lead.Term {
 		e.log.Info("leading the chores", "term", lead.Term)
 	}
 	e.lead, e.held, e.renewed, e.until = lead, true, now, l.Expires
 	return lead, true
+}
+
+// Lapses is when the lease another process holds lapses unless renewed,
+// as the last Lead saw it; zero when this process leads or saw no other
+// lease. A loop that calls Lead should call it again then: if the leader
+// died, this process takes over at once instead of at its next round.
+func (e *Elector) Lapses() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.lapses
 }
 
 // lose forgets a held lease; e.mu is held.

@@ -52,6 +52,16 @@ func (l *Limiter) SetShare(concurrency, rpm, itpm, otpm int) {
 	l.grantLocked()
 }
 
+// Ceiling is the most calls that may be in flight now: this process's
+// share of a cluster's concurrency limit (0 while a per-minute share is
+// zero), or the configured ceiling when no share was set. The adaptive
+// limit (Stats().Concurrency) moves below it.
+func (l *Limiter) Ceiling() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return int(l.ceilingLocked())
+}
+
 // ceilingLocked is the most calls that may be in flight: the share of a
 // cluster's limit, or the configured ceiling when no share was set.
 func (l *Limiter) ceilingLocked() float64 {

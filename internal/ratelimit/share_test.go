@@ -234,3 +234,28 @@ func TestSharesDrainBeforeOthersGrow(t *testing.T) {
 		t.Fatalf("a still applies %d (limiter %d) half a lease after its last renewal", share(a), aLim.Stats().Concurrency)
 	}
 }
+
+// TestCeilingIsTheShare: Ceiling is the configured ceiling until a share
+// is set, then the share (never above the ceiling), and 0 while a
+// per-minute share is zero.
+func TestCeilingIsTheShare(t *testing.T) {
+	t.Parallel()
+	l := New(&fake{}, Limits{Concurrency: 4, MaxConcurrency: 16, RequestsPerMinute: 600})
+	steps := []struct {
+		conc, rpm int // the share set; conc < 0: none set yet
+		want      int
+	}{
+		{-1, 0, 16},
+		{5, 200, 5},
+		{40, 600, 16},
+		{5, 0, 0},
+	}
+	for _, s := range steps {
+		if s.conc >= 0 {
+			l.SetShare(s.conc, s.rpm, 0, 0)
+		}
+		if got := l.Ceiling(); got != s.want {
+			t.Fatalf("share %d, %d rpm: ceiling %d, want %d", s.conc, s.rpm, got, s.want)
+		}
+	}
+}

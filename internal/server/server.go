@@ -257,7 +257,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	bc.Route = disp.Route
 	bc.CheckParams = dispatch.CheckParams
 	svc := batch.NewService(st, bc)
-	backends := backendLister(bcfg, built)
+	backends := backendLister(bcfg, built, shares)
 	var subscribers func() int // set once the API exists, before anything scrapes
 	mx := metrics.New(metricsSource(st, backends, func() int { return subscribers() }, cfg.Now), cfg.Logger)
 	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backends,
@@ -392,8 +392,9 @@ func (s *Server) Close(ctx context.Context) error {
 }
 
 // backendLister describes the configured backends for GET /v1/backends:
-// settings and live rate-control state, never a key.
-func backendLister(c *config.Config, built *config.Built) func() []api.BackendInfo {
+// settings, this process's share of the limits and live rate-control
+// state, never a key.
+func backendLister(c *config.Config, built *config.Built, shares *ratelimit.Shares) func() []api.BackendInfo {
 	return func() []api.BackendInfo {
 		var out []api.BackendInfo
 		for _, b := range c.Backends {
@@ -415,6 +416,10 @@ func backendLister(c *config.Config, built *config.Built) func() []api.BackendIn
 				info.Limits.Concurrency = lim.Limits().Concurrency
 				info.Limits.MaxConcurrency = st.MaxConcurrency
 				info.Concurrency, info.InFlight, info.Throttled, info.LastError = st.Concurrency, st.InFlight, st.Throttled, st.LastError
+			}
+			if a, ok := shares.Share(b.Name); ok {
+				info.ClusterShare = &api.BackendShare{Concurrency: a.Concurrency, RequestsPerMinute: a.RequestsPerMinute,
+					InputTokensPerMinute: a.InputTokensPerMinute, OutputTokensPerMinute: a.OutputTokensPerMinute}
 			}
 			out = append(out, info)
 		}

@@ -352,13 +352,14 @@ func (s *Store) BatchesExpire(ctx context.Context, p store.BatchesExpireParams) 
 			return err
 		}
 		for _, seq := range seqs {
-			// Never sent: expired. Sent and waiting to retry: errored with
-			// the last error.
-			expired, err := settlePending(ctx, tx, seq, store.ResultExpired, false, `AND t.attempts = 0`)
+			// No answer before the expiry (never sent, or rescued from a
+			// process that died with it): expired. Failed and waiting to
+			// retry: errored with the last error.
+			expired, err := settlePending(ctx, tx, seq, store.ResultExpired, false, `AND t.last_error IS NULL`)
 			if err != nil {
 				return err
 			}
-			errored, err := settlePending(ctx, tx, seq, store.ResultErrored, true, `AND t.attempts > 0`)
+			errored, err := settlePending(ctx, tx, seq, store.ResultErrored, true, `AND t.last_error IS NOT NULL`)
 			if err != nil {
 				return err
 			}

@@ -359,6 +359,33 @@ func testBatches(t *testing.T, newStore NewStore) {
 			t.Fatal("an ended batch expired again")
 		}
 	})
+	run(t, "ExpireRescuedUnansweredIsExpired", newStore, func(t *testing.T, b *bundle) {
+		// A process died holding both requests (claimed ahead, or in
+		// flight with the answer lost); their leases lapse and they are
+		// rescued, then the batch expires before anyone runs them again.
+		// They have attempts but no error: no answer came before the
+		// expiry, so they expire. Before, they ended errored with no
+		// error at all ({"type":"errored"}).
+		bt := b.batch(t, "w", 2, t0)
+		if c := b.claim(t, "dead", 2, t0); len(c) != 2 {
+			t.Fatalf("claimed %d", len(c))
+		}
+		if _, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(2 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		chs, err := b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: bt.ExpiresAt, Lead: b.lead(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(chs) != 1 || !chs[0].Ended || chs[0].Batch.Counts.Expired != 2 || chs[0].Batch.Counts.Errored != 0 {
+			t.Fatalf("expire after a rescue: %+v", chs)
+		}
+		for _, r := range b.results(t, bt) {
+			if r.ResultType != store.ResultExpired || r.Result != nil {
+				t.Fatalf("a rescued request that never got an answer must expire: %+v", r)
+			}
+		}
+	})
 	run(t, "DeleteOnlyEndedAndPurges", newStore, func(t *testing.T, b *bundle) {
 		bt := b.batch(t, "w", 3, t0)
 		if err := b.st.BatchDelete(b.ctx, store.BatchGetParams{Workspace: "w", ID: bt.ID}); !errors.Is(err, store.ErrConflict) {
