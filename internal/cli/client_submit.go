@@ -46,6 +46,8 @@ type submitFlags struct {
 	idField     string
 	maxRequests int
 	maxBytes    int64
+	estimate    bool
+	yes         bool
 }
 
 func newSubmitCommand() *cobra.Command {
@@ -82,6 +84,8 @@ servers without a retry endpoint.`,
 	fl.StringVar(&f.idField, "id-field", "id", "record field that gives the custom_id, with --template")
 	fl.IntVar(&f.maxRequests, "max-requests", defaultMaxRequests, "most requests in one batch")
 	fl.Int64Var(&f.maxBytes, "max-bytes", defaultMaxBytes, "largest create body of one batch, in bytes")
+	fl.BoolVar(&f.estimate, "estimate", false, "print the tokens and cost the input would take first, and ask before submitting (on a terminal)")
+	fl.BoolVar(&f.yes, "yes", false, "with --estimate, submit without asking")
 	return cmd
 }
 
@@ -138,6 +142,15 @@ func runSubmit(cmd *cobra.Command, f *submitFlags, input string) error {
 	}
 
 	client := f.conn.client()
+	if f.estimate {
+		_, max, err := estimatePending(ctx, &client, pending, cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		if !f.yes && !confirm(cmd.InOrStdin(), cmd.ErrOrStderr(), fmt.Sprintf("submit %s (at most $%.4f)?", batchCount(len(pending)), max)) {
+			return nil
+		}
+	}
 	ids, err := submitPending(ctx, &client, stateDir, pending, cmd.OutOrStdout(), cmd.ErrOrStderr())
 	if err != nil {
 		return err
