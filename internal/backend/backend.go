@@ -34,6 +34,10 @@ type Call struct {
 	// dispatcher's rate control can read anthropic-ratelimit-* headers.
 	// header is the response's own, not a copy: read it, never modify it.
 	OnResponse func(status int, header http.Header)
+	// OnSend, when set, is called by a backend that waits before sending
+	// (the rate limiter) each time the wait ends and the call goes out, so
+	// the caller can tell the wait from the call.
+	OnSend func()
 	// Withdrawn, when set, is closed once the request must no longer be
 	// sent (its batch was canceled or expired). A backend that waits
 	// before sending (for rate limits) stops waiting then and returns

@@ -244,6 +244,12 @@ func FromResult(result []byte) (model string, t Tokens, ok bool) {
 	if !succeeded || len(msg) == 0 || msg[0] != '{' {
 		return "", Tokens{}, false
 	}
+	return FromMessage(msg)
+}
+
+// FromMessage reads the model and the priced usage of a Message in one
+// pass; ok is false when it has no model or no readable usage.
+func FromMessage(msg []byte) (model string, t Tokens, ok bool) {
 	var usageRaw []byte
 	backend.EachMember(msg, func(name, v []byte) bool {
 		switch string(name) {

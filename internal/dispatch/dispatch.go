@@ -15,18 +15,25 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/batchd/batchd/internal/backend"
 	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/cost"
 	"github.com/batchd/batchd/internal/ids"
 	"github.com/batchd/batchd/internal/leader"
+	"github.com/batchd/batchd/internal/metrics"
 	"github.com/batchd/batchd/internal/store"
 )
 
 // Config configures a Dispatcher. Zero values take the defaults noted.
 type Config struct {
+	// Metrics, when set, counts calls, settles, retries and usage.
+	Metrics *metrics.Metrics
+	// Prices prices usage in the metrics (nil: tokens only).
+	Prices *cost.Table
 	// Owner names this process in every lease it takes (default:
 	// ids.Owner(), host, pid and a random suffix); the server gives the
 	// dispatcher, the delegators and the deliverer the same one.
@@ -725,12 +732,18 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 		if typ := d.unsent(c.ClaimedRequest); typ != "" {
 			// Claimed ahead but its batch expired or is canceling before
 			// it was sent: it settles as never sent.
+			d.cfg.Metrics.Settled(l.name, typ)
 			d.outcomes <- laneOutcome{unsentOutcome(c.ClaimedRequest, typ), l}
 			continue
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
 		withdrawn := d.watch(c.ClaimedRequest)
-		msg, err := l.backend.Do(ctx, backend.Call{Model: c.model, MaxTokens: c.maxTokens, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas, Withdrawn: withdrawn})
+		call := backend.Call{Model: c.model, MaxTokens: c.maxTokens, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas, Withdrawn: withdrawn}
+		var obs callObserver
+		if d.cfg.Metrics != nil {
+			obs.start(d.cfg.Metrics, l.name, &call)
+		}
+		msg, err := l.backend.Do(ctx, call)
 		d.unwatch(c.BatchSeq)
 		cancel()
 		if runCtx.Err() != nil {
@@ -741,11 +754,72 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 		if errors.Is(err, backend.ErrWithdrawn) {
 			// It waited in the backend for its rate limits, and its batch
 			// was canceled or expired meanwhile: it was never sent.
-			d.outcomes <- laneOutcome{unsentOutcome(c.ClaimedRequest, cmp.Or(d.unsent(c.ClaimedRequest), store.ResultCanceled)), l}
+			o := unsentOutcome(c.ClaimedRequest, cmp.Or(d.unsent(c.ClaimedRequest), store.ResultCanceled))
+			d.cfg.Metrics.Settled(l.name, o.ResultType)
+			d.outcomes <- laneOutcome{o, l}
 			continue
 		}
-		d.outcomes <- laneOutcome{d.outcome(c.ClaimedRequest, msg, err), l}
+		o := d.outcome(c.ClaimedRequest, msg, err)
+		if d.cfg.Metrics != nil {
+			obs.end(err)
+			d.record(l.name, &o, msg)
+		}
+		d.outcomes <- laneOutcome{o, l}
 	}
+}
+
+// record counts an attempt's outcome in the metrics; a succeeded one's
+// usage, read once here, rides on the outcome to the store.
+func (d *Dispatcher) record(backend string, o *store.Outcome, msg json.RawMessage) {
+	m := d.cfg.Metrics
+	if o.Retry {
+		m.Retried(backend)
+		return
+	}
+	m.Settled(backend, o.ResultType)
+	if o.ResultType != store.ResultSucceeded {
+		return
+	}
+	if model, t, ok := cost.FromMessage(msg); ok {
+		o.Usage = &store.MessageUsage{Model: model, Tokens: t}
+		m.Usage(model, t, d.cfg.Prices)
+	}
+}
+
+// callObserver times one call for the metrics: the wait for the rate
+// limiter apart from the upstream call, and each upstream response.
+type callObserver struct {
+	m         *metrics.Metrics
+	backend   string
+	model     string
+	begin     time.Time
+	sent      time.Time
+	responded bool
+}
+
+func (o *callObserver) start(m *metrics.Metrics, backend string, call *backend.Call) {
+	*o = callObserver{m: m, backend: backend, model: call.Model, begin: time.Now()}
+	o.sent = o.begin
+	call.OnSend = func() { o.sent = time.Now() }
+	call.OnResponse = func(status int, _ http.Header) {
+		o.responded = true
+		o.m.Upstream(o.backend, status)
+	}
+}
+
+// end records the call once Do returned err.
+func (o *callObserver) end(err error) {
+	if o.sent.After(o.begin) {
+		o.m.RateWait(o.backend, o.sent.Sub(o.begin))
+	}
+	status := http.StatusOK
+	if err != nil {
+		status = backend.AsError(err).Status
+	}
+	if !o.responded { // a backend without HTTP (the simulator), or no answer at all
+		o.m.Upstream(o.backend, status)
+	}
+	o.m.CallDuration(o.backend, o.model, time.Since(o.sent))
 }
 
 func (d *Dispatcher) release(l *lane, n int) {

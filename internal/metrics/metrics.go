@@ -154,18 +154,32 @@ func (m *Metrics) Settled(backend, typ string) {
 	m.settled.WithLabelValues(backend, typ).Inc()
 }
 
-// Call records one upstream call: its duration, its status class (from
-// the HTTP status, 0 when none came back), and a throttle.
+// Call records one upstream call: its duration and its response.
 func (m *Metrics) Call(backend, model string, status int, d time.Duration) {
+	m.Upstream(backend, status)
+	m.CallDuration(backend, model, d)
+}
+
+// Upstream counts one upstream response by status class (from the HTTP
+// status, 0 when none came back), and a throttle.
+func (m *Metrics) Upstream(backend string, status int) {
 	if m == nil {
 		return
 	}
-	m.duration.WithLabelValues(backend, m.model(model)).Observe(d.Seconds())
 	class := StatusClass(status)
 	m.upstream.WithLabelValues(backend, class).Inc()
 	if class == "429" || class == "529" {
 		m.throttles.WithLabelValues(backend).Inc()
 	}
+}
+
+// CallDuration records how long one call to a backend took, rate-limit
+// waits apart.
+func (m *Metrics) CallDuration(backend, model string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.duration.WithLabelValues(backend, m.model(model)).Observe(d.Seconds())
 }
 
 // StatusClass is the label of an HTTP status: 429 and 529 apart from

@@ -197,6 +197,9 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 		if err := l.acquire(ctx, inTok, outTok, withdrawn); err != nil {
 			return nil, err
 		}
+		if call.OnSend != nil {
+			call.OnSend()
+		}
 		start := l.now()
 		msg, err := l.inner.Do(ctx, call)
 		own := l.release(start, inTok, outTok, msg, err)

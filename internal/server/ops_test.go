@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -83,14 +84,44 @@ func TestMetricsShowQueueAndBatches(t *testing.T) {
 func TestMetricsMoveWhenABatchEnds(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t)
-	b := createRaw(t, ts.URL, createBody(t, nRequests("m", 5, "hi")...))
+	reqs := append(nRequests("m", 5, "hi"), rawRequest{CustomID: "flaky", Params: params("[[sim fail=1]] once")},
+		rawRequest{CustomID: "bad", Params: params("[[sim error=invalid_request_error]] never")})
+	b := createRaw(t, ts.URL, createBody(t, reqs...))
 	waitEndedRaw(t, ts.URL, b.ID, 30*time.Second)
 	f := scrapeMetrics(t, ts.URL)
-	if got := gauge(f, "batchd_batches", "status", "ended"); got != 1 {
-		t.Errorf("batches ended %v, want 1", got)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"batchd_batches", []string{"status", "ended"}, 1},
+		{"batchd_queue_depth", []string{"backend", "sim"}, 0},
+		{"batchd_requests_settled_total", []string{"backend", "sim", "result", "succeeded"}, 6},
+		{"batchd_requests_settled_total", []string{"backend", "sim", "result", "errored"}, 1},
+		{"batchd_request_retries_total", []string{"backend", "sim"}, 1},
+		{"batchd_upstream_responses_total", []string{"backend", "sim", "class", "2xx"}, 6},
+		{"batchd_upstream_responses_total", []string{"backend", "sim", "class", "4xx"}, 1},
+	} {
+		if got := gauge(f, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
 	}
-	if got := gauge(f, "batchd_queue_depth", "backend", "sim"); got != 0 {
-		t.Errorf("queue depth %v after the end, want 0", got)
+	if h := f["batchd_request_duration_seconds"]; h == nil || h.Metric[0].Histogram.GetSampleCount() != 8 {
+		t.Errorf("request durations: %v", h)
+	}
+	// The tokens the metrics counted are the usage the store kept.
+	var u wireUsage
+	if r := do(t, "GET", ts.URL+"/v1/messages/batches/"+b.ID+"/usage", nil); json.Unmarshal(r.Body, &u) != nil || u.Tokens.Input == 0 {
+		t.Fatalf("usage %s", r.Body)
+	}
+	if got := gauge(f, "batchd_tokens_total", "model", testModel, "kind", "input"); got != float64(u.Tokens.Input) {
+		t.Errorf("input tokens %v, usage %d", got, u.Tokens.Input)
+	}
+	if got := gauge(f, "batchd_tokens_total", "model", testModel, "kind", "output"); got != float64(u.Tokens.Output) {
+		t.Errorf("output tokens %v, usage %d", got, u.Tokens.Output)
+	}
+	if got := gauge(f, "batchd_cost_usd_total", "model", testModel); math.Abs(got-u.BatchUSD) > 1e-12 {
+		t.Errorf("cost %v, usage %v", got, u.BatchUSD)
 	}
 }
 

@@ -200,8 +200,13 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	// The limits of a backend hold for the whole cluster: each limiter
 	// applies this process's leased share of them.
 	shares := ratelimit.NewShares(st, built.Limiters, ratelimit.SharesConfig{Owner: cfg.Owner, Lease: cfg.Lease, Now: cfg.Now, Logger: cfg.Logger})
+	backends := backendLister(bcfg, built, shares)
+	var subscribers func() int // set once the API exists, before anything scrapes
+	mx := metrics.New(metricsSource(st, backends, func() int { return subscribers() }, cfg.Now), cfg.Logger)
+	prices := bcfg.PriceTable()
 	router := built.Router
 	dc := cfg.Dispatch
+	dc.Metrics, dc.Prices = mx, prices
 	dc.BackendConcurrency = built.Concurrency
 	dc.Retention = cfg.Batch.Retention
 	dc.Owner, dc.Lease, dc.Leader = cfg.Owner, cfg.Lease, elector
@@ -237,7 +242,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	disp := dispatch.New(st, router, dc)
 	bc := cfg.Batch
 	bc.Now = cfg.Now
-	bc.Prices = bcfg.PriceTable()
+	bc.Prices = prices
 	bc.OnCreated = func() {
 		deliverer.Wake()
 		wakeStreams()
@@ -257,9 +262,6 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	bc.Route = disp.Route
 	bc.CheckParams = dispatch.CheckParams
 	svc := batch.NewService(st, bc)
-	backends := backendLister(bcfg, built, shares)
-	var subscribers func() int // set once the API exists, before anything scrapes
-	mx := metrics.New(metricsSource(st, backends, func() int { return subscribers() }, cfg.Now), cfg.Logger)
 	h := api.New(api.Config{Service: svc, Keys: st, PublicURL: cfg.PublicURL, Logger: cfg.Logger, Backends: backends,
 		Metrics: mx.Handler(), Ready: readiness(target, st, elector, cfg.Logger),
 		Webhooks: &api.Webhooks{Store: st, Sealer: sealer, Guard: guard, Now: cfg.Now, Wake: deliverer.Wake},

@@ -254,6 +254,15 @@ type Outcome struct {
 	// batch expires while the request waits.
 	Retry   bool
 	RetryAt time.Time
+	// Usage, when set, is what a succeeded Result's message reports, read
+	// by the caller already; when nil the store reads it from Result.
+	Usage *MessageUsage
+}
+
+// MessageUsage is a succeeded message's model and priced usage.
+type MessageUsage struct {
+	Model  string
+	Tokens cost.Tokens
 }
 
 // RequestsCompleteParams records outcomes held under Owner's lease.

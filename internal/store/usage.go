@@ -40,8 +40,13 @@ func UsageDeltas(settled []Outcome, now time.Time) []UsageDelta {
 		if o.ResultType != ResultSucceeded {
 			continue
 		}
-		model, t, ok := cost.FromResult(o.Result)
-		if !ok {
+		var model string
+		var t cost.Tokens
+		if o.Usage != nil {
+			model, t = o.Usage.Model, o.Usage.Tokens
+		} else if m, tok, ok := cost.FromResult(o.Result); ok {
+			model, t = m, tok
+		} else {
 			continue
 		}
 		k := key{o.BatchSeq, model}
