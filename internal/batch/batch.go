@@ -71,6 +71,11 @@ type Config struct {
 	// estimates: the model and max_tokens, or why the request would end
 	// errored (default: the model only, nothing rejected).
 	CheckParams func(params json.RawMessage) (model string, maxTokens int64, reason string)
+	// Budgets are workspaces' spending limits in USD at batch price per
+	// calendar month (UTC): a create whose most possible cost, with the
+	// month's spending and the most the workspace's batches in progress
+	// may still cost, would pass its workspace's limit is refused.
+	Budgets map[string]float64
 }
 
 func (c Config) withDefaults() Config {

@@ -71,9 +71,20 @@ func (s *Service) Create(ctx context.Context, workspace string, betas []string, 
 		return nil, mapStore(err, "")
 	}
 	stop := s.holdUpload(ctx, b.Seq)
-	total, err := s.ingest(ctx, b.Seq, newBodyGuard(&limitedReader{r: body, left: s.cfg.MaxBodyBytes}, s.cfg.MaxParamsBytes))
+	// A workspace with a budget has each request estimated as it streams
+	// in, so the batch's most possible cost is known at publish.
+	limit, budgeted := s.cfg.Budgets[workspace]
+	var est *estimator
+	if budgeted {
+		est = s.newEstimator()
+	}
+	total, err := s.ingest(ctx, b.Seq, newBodyGuard(&limitedReader{r: body, left: s.cfg.MaxBodyBytes}, s.cfg.MaxParamsBytes), est)
 	stop()
-	return s.publish(ctx, b.Seq, total, err)
+	var budget *store.Budget
+	if err == nil && budgeted {
+		budget, err = s.budget(ctx, workspace, limit, est.result(int(total)))
+	}
+	return s.publish(ctx, b.Seq, total, err, budget)
 }
 
 // DefaultUploadLease is the default Config.UploadLease.
@@ -109,11 +120,16 @@ func (s *Service) holdUpload(ctx context.Context, seq int64) (stop func()) {
 // filling it succeeded (fillErr nil) it becomes visible with total
 // requests; otherwise, or if publishing fails, it is discarded, so a failed
 // create leaves nothing behind.
-func (s *Service) publish(ctx context.Context, seq, total int64, fillErr error) (*store.Batch, error) {
+func (s *Service) publish(ctx context.Context, seq, total int64, fillErr error, budget *store.Budget) (*store.Batch, error) {
 	err := fillErr
 	var b *store.Batch
 	if err == nil {
-		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: seq, Total: total})
+		b, err = s.store.BatchPublish(ctx, store.BatchPublishParams{BatchSeq: seq, Total: total, Budget: budget})
+		var over *store.BudgetError
+		if errors.As(err, &over) {
+			err = &Error{Kind: KindInvalid, Message: fmt.Sprintf("max_cost_usd: this batch could cost up to $%.4f at batch price; with $%.4f spent this month and $%.4f held by batches in progress, it would pass the workspace's monthly budget of $%.4f",
+				over.CostUSD, over.SpentUSD, over.ReservedUSD, over.LimitUSD)}
+		}
 	}
 	if err != nil {
 		// Use a fresh context: the request's may be what failed.
@@ -126,7 +142,9 @@ func (s *Service) publish(ctx context.Context, seq, total int64, fillErr error) 
 	return b, nil
 }
 
-func (s *Service) ingest(ctx context.Context, seq int64, r io.Reader) (int64, error) {
+// ingest stores a create body's requests in groups; est, when not nil,
+// counts each of them too.
+func (s *Service) ingest(ctx context.Context, seq int64, r io.Reader, est *estimator) (int64, error) {
 	group := make([]store.NewRequest, 0, groupRequests)
 	groupSize := 0
 	flush := func() error {
@@ -140,6 +158,9 @@ func (s *Service) ingest(ctx context.Context, seq int64, r io.Reader) (int64, er
 		return nil
 	}
 	count, err := s.eachRequest(r, func(req store.NewRequest) error {
+		if est != nil {
+			est.add(req)
+		}
 		group = append(group, req)
 		groupSize += len(req.Params)
 		if len(group) >= groupRequests || groupSize >= groupBytes {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/batchd/batchd/internal/cost"
 	"github.com/batchd/batchd/internal/store"
@@ -70,53 +71,74 @@ func (s *Service) Estimate(ctx context.Context, workspace string, body io.Reader
 }
 
 func (s *Service) estimate(r io.Reader) (*Estimate, error) {
-	byModel := map[string]*ModelEstimate{}
-	rejected := map[string]*Rejection{}
-	var order []string
-	est := &Estimate{Models: []ModelEstimate{}, Rejections: []Rejection{}, Unpriced: []string{}}
-	reject := func(reason, customID string) {
-		est.Rejected++
-		if rj := rejected[reason]; rj != nil {
-			rj.Requests++
-			return
-		}
-		if len(rejected) >= maxRejectionReasons {
-			reason = "other reasons"
-			if rj := rejected[reason]; rj != nil {
-				rj.Requests++
-				return
-			}
-		}
-		rejected[reason] = &Rejection{Reason: reason, Requests: 1, FirstCustomID: customID}
-		order = append(order, reason)
-	}
+	e := s.newEstimator()
 	n, err := s.eachRequest(r, func(req store.NewRequest) error {
-		model, maxTokens, reason := s.check(req.Params)
-		switch {
-		case reason != "":
-			reject(reason, req.CustomID)
-			return nil
-		case req.Backend == "" && s.routed:
-			reject(fmt.Sprintf("model: no backend serves %q", model), req.CustomID)
-			return nil
-		}
-		m := byModel[model]
-		if m == nil {
-			m = &ModelEstimate{Model: model}
-			byModel[model] = m
-		}
-		m.Requests++
-		m.InputTokens += int64(max(1, len(req.Params)/BytesPerToken))
-		m.MaxOutputTokens += maxTokens
+		e.add(req)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	est.Requests = n
-	prices := s.prices()
-	for _, name := range slices.Sorted(maps.Keys(byModel)) {
-		m := byModel[name]
+	return e.result(n), nil
+}
+
+// estimator sums an estimate one request at a time, holding no params.
+type estimator struct {
+	s        *Service
+	byModel  map[string]*ModelEstimate
+	rejected map[string]*Rejection
+	order    []string
+	total    int
+}
+
+func (s *Service) newEstimator() *estimator {
+	return &estimator{s: s, byModel: map[string]*ModelEstimate{}, rejected: map[string]*Rejection{}}
+}
+
+func (e *estimator) reject(reason, customID string) {
+	e.total++
+	if rj := e.rejected[reason]; rj != nil {
+		rj.Requests++
+		return
+	}
+	if len(e.rejected) >= maxRejectionReasons {
+		reason = "other reasons"
+		if rj := e.rejected[reason]; rj != nil {
+			rj.Requests++
+			return
+		}
+	}
+	e.rejected[reason] = &Rejection{Reason: reason, Requests: 1, FirstCustomID: customID}
+	e.order = append(e.order, reason)
+}
+
+// add counts one request as the dispatcher would run it.
+func (e *estimator) add(req store.NewRequest) {
+	model, maxTokens, reason := e.s.check(req.Params)
+	switch {
+	case reason != "":
+		e.reject(reason, req.CustomID)
+		return
+	case req.Backend == "" && e.s.routed:
+		e.reject(fmt.Sprintf("model: no backend serves %q", model), req.CustomID)
+		return
+	}
+	m := e.byModel[model]
+	if m == nil {
+		m = &ModelEstimate{Model: model}
+		e.byModel[model] = m
+	}
+	m.Requests++
+	m.InputTokens += int64(max(1, len(req.Params)/BytesPerToken))
+	m.MaxOutputTokens += maxTokens
+}
+
+// result prices the sums, for n requests in all.
+func (e *estimator) result(n int) *Estimate {
+	est := &Estimate{Requests: n, Models: []ModelEstimate{}, Rejections: []Rejection{}, Unpriced: []string{}, Rejected: e.total}
+	prices := e.s.prices()
+	for _, name := range slices.Sorted(maps.Keys(e.byModel)) {
+		m := e.byModel[name]
 		if p, ok := prices.Lookup(name); ok {
 			m.Priced = true
 			m.MinUSD = p.Batch(cost.Tokens{Input: m.InputTokens})
@@ -128,10 +150,10 @@ func (s *Service) estimate(r io.Reader) (*Estimate, error) {
 		}
 		est.Models = append(est.Models, *m)
 	}
-	for _, reason := range order {
-		est.Rejections = append(est.Rejections, *rejected[reason])
+	for _, reason := range e.order {
+		est.Rejections = append(est.Rejections, *e.rejected[reason])
 	}
-	return est, nil
+	return est
 }
 
 // check is the dispatcher's check of params (Config.CheckParams), or only
@@ -141,4 +163,20 @@ func (s *Service) check(params json.RawMessage) (model string, maxTokens int64, 
 		return s.cfg.CheckParams(params)
 	}
 	return paramsModel(params), 0, ""
+}
+
+// budget is what a publish checks for a batch estimated as est in a
+// workspace whose monthly limit is limit. A model without a price cannot
+// be held to a budget, so its requests are refused.
+func (s *Service) budget(ctx context.Context, workspace string, limit float64, est *Estimate) (*store.Budget, error) {
+	if len(est.Unpriced) > 0 {
+		return nil, invalid("max_cost_usd: this workspace has a budget, and %s has no price to hold it to; add one under [[prices]] in the configuration", est.Unpriced[0])
+	}
+	now := s.cfg.Now().UTC()
+	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	rep, err := s.UsageList(ctx, workspace, UsageQuery{From: month})
+	if err != nil {
+		return nil, fmt.Errorf("check budget: %w", err)
+	}
+	return &store.Budget{LimitUSD: limit, SpentUSD: rep.Total.BatchUSD, CostUSD: est.MaxUSD}, nil
 }

@@ -43,7 +43,7 @@ func (s *Service) Retry(ctx context.Context, workspace, id string) (*store.Batch
 	if err == nil && total == 0 {
 		err = invalid("message batch %s has no failed, canceled or expired requests to retry", id)
 	}
-	return s.publish(ctx, b.Seq, total, err)
+	return s.publish(ctx, b.Seq, total, err, nil)
 }
 
 // copyFailed copies the failed requests of batch from into batch to, in

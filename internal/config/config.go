@@ -96,6 +96,27 @@ type Config struct {
 	Backends []Backend `toml:"backends"`
 	Routes   []Route   `toml:"routes"`
 	Prices   []Price   `toml:"prices"`
+	// Workspaces holds per-workspace settings: the budget.
+	Workspaces []Workspace `toml:"workspaces"`
+}
+
+// Workspace is one workspace's settings.
+type Workspace struct {
+	Name string `toml:"name"`
+	// MaxCostUSD is the workspace's budget per calendar month (UTC) at
+	// batch price; 0 is none.
+	MaxCostUSD float64 `toml:"max_cost_usd"`
+}
+
+// Budgets are the workspaces' monthly budgets, by name.
+func (c *Config) Budgets() map[string]float64 {
+	out := map[string]float64{}
+	for _, w := range c.Workspaces {
+		if w.MaxCostUSD > 0 {
+			out[w.Name] = w.MaxCostUSD
+		}
+	}
+	return out
 }
 
 // Price overrides or adds one model's price, in USD per million tokens at
@@ -222,6 +243,19 @@ func (c *Config) validate() error {
 				return fmt.Errorf("%s: prices must be finite and not negative (USD per million tokens)", field)
 			}
 		}
+	}
+	spaces := map[string]bool{}
+	for i, w := range c.Workspaces {
+		field := fmt.Sprintf("workspaces.%d", i)
+		switch {
+		case w.Name == "":
+			return fmt.Errorf("%s.name: required", field)
+		case spaces[w.Name]:
+			return fmt.Errorf("%s.name: %q is used twice", field, w.Name)
+		case w.MaxCostUSD < 0 || math.IsNaN(w.MaxCostUSD) || math.IsInf(w.MaxCostUSD, 0):
+			return fmt.Errorf("%s.max_cost_usd: must be a finite amount of USD, not negative", field)
+		}
+		spaces[w.Name] = true
 	}
 	if len(c.Routes) == 0 {
 		return errors.New("routes: at least one route is needed")

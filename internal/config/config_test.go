@@ -57,6 +57,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"[[backends]]\nname = \"o\"\nkind = \"openai\"\n" + route:                                       "backends.0.base_url: required",
 		sim + sim + route: `backends.1.name: "sim" is used twice`,
 		"[[backends]]\nname = \"s\"\nkind = \"sim\"\nlatency = \"soon\"\n" + route: "latency",
+		sim + route + "[[workspaces]]\nmax_cost_usd = 5.0\n":                       "workspaces.0.name: required",
+		sim + route + "[[workspaces]]\nname = \"w\"\nmax_cost_usd = -1.0\n":        "workspaces.0.max_cost_usd",
 		sim + route + "[[prices]]\ninput = 1.0\n":                                  "prices.0.model: required",
 		sim + route + "[[prices]]\nmodel = \"m\"\n[[prices]]\nmodel = \"m\"\n":     `prices.1.model: "m" is priced twice`,
 		sim + route + "[[prices]]\nmodel = \"m\"\noutput = -1.0\n":                 "prices.0: prices must be finite and not negative",

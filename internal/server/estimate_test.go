@@ -78,3 +78,25 @@ func TestEstimate(t *testing.T) {
 	// An envelope error is the create's own error.
 	wantError(t, do(t, "POST", ts.URL+"/v1/messages/batches/estimate", `{"requests":[{"custom_id":"a"}]}`), 400, "invalid_request_error", "requests.0.params")
 }
+
+// TestBudgetRefusesACreate: with max_cost_usd on the workspace, a create
+// whose most possible cost would pass it, with what batches in progress
+// still hold, is refused with a 400 naming max_cost_usd, and leaves
+// nothing behind.
+func TestBudgetRefusesACreate(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default(0)
+	// One request of max_tokens 256 at claude-sonnet-4-5 costs at most
+	// about 256 × $7.50 / 1M = $0.00192 at batch price, input aside.
+	cfg.Workspaces = []config.Workspace{{Name: "default", MaxCostUSD: 0.005}}
+	ts := newTestServer(t, withoutDispatcher(), withConfig(func(c *server.Config) { c.Backends = cfg }))
+	createRaw(t, ts.URL, createBody(t, nRequests("a", 2, "hi")...)) // ≈ $0.0039, held while in progress
+	wantError(t, do(t, "POST", ts.URL+"/v1/messages/batches", createBody(t, nRequests("b", 1, "hi")...)), 400, "invalid_request_error", "max_cost_usd", "monthly budget of $0.0050")
+	local := params("x")
+	local["model"] = "llama-local"
+	wantError(t, do(t, "POST", ts.URL+"/v1/messages/batches", createBody(t, rawRequest{CustomID: "l", Params: local})), 400, "invalid_request_error", "max_cost_usd", "llama-local has no price")
+	var page struct{ Data []any }
+	if l := do(t, "GET", ts.URL+"/v1/messages/batches", nil); json.Unmarshal(l.Body, &page) != nil || len(page.Data) != 1 {
+		t.Errorf("refused creates left batches: %s", l.Body)
+	}
+}

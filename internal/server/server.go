@@ -243,6 +243,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	bc := cfg.Batch
 	bc.Now = cfg.Now
 	bc.Prices = prices
+	bc.Budgets = bcfg.Budgets()
 	bc.OnCreated = func() {
 		deliverer.Wake()
 		wakeStreams()

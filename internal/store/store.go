@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/batchd/batchd/internal/cost"
@@ -165,6 +166,37 @@ type RequestsInsertParams struct {
 type BatchPublishParams struct {
 	BatchSeq int64
 	Total    int64
+	// Budget, when set, publishes only if the workspace's budget holds
+	// this batch too (else a *BudgetError), and records its cost.
+	Budget *Budget
+}
+
+// Budget is a workspace's spending limit as a publish checks it: the
+// batch's most possible cost, with what was spent in the period, plus
+// what the workspace's other batches in progress may still cost (their
+// recorded most), must not pass the limit. It is checked under the
+// workspace's lock, so two creates cannot both take the last of it.
+type Budget struct {
+	LimitUSD float64
+	SpentUSD float64
+	CostUSD  float64
+}
+
+// BudgetError refuses a publish over its workspace's budget.
+type BudgetError struct {
+	Budget
+	// ReservedUSD is what the workspace's batches in progress may still cost.
+	ReservedUSD float64
+}
+
+func (e *BudgetError) Error() string {
+	return fmt.Sprintf("over budget: $%.4f spent, $%.4f reserved, $%.4f more asked, of $%.4f", e.SpentUSD, e.ReservedUSD, e.CostUSD, e.LimitUSD)
+}
+
+// Exceeded reports whether b, with reserved held by batches in progress,
+// does not hold this batch.
+func (b Budget) Exceeded(reserved float64) bool {
+	return b.SpentUSD+reserved+b.CostUSD > b.LimitUSD
 }
 
 // BatchUploadRenewParams extends the upload lease of a creating batch.

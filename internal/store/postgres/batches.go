@@ -26,8 +26,13 @@ const (
 	qBatchInsert   = `INSERT INTO batches (id, workspace, status, created_at, expires_at, betas, upload_expires)
 		VALUES ($1, $2, 'creating', $3, $4, $5, $6) RETURNING ` + batchCols
 	qUploadRenew  = `UPDATE batches SET upload_expires = $1 WHERE seq = $2 AND status = 'creating'`
-	qBatchPublish = `UPDATE batches SET status = 'in_progress', total = $1
+	qBatchPublish = `UPDATE batches SET status = 'in_progress', total = $1, max_cost_usd = $3
 		WHERE seq = $2 AND status = 'creating' RETURNING ` + batchCols
+	// qBudgetReserved sums what the other batches in progress of batch
+	// $1's workspace may still cost; it runs under the workspace's lock.
+	qBudgetReserved = `SELECT coalesce(sum(max_cost_usd), 0) FROM batches
+		WHERE workspace = (SELECT workspace FROM batches WHERE seq = $1) AND status IN ('in_progress', 'canceling') AND seq != $1`
+	qBatchWorkspace = `SELECT workspace FROM batches WHERE seq = $1`
 
 	qBatchDelete = `DELETE FROM batches WHERE seq = $1`
 	qPurgeAdd    = `INSERT INTO purges (batch_seq) VALUES ($1) ON CONFLICT DO NOTHING`
@@ -136,8 +141,27 @@ func (s *Store) BatchInsert(ctx context.Context, p store.BatchInsertParams) (*st
 func (s *Store) BatchPublish(ctx context.Context, p store.BatchPublishParams) (*store.Batch, error) {
 	var b *store.Batch
 	err := s.tx(ctx, "publish batch", func(tx pgx.Tx) error {
+		var cost *float64 // NULL: no budget holds it
+		if bg := p.Budget; bg != nil {
+			var ws string
+			if err := tx.QueryRow(ctx, qBatchWorkspace, p.BatchSeq).Scan(&ws); err != nil {
+				return err
+			}
+			// Two creates of one workspace, in any processes, check in turn.
+			if _, err := tx.Exec(ctx, qLockWorkspace, ws); err != nil {
+				return err
+			}
+			var reserved float64
+			if err := tx.QueryRow(ctx, qBudgetReserved, p.BatchSeq).Scan(&reserved); err != nil {
+				return err
+			}
+			if bg.Exceeded(reserved) {
+				return &store.BudgetError{Budget: *bg, ReservedUSD: reserved}
+			}
+			cost = &bg.CostUSD
+		}
 		var err error
-		if b, err = scanBatch(tx.QueryRow(ctx, qBatchPublish, p.Total, p.BatchSeq)); err != nil {
+		if b, err = scanBatch(tx.QueryRow(ctx, qBatchPublish, p.Total, p.BatchSeq, cost)); err != nil {
 			return err
 		}
 		return recordEvent(ctx, tx, b, store.EventBatchCreated, b.CreatedAt)

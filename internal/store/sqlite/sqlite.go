@@ -525,9 +525,22 @@ func (s *Store) RequestsInsert(ctx context.Context, p store.RequestsInsertParams
 func (s *Store) BatchPublish(ctx context.Context, p store.BatchPublishParams) (*store.Batch, error) {
 	var b *store.Batch
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var cost any // NULL: no budget holds it
+		if bg := p.Budget; bg != nil {
+			// The write transaction is the only writer: the sum holds
+			// until it commits.
+			var reserved float64
+			if err := tx.QueryRowContext(ctx, qBudgetReserved, p.BatchSeq, p.BatchSeq).Scan(&reserved); err != nil {
+				return err
+			}
+			if bg.Exceeded(reserved) {
+				return &store.BudgetError{Budget: *bg, ReservedUSD: reserved}
+			}
+			cost = bg.CostUSD
+		}
 		var err error
-		b, err = scanBatch(tx.QueryRowContext(ctx, `UPDATE batches SET status = 'in_progress', total = ?
-			WHERE seq = ? AND status = 'creating' RETURNING `+batchCols, p.Total, p.BatchSeq))
+		b, err = scanBatch(tx.QueryRowContext(ctx, `UPDATE batches SET status = 'in_progress', total = ?, max_cost_usd = ?
+			WHERE seq = ? AND status = 'creating' RETURNING `+batchCols, p.Total, cost, p.BatchSeq))
 		if err != nil {
 			return err
 		}
@@ -538,6 +551,11 @@ func (s *Store) BatchPublish(ctx context.Context, p store.BatchPublishParams) (*
 	}
 	return b, nil
 }
+
+// qBudgetReserved sums what the other batches in progress of batch ?'s
+// workspace may still cost.
+const qBudgetReserved = `SELECT coalesce(sum(max_cost_usd), 0) FROM batches
+	WHERE workspace = (SELECT workspace FROM batches WHERE seq = ?) AND status IN ('in_progress', 'canceling') AND seq != ?`
 
 // BatchDiscard implements store.Store.
 func (s *Store) BatchDiscard(ctx context.Context, batchSeq int64) error {

@@ -143,6 +143,7 @@ func Run(t *testing.T, newStore NewStore) {
 	t.Run("LimitShares", func(t *testing.T) { testLimitShares(t, newStore) })
 	t.Run("Stats", func(t *testing.T) { testStats(t, newStore) })
 	t.Run("Usage", func(t *testing.T) { testUsage(t, newStore) })
+	t.Run("Budget", func(t *testing.T) { testBudget(t, newStore) })
 }
 
 // run is one case: parallel, on a store of its own.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,6 +98,79 @@ func testUsage(t *testing.T, newStore NewStore) {
 		}
 		if len(byBatch) != 2 || byBatch[0].Group != bt.ID || byBatch[0].Tokens != want["m1"] {
 			t.Errorf("by batch after delete %+v", byBatch)
+		}
+	})
+}
+
+// testBudget is the publish-time budget check: batches in progress hold
+// their most possible cost until they end, other workspaces' do not
+// count, and two publishes at once cannot both take the last of it.
+func testBudget(t *testing.T, newStore NewStore) {
+	t.Parallel()
+	creating := func(t *testing.T, b *bundle, ws string) *store.Batch {
+		t.Helper()
+		bt, err := b.st.BatchInsert(b.ctx, store.BatchInsertParams{ID: fmt.Sprintf("msgbatch_budget_%d", seq.Add(1)), Workspace: ws, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.st.RequestsInsert(b.ctx, store.RequestsInsertParams{BatchSeq: bt.Seq, Requests: []store.NewRequest{{CustomID: "r", Params: json.RawMessage(`{}`)}}}); err != nil {
+			t.Fatal(err)
+		}
+		return bt
+	}
+	publish := func(b *bundle, bt *store.Batch, spent, cost float64) error {
+		_, err := b.st.BatchPublish(b.ctx, store.BatchPublishParams{BatchSeq: bt.Seq, Total: 1, Budget: &store.Budget{LimitUSD: 10, SpentUSD: spent, CostUSD: cost}})
+		return err
+	}
+	run(t, "HeldUntilTheyEnd", newStore, func(t *testing.T, b *bundle) {
+		first := creating(t, b, "w")
+		if err := publish(b, first, 1, 6); err != nil {
+			t.Fatal(err)
+		}
+		if err := publish(b, creating(t, b, "other"), 0, 9); err != nil {
+			t.Fatalf("another workspace's batch counted: %v", err)
+		}
+		over := creating(t, b, "w")
+		err := publish(b, over, 1, 4) // 1 spent + 6 held + 4 > 10
+		var be *store.BudgetError
+		if !errors.As(err, &be) || be.ReservedUSD != 6 || be.CostUSD != 4 {
+			t.Fatalf("over budget: %v", err)
+		}
+		// Refused, it is still being created: a cheaper one fits.
+		if err := publish(b, over, 1, 3); err != nil { // exactly at the limit
+			t.Fatalf("at the limit: %v", err)
+		}
+		// Once the first ends it holds nothing.
+		if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: first.ID, Now: t0}); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.get(t, first); got.Status != store.StatusEnded {
+			t.Fatalf("canceled batch is %s", got.Status)
+		}
+		if err := publish(b, creating(t, b, "w"), 1, 6); err != nil { // 1 + 3 held + 6
+			t.Fatalf("after the first ended: %v", err)
+		}
+	})
+	run(t, "RacingPublishes", newStore, func(t *testing.T, b *bundle) {
+		const n = 6
+		bts := make([]*store.Batch, n)
+		for i := range bts {
+			bts[i] = creating(t, b, "w")
+		}
+		var won atomic.Int64
+		race(t, n, func(i int) error {
+			err := publish(b, bts[i], 0, 6)
+			var be *store.BudgetError
+			if errors.As(err, &be) {
+				return nil
+			}
+			if err == nil {
+				won.Add(1)
+			}
+			return err
+		})
+		if won.Load() != 1 {
+			t.Errorf("%d of %d publishes of $6 fit a $10 budget, want 1", won.Load(), n)
 		}
 	})
 }
