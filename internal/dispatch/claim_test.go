@@ -107,3 +107,84 @@ func TestClaimFailuresBackOff(t *testing.T) {
 	gate.release()
 	waitBatch(t, st, b, "the batch ends", func(b *store.Batch) bool { return b.Status == store.StatusEnded })
 }
+
+// completeTimes records when each write of outcomes alone was asked for.
+type completeTimes struct {
+	store.Store
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (c *completeTimes) RequestsComplete(ctx context.Context, p store.RequestsCompleteParams) ([]*store.BatchChange, error) {
+	c.mu.Lock()
+	c.times = append(c.times, time.Now())
+	c.mu.Unlock()
+	return c.Store.RequestsComplete(ctx, p)
+}
+
+func (c *completeTimes) snapshot() []time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]time.Time(nil), c.times...)
+}
+
+// TestCompleteFailuresBackOff: while outcomes cannot be written (a store
+// that is down, a full disk the reserve cannot cover), the completer waits
+// twice as long after each failure and logs the failure once, not at every
+// try; a write that works again is logged once. Before, it logged an error
+// at every try for as long as the failure lasted.
+func TestCompleteFailuresBackOff(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	fs := faultstore.New(st)
+	rec := &completeTimes{Store: fs}
+	logs := newLogCounter()
+	gate := newGateBackend()
+	d := startDispatcher(t, rec, gate, Config{Concurrency: 1, PollInterval: time.Hour, Lease: time.Hour, Logger: slog.New(logs)})
+	b := publish(t, st, time.Now(), time.Hour, prompts("one")...)
+	d.Wake()
+	if p := gate.nextStarted(t); p != "one" {
+		t.Fatalf("started %q", p)
+	}
+	fs.Fail("RequestsCompleteAndClaim", store.ErrFull)
+	fs.Fail("RequestsComplete", store.ErrFull)
+	gate.release()
+
+	const tries = 6 // about 10+20+40+80+160 ms of backoff
+	deadline := time.Now().Add(time.Minute)
+	for len(rec.snapshot()) < tries {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d writes in a minute", len(rec.snapshot()))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	times := rec.snapshot()
+	// Lower bounds only: a slow machine makes the waits longer, never
+	// shorter.
+	for i := 1; i < len(times); i++ {
+		if gap, want := times[i].Sub(times[i-1]), completeBackoffMin<<(i-1); gap < want {
+			t.Errorf("write %d came %v after the one before, want at least %v", i, gap, want)
+		}
+	}
+	const failed = "complete failed"
+	if n := logs.count(failed); n != 1 {
+		t.Errorf("%d %q records after %d failed writes, want 1", n, failed, len(times))
+	}
+
+	fs.Clear("RequestsComplete")
+	fs.Clear("RequestsCompleteAndClaim")
+	waitBatch(t, st, b, "the batch ends", func(b *store.Batch) bool { return b.Status == store.StatusEnded })
+	// Logged just after the write that ended the batch.
+	const recovered = "completions work again"
+	for deadline := time.Now().Add(time.Minute); logs.count(recovered) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q record in a minute", recovered)
+		}
+	}
+	if n := logs.count(recovered); n != 1 {
+		t.Errorf("%d %q records, want 1", n, recovered)
+	}
+	if n := logs.count(failed); n != 1 {
+		t.Errorf("%d %q records in all, want 1", n, failed)
+	}
+}

@@ -949,6 +949,48 @@ func (d *Dispatcher) busy(n int) bool {
 	return held > n
 }
 
+// Failed writes of outcomes (a store that is down, a full disk that even
+// the reserve cannot cover) are retried after a delay that doubles from
+// completeBackoffMin up to completeBackoffMax, and starts again from
+// nothing after a write that works.
+const (
+	completeBackoffMin = 10 * time.Millisecond
+	completeBackoffMax = 5 * time.Second
+)
+
+// completeFailures is the state of failure of the completer's write of
+// one group, logged when it begins and when it ends rather than at every
+// try, as claims are (claimFailures): before, a full disk logged an error
+// at every try, for as long as it lasted.
+type completeFailures struct {
+	backoff time.Duration // the wait before the next try; 0: not failing
+	tries   int
+	since   time.Time
+}
+
+// failed records a failed write of n outcomes and returns how long to wait.
+func (f *completeFailures) failed(log *slog.Logger, err error, n int, now time.Time) time.Duration {
+	f.tries++
+	if f.backoff == 0 {
+		f.since = now
+		f.backoff = completeBackoffMin
+		log.Error("complete failed", "err", err, "outcomes", n, "retry_in", f.backoff,
+			"backoff_max", completeBackoffMax, "note", "logged again only when completions work again")
+		return f.backoff
+	}
+	f.backoff = min(2*f.backoff, completeBackoffMax)
+	log.Debug("complete failed again", "err", err, "outcomes", n, "tries", f.tries, "retry_in", f.backoff)
+	return f.backoff
+}
+
+// succeeded records a write that worked.
+func (f *completeFailures) succeeded(log *slog.Logger, now time.Time) {
+	if f.backoff > 0 {
+		log.Info("completions work again", "failed_tries", f.tries, "after", now.Sub(f.since).Round(time.Millisecond))
+	}
+	*f = completeFailures{}
+}
+
 // write records a group of outcomes and releases their slots. While the
 // dispatcher is claiming, the same transaction refills the lane that has
 // the most slots to refill, so that under load each cycle costs the store
@@ -975,10 +1017,11 @@ func (d *Dispatcher) write(ctx context.Context, group []laneOutcome) {
 			return
 		}
 	}
-	delay := 10 * time.Millisecond
+	var fails completeFailures
 	for {
 		changes, err := d.store.RequestsComplete(ctx, complete)
 		if err == nil {
+			fails.succeeded(d.log, time.Now())
 			d.emit(changes...)
 			return
 		}
@@ -988,13 +1031,12 @@ func (d *Dispatcher) write(ctx context.Context, group []laneOutcome) {
 		// Outcomes are only in memory: keep trying rather than lose them.
 		// If the process dies meanwhile, the leases lapse and the requests
 		// run again.
-		d.log.Error("complete failed", "err", err, "outcomes", len(group), "retry_in", delay)
+		delay := fails.failed(d.log, err, len(group), time.Now())
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(delay):
 		}
-		delay = min(2*delay, 5*time.Second)
 	}
 }
 
@@ -1018,7 +1060,10 @@ func (d *Dispatcher) completeAndRefill(ctx context.Context, complete store.Reque
 	// The group's own slots are released by write's deferred release.
 	d.unreserve(refill, free-len(claimed))
 	if err != nil {
-		d.log.Error("complete and claim failed", "err", err, "outcomes", len(complete.Outcomes))
+		// The outcomes are written alone next, and that write's failure
+		// is logged (once, by completeFailures); the claim's is the claim
+		// loop's to log.
+		d.log.Debug("complete and claim failed", "err", err, "outcomes", len(complete.Outcomes))
 		return false
 	}
 	d.emit(changes...)

@@ -1,11 +1,15 @@
 package server_test
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -65,7 +69,10 @@ func diskState(t *testing.T, dir string) string {
 func TestDiskFull(t *testing.T) {
 	t.Parallel()
 	dir := mountTmpfs(t, 64)
+	var logs bytes.Buffer
+	var logMu sync.Mutex
 	ts := newTestServer(t, withConfig(func(c *server.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(lockedWriter{&logs, &logMu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.DataDir = dir
 		c.StorageReserve = 16 << 20
 		c.Dispatch.Concurrency = 2
@@ -77,6 +84,12 @@ func TestDiskFull(t *testing.T) {
 		deadline := time.Now().Add(2 * time.Minute)
 		for !cond() {
 			if time.Now().After(deadline) {
+				logMu.Lock()
+				t.Logf("server log:\n%s", logs.String())
+				logMu.Unlock()
+				var stacks bytes.Buffer
+				pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+				t.Logf("goroutines:\n%s", stacks.String())
 				t.Fatalf("timed out waiting for %s: %s", what, diskState(t, dir))
 			}
 			time.Sleep(10 * time.Millisecond)

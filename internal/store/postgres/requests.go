@@ -66,17 +66,20 @@ const (
 
 	// qSettle is the guard: only the current attempt of the lease holder,
 	// and only while the request is still running, settles it. The result
-	// is written in the same statement, for the tasks it deleted only.
+	// is written in the same statement, for the tasks it deleted only, and
+	// from the outcome of the attempt that won: one call may also hold a
+	// stale attempt of the same request (see settleOutcomes).
 	qSettle = `WITH o AS (
-			SELECT * FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::text[], $6::text[], $7::bytea[])
+			SELECT DISTINCT ON (id, attempt) * FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::text[], $6::text[], $7::bytea[])
 				AS u(id, attempt, batch_seq, custom_id, result_type, result)),
 		won AS (
 			DELETE FROM tasks t USING o
 			WHERE t.id = o.id AND t.state = 1 AND t.lease_owner = $1 AND t.attempts = o.attempt
-			RETURNING t.id)
-		INSERT INTO results (id, batch_seq, custom_id, result_type, result)
-		SELECT o.id, o.batch_seq, o.custom_id, o.result_type, o.result FROM o JOIN won ON won.id = o.id
-		RETURNING id`
+			RETURNING t.id, t.attempts),
+		ins AS (
+			INSERT INTO results (id, batch_seq, custom_id, result_type, result)
+			SELECT o.id, o.batch_seq, o.custom_id, o.result_type, o.result FROM o JOIN won ON won.id = o.id AND won.attempts = o.attempt)
+		SELECT id, attempts FROM won`
 
 	// Requests in an upstream batch are held by its row's lease instead.
 	qHeartbeat = `UPDATE tasks SET lease_expires = $1 WHERE state = 1 AND lease_owner = $2 AND upstream IS NULL`
@@ -323,18 +326,37 @@ func settleOutcomes(ctx context.Context, tx pgx.Tx, owner string, os []store.Out
 			results[i] = o.Result
 		}
 	}
-	won, err := querySeqs(ctx, tx, qSettle, owner, ids, attempts, seqs, customIDs, types, results)
+	rows, err := tx.Query(ctx, qSettle, owner, ids, attempts, seqs, customIDs, types, results)
 	if err != nil {
 		return nil, err
 	}
-	isWon := make(map[int64]bool, len(won))
-	for _, id := range won {
-		isWon[id] = true
+	// Keyed by attempt, not by request: a dispatcher whose lease lapsed
+	// and which claimed a request again may settle both attempts in one
+	// call (a cancel settles every claimed-ahead copy at once), and only
+	// the current one writes a result. The stale one's duplicate result
+	// failed the whole call, every time it was retried.
+	type attempt struct {
+		id int64
+		n  int32
+	}
+	won := map[attempt]bool{}
+	for rows.Next() {
+		var a attempt
+		if err := rows.Scan(&a.id, &a.n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		won[a] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
 	}
 	settled := make([]store.Outcome, 0, len(won))
 	for _, o := range os {
-		if isWon[o.RequestID] {
+		if a := (attempt{o.RequestID, int32(o.Attempt)}); won[a] {
 			settled = append(settled, o)
+			delete(won, a) // the same attempt twice is written once (DISTINCT ON)
 		}
 	}
 	return settled, nil

@@ -88,10 +88,12 @@ const (
 var chunkSizes = []int{64, 16, 4, 1}
 
 // qSettle is the guard: only the current attempt of the lease holder, and
-// only while the request is still running, settles it.
+// only while the request is still running, settles it. It returns the
+// attempt with the id: one call may hold a stale attempt of the same
+// request beside the current one (see settleOutcomes).
 func qSettle(n int) string {
 	return `DELETE FROM tasks WHERE state = 1 AND lease_owner = ? AND (id, attempts) IN (VALUES ` +
-		strings.TrimSuffix(strings.Repeat("(?,?),", n), ",") + `) RETURNING id`
+		strings.TrimSuffix(strings.Repeat("(?,?),", n), ",") + `) RETURNING id, attempts`
 }
 
 func qAddResults(n int) string {
@@ -1602,7 +1604,16 @@ func (s *Store) completeTx(ctx context.Context, tx *sql.Tx, p store.RequestsComp
 // settleOutcomes deletes the tasks of outcomes that still hold their lease
 // and writes their results, returning the outcomes that did.
 func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os []store.Outcome) ([]store.Outcome, error) {
-	won := make(map[int64]bool, len(os))
+	// Keyed by attempt, not by request: a dispatcher whose lease lapsed
+	// and which claimed a request again may settle both attempts in one
+	// call (a cancel settles every claimed-ahead copy at once), and only
+	// the current one may write a result; the stale one's duplicate
+	// result failed the whole call, every time it was retried.
+	type attempt struct {
+		id int64
+		n  int
+	}
+	won := make(map[attempt]bool, len(os))
 	args := make([]any, 0, 1+2*chunkSizes[0])
 	for rest := os; len(rest) > 0; {
 		n := chunkSizes[len(chunkSizes)-1]
@@ -1623,12 +1634,12 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 			return nil, err
 		}
 		for rows.Next() {
-			var id int64
-			if err := rows.Scan(&id); err != nil {
+			var a attempt
+			if err := rows.Scan(&a.id, &a.n); err != nil {
 				rows.Close()
 				return nil, err
 			}
-			won[id] = true
+			won[a] = true
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -1637,8 +1648,9 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 	}
 	settled := make([]store.Outcome, 0, len(won))
 	for _, o := range os {
-		if won[o.RequestID] {
+		if a := (attempt{o.RequestID, o.Attempt}); won[a] {
 			settled = append(settled, o)
+			delete(won, a) // the same attempt twice writes once
 		}
 	}
 	args = make([]any, 0, 5*chunkSizes[0])

@@ -579,6 +579,39 @@ func testRequests(t *testing.T, newStore NewStore) {
 			t.Fatalf("current attempt not recorded: %+v", got)
 		}
 	})
+	// A dispatcher whose lease lapsed (a loaded machine, a stalled disk) and
+	// which claimed the request again holds it twice, under two attempts;
+	// canceling the batch settles both at once, in one call. Only the
+	// current attempt counts, and the stale one must not fail the call
+	// (it did, with a duplicate result, and the batch never ended).
+	run(t, "CompleteStaleAndCurrentAttemptTogether", newStore, func(t *testing.T, b *bundle) {
+		bt := b.batch(t, "w", 2, t0)
+		c := b.claim(t, "o", 2, t0)
+		if _, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(2 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		c2 := b.claim(t, "o", 2, t0.Add(2*time.Minute))
+		if len(c2) != 2 || c2[0].Attempt != 2 {
+			t.Fatalf("reclaim: %+v", c2)
+		}
+		if _, err := b.st.BatchCancel(b.ctx, store.BatchCancelParams{Workspace: "w", ID: bt.ID, Now: t0.Add(2 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		canceled := func(c store.ClaimedRequest) store.Outcome {
+			return store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: store.ResultCanceled}
+		}
+		ch, err := b.st.RequestsComplete(b.ctx, store.RequestsCompleteParams{Owner: "o", Now: t0.Add(2 * time.Minute),
+			Outcomes: []store.Outcome{canceled(c[0]), canceled(c[1]), canceled(c2[0]), canceled(c2[1])}})
+		if err != nil {
+			t.Fatalf("complete a stale and the current attempt together: %v", err)
+		}
+		if endedCount(ch) != 1 || ch[0].Batch.Counts.Canceled != 2 {
+			t.Fatalf("want the batch ended with 2 canceled, got %+v", ch)
+		}
+		if r := b.results(t, bt); len(r) != 2 {
+			t.Fatalf("want 2 results, got %d", len(r))
+		}
+	})
 	run(t, "ClaimIsFairAcrossBatches", newStore, func(t *testing.T, b *bundle) {
 		big := b.batch(t, "w", 500, t0)
 		first := b.claim(t, "o", 50, t0)
