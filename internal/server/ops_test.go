@@ -109,6 +109,15 @@ func TestMetricsMoveWhenABatchEnds(t *testing.T) {
 	if h := f["batchd_request_duration_seconds"]; h == nil || h.Metric[0].Histogram.GetSampleCount() != 8 {
 		t.Errorf("request durations: %v", h)
 	}
+	ops := map[string]bool{}
+	if h := f["batchd_store_operation_seconds"]; h != nil {
+		for _, m := range h.Metric {
+			ops[m.Label[0].GetValue()] = m.Histogram.GetSampleCount() > 0
+		}
+	}
+	if !ops["BatchInsert"] || !ops["BatchPublish"] || !ops["RequestsInsert"] {
+		t.Errorf("store operations timed: %v", ops)
+	}
 	// The tokens the metrics counted are the usage the store kept.
 	var u wireUsage
 	if r := do(t, "GET", ts.URL+"/v1/messages/batches/"+b.ID+"/usage", nil); json.Unmarshal(r.Body, &u) != nil || u.Tokens.Input == 0 {

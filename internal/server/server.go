@@ -29,6 +29,7 @@ import (
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/sqlite"
 	"github.com/batchd/batchd/internal/store/storeopen"
+	"github.com/batchd/batchd/internal/store/timedstore"
 	"github.com/batchd/batchd/internal/webhook"
 )
 
@@ -165,10 +166,17 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open server: %w", err)
 	}
-	st, err := storeopen.Open(ctx, target, storeopen.Options{Reserve: cmp.Or(cfg.StorageReserve, sqlite.DefaultReserve)})
+	raw, err := storeopen.Open(ctx, target, storeopen.Options{Reserve: cmp.Or(cfg.StorageReserve, sqlite.DefaultReserve)})
 	if err != nil {
 		return nil, fmt.Errorf("open server: %w", err)
 	}
+	// The metrics read the backends and the event streams, built below,
+	// only once something scrapes.
+	var backends func() []api.BackendInfo
+	var subscribers func() int
+	mx := metrics.New(metricsSource(raw, func() []api.BackendInfo { return backends() }, func() int { return subscribers() }, cfg.Now), cfg.Logger)
+	// Every part uses the store through the wrapper that times its verbs.
+	var st store.Store = timedstore.New(raw, mx.StoreOp)
 	// One owner and one elector for every part: the leases of a process
 	// are all its own, and it leads (or not) as a whole.
 	elector := leader.New(st, leader.Config{Owner: cfg.Owner, Lease: cfg.Lease, Now: cfg.Now, Logger: cfg.Logger})
@@ -200,9 +208,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	// The limits of a backend hold for the whole cluster: each limiter
 	// applies this process's leased share of them.
 	shares := ratelimit.NewShares(st, built.Limiters, ratelimit.SharesConfig{Owner: cfg.Owner, Lease: cfg.Lease, Now: cfg.Now, Logger: cfg.Logger})
-	backends := backendLister(bcfg, built, shares)
-	var subscribers func() int // set once the API exists, before anything scrapes
-	mx := metrics.New(metricsSource(st, backends, func() int { return subscribers() }, cfg.Now), cfg.Logger)
+	backends = backendLister(bcfg, built, shares)
 	prices := bcfg.PriceTable()
 	router := built.Router
 	dc := cfg.Dispatch
@@ -356,7 +362,7 @@ func (s *Server) Start(ctx context.Context) error {
 // they wake, until Close. Without them (the listener failed to start)
 // every part still finds its work by polling.
 func (s *Server) listen(ctx context.Context) {
-	n, ok := s.Store.(store.Notifier)
+	n, ok := unwrap(s.Store).(store.Notifier)
 	if !ok {
 		return
 	}
@@ -543,4 +549,16 @@ func openSealer(ctx context.Context, cfg Config, target storeopen.Target, st sto
 			"(--webhook-key-file PATH or BATCHD_WEBHOOK_KEY), the one every other process of the cluster uses", from, err, target)
 	}
 	return sealer, err
+}
+
+// unwrap is the driver under a wrapping store (timedstore), which is what
+// offers more than store.Store (a store.Notifier).
+func unwrap(st store.Store) store.Store {
+	for {
+		u, ok := st.(interface{ Unwrap() store.Store })
+		if !ok {
+			return st
+		}
+		st = u.Unwrap()
+	}
 }
