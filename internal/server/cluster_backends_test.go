@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"encoding/json"
-	"fmt"
 	"testing"
 	"time"
 
@@ -75,7 +74,7 @@ func TestBackendsShowClusterShare(t *testing.T) {
 		})
 		for i, p := range procs {
 			max, share := backendShares(t, p)
-			t.Log(fmt.Sprintf("process %d: max_concurrency %d, cluster_share %d", i, max["up"], share["up"]))
+			t.Logf("process %d: max_concurrency %d, cluster_share %d", i, max["up"], share["up"])
 		}
 	})
 }
