@@ -142,6 +142,7 @@ func Run(t *testing.T, newStore NewStore) {
 	t.Run("Leadership", func(t *testing.T) { testLeadership(t, newStore) })
 	t.Run("LimitShares", func(t *testing.T) { testLimitShares(t, newStore) })
 	t.Run("Stats", func(t *testing.T) { testStats(t, newStore) })
+	t.Run("ResultsPage", func(t *testing.T) { testResultsPage(t, newStore) })
 }
 
 // run is one case: parallel, on a store of its own.
