@@ -475,6 +475,9 @@ func (a *API) results(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if wantsResultsPage(r.URL.Query()) {
+		return a.resultsPage(w, r, b)
+	}
 	w.Header().Set("Content-Type", "application/x-jsonl")
 	w.Header().Set("Content-Disposition", "attachment; filename*=utf-8''"+b.ID+"_results.jsonl")
 	if err := a.svc.WriteResults(r.Context(), b, w); err != nil {
