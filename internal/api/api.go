@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/dashboard"
 	"github.com/batchd/batchd/internal/store"
 )
 
@@ -159,6 +160,7 @@ func New(cfg Config) *API {
 	a.handleWebhooks()
 	a.handleEvents()
 	a.handleOps()
+	dashboard.Mount(a.mux) // GET / and /dashboard/…: the web dashboard
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusNotFound, "not_found_error", fmt.Sprintf("%s %s: no such endpoint", r.Method, r.URL.Path))
 	})
