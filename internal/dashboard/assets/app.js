@@ -1,6 +1,6 @@
 // batchd dashboard: a hash-routed single page over the public API.
 import { session, hooks, api, stream } from './api.js';
-import { h, errorBox } from './ui.js';
+import { h, fill, errorBox } from './ui.js';
 import { batchesView, batchView } from './batches.js';
 import { submitView } from './submit.js';
 import { webhooksView, backendsView, usageView } from './ops.js';
@@ -82,7 +82,7 @@ function signIn(message) {
         render();
       } catch (ex) {
         session.clear();
-        err.replaceChildren(errorBox(ex.status === 401 ? { message: 'That key was refused (401).' } : ex));
+        fill(err, errorBox(ex.status === 401 ? { message: 'That key was refused (401).' } : ex));
       }
     },
   },
@@ -90,7 +90,7 @@ function signIn(message) {
   h('p', { class: 'muted' }, 'An API key of your workspace (batchd keys create). It is kept in this browser tab only (sessionStorage) and sent as x-api-key to the same API the SDKs use.'),
   h('label', { for: 'apikey' }, 'API key'), key, err,
   h('p', {}, h('button', { type: 'submit', id: 'signin' }, 'Sign in')));
-  main.replaceChildren(form);
+  fill(main, form);
   key.focus();
 }
 

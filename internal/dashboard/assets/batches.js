@@ -1,6 +1,6 @@
 // The batches list and the batch page.
 import { api, download, APIError } from './api.js';
-import { h, fmt, progressBar, badge, errorBox, confirm, lineChart, settled, total, TYPES } from './ui.js';
+import { h, fill, fmt, progressBar, badge, errorBox, confirm, lineChart, settled, total, TYPES } from './ui.js';
 import { live, ready, go } from './state.js';
 
 const PAGE = 25; // rows of the batches list
@@ -121,7 +121,7 @@ export async function batchesView(main, { params, signal }) {
       end = !page.has_more && (list.length < PAGE || cursor === page.last_id);
     }
     next = end ? null : cursor;
-    if (!end && list.length < PAGE) note.replaceChildren(h('div', { class: 'notice' }, `Read ${fmt.n(scanned)} batches; ${list.length} are ${status.replace('_', ' ')}. Older ones: next page.`));
+    if (!end && list.length < PAGE) fill(note, h('div', { class: 'notice' }, `Read ${fmt.n(scanned)} batches; ${list.length} are ${status.replace('_', ' ')}. Older ones: next page.`));
   }
 
   for (const b of list) {
@@ -196,9 +196,9 @@ export async function batchView(main, { id, params, signal }) {
 
   function paint() {
     const c = b.request_counts;
-    title.replaceChildren(h('span', { class: 'mono' }, b.id), badge(b.processing_status));
-    bar.replaceChildren(progressBar(c));
-    counts.replaceChildren(stat('requests', fmt.n(total(c)), 'count-total'), stat('processing', fmt.n(c.processing), 'count-processing'),
+    fill(title, h('span', { class: 'mono' }, b.id), badge(b.processing_status));
+    fill(bar, progressBar(c));
+    fill(counts, stat('requests', fmt.n(total(c)), 'count-total'), stat('processing', fmt.n(c.processing), 'count-processing'),
       ...TYPES.map((k) => stat(k, fmt.n(c[k]), `count-${k}`)));
     const created = Date.parse(b.created_at);
     const end = b.ended_at ? Date.parse(b.ended_at) : Date.now();
@@ -207,7 +207,7 @@ export async function batchView(main, { id, params, signal }) {
     const rate = b.ended_at || recent.length < 2 ? NaN
       : (recent[recent.length - 1].v - recent[0].v) / Math.max((recent[recent.length - 1].t - recent[0].t) / 1000, 0.001);
     const left = c.processing && rate > 0 ? (c.processing / rate) * 1000 : NaN;
-    timing.replaceChildren(h('h2', {}, 'Timing'), h('table', {}, h('tbody', {},
+    fill(timing, h('h2', {}, 'Timing'), h('table', {}, h('tbody', {},
       h('tr', {}, h('th', {}, 'created'), h('td', {}, fmt.time(b.created_at))),
       h('tr', {}, h('th', {}, b.ended_at ? 'ended' : 'expires'), h('td', {}, fmt.time(b.ended_at || b.expires_at))),
       b.cancel_initiated_at ? h('tr', {}, h('th', {}, 'cancel asked'), h('td', {}, fmt.time(b.cancel_initiated_at))) : null,
@@ -219,7 +219,7 @@ export async function batchView(main, { id, params, signal }) {
     const points = [{ t: created, v: 0 }, ...samples.filter((s) => s.t > created)];
     if (b.ended_at) points.push({ t: Date.parse(b.ended_at), v: settled(c) });
     points.sort((p, q) => p.t - q.t);
-    chart.replaceChildren(h('h2', {}, 'Completions over time'), lineChart(points, { max: total(c), label: 'settled requests over time' }),
+    fill(chart, h('h2', {}, 'Completions over time'), lineChart(points, { max: total(c), label: 'settled requests over time' }),
       h('div', { class: 'muted' }, 'Measured while this page is open; before that, a straight line from the creation.'));
     paintActions();
   }
@@ -227,11 +227,11 @@ export async function batchView(main, { id, params, signal }) {
   function paintCost() {
     const row = (k, v) => h('tr', {}, h('th', {}, k), h('td', { class: 'num' }, v));
     if (!usage) {
-      cost.replaceChildren(h('h2', {}, 'Cost'), h('div', { class: 'muted', id: 'cost-value' }, '—'));
+      fill(cost, h('h2', {}, 'Cost'), h('div', { class: 'muted', id: 'cost-value' }, '—'));
       return;
     }
     const t = usage.tokens || {};
-    cost.replaceChildren(h('h2', {}, 'Cost'), h('table', {}, h('tbody', {},
+    fill(cost, h('h2', {}, 'Cost'), h('table', {}, h('tbody', {},
       row('at batch price', h('span', { id: 'cost-value' }, fmt.usd(usage.batch_usd))),
       row('at standard price', fmt.usd(usage.standard_usd)),
       row('saving', fmt.usd(usage.saving_usd)),
@@ -248,7 +248,7 @@ export async function batchView(main, { id, params, signal }) {
       class: cls, id: `action-${label.toLowerCase()}`, onclick: async (e) => {
         if (!(await confirm(question, label))) return;
         e.target.disabled = true;
-        try { await fn(); } catch (ex) { msg.replaceChildren(errorBox(ex)); } finally { e.target.disabled = false; }
+        try { await fn(); } catch (ex) { fill(msg, errorBox(ex)); } finally { e.target.disabled = false; }
       },
     }, label);
   }
@@ -256,7 +256,7 @@ export async function batchView(main, { id, params, signal }) {
   function paintActions() {
     const c = b.request_counts, ended = b.processing_status === 'ended';
     const failed = c.errored + c.canceled + c.expired;
-    actions.replaceChildren(
+    fill(actions,
       h('a', { href: '#/batches' }, '← Batches'), h('span', { class: 'spacer' }),
       !ended && b.processing_status !== 'canceling' ? act('Cancel', 'danger', `Cancel ${b.id}? Requests not yet sent become canceled; those in flight finish.`, async () => {
         b = await api(`/v1/messages/batches/${b.id}/cancel`, { method: 'POST' }); paint();
@@ -276,7 +276,7 @@ export async function batchView(main, { id, params, signal }) {
       const a = h('a', { href: URL.createObjectURL(blob), download: `${b.id}_results.jsonl` });
       a.click();
       setTimeout(() => URL.revokeObjectURL(a.href), 10000);
-    } catch (ex) { msg.replaceChildren(errorBox(ex)); }
+    } catch (ex) { fill(msg, errorBox(ex)); }
   }
 
   paint();
@@ -295,7 +295,7 @@ export async function batchView(main, { id, params, signal }) {
       paint();
       if (usage !== null || b.processing_status === 'ended') { usage = await batchUsage(b.id, signal); paintCost(); }
     } catch (ex) {
-      if (ex.name !== 'AbortError' && ex.status === 404) msg.replaceChildren(errorBox({ message: `${id} no longer exists (deleted).` }));
+      if (ex.name !== 'AbortError' && ex.status === 404) fill(msg, errorBox({ message: `${id} no longer exists (deleted).` }));
     }
   };
   live.addEventListener('progress', (e) => {
@@ -350,18 +350,18 @@ function resultsSection(root, getBatch, params, signal) {
       err.replaceChildren();
       next = page.next_after;
       shown = page.data.length;
-      tbody.replaceChildren(...page.data.flatMap(resultRow));
+      fill(tbody, ...page.data.flatMap(resultRow));
       if (!page.data.length) tbody.append(h('tr', {}, h('td', { colspan: 3, class: 'muted' }, settled(b.request_counts) ? 'No result matches.' : 'No result yet.')));
       paintPager();
       ready('results');
     } catch (ex) {
-      if (ex.name !== 'AbortError') err.replaceChildren(errorBox(ex));
+      if (ex.name !== 'AbortError') fill(err, errorBox(ex));
     } finally { loading = false; }
   }
 
   function paintPager() {
     const n = cursors.length;
-    pager.replaceChildren(
+    fill(pager,
       h('button', { class: 'secondary', id: 'results-prev', disabled: n < 2, onclick: () => { cursors.pop(); load(); } }, '← Previous'),
       h('button', { class: 'secondary', id: 'results-next', disabled: !next, onclick: () => { cursors.push(next); load(); } }, 'Next →'),
       h('span', { class: 'muted' }, `page ${n} · ${shown} shown`));

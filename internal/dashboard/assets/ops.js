@@ -1,6 +1,6 @@
 // Webhook endpoints, backends and usage.
 import { api, APIError } from './api.js';
-import { h, fmt, badge, errorBox, confirm, columnChart } from './ui.js';
+import { h, fill, fmt, badge, errorBox, confirm, columnChart } from './ui.js';
 import { ready } from './state.js';
 
 const EVENT_TYPES = ['message_batch.created', 'message_batch.canceling', 'message_batch.ended'];
@@ -16,22 +16,22 @@ export async function webhooksView(main, { signal }) {
       e.preventDefault();
       try {
         const ep = await api('/v1/webhooks/endpoints', { method: 'POST', body: { url: url.value, description: desc.value, event_types: types.map((l) => l.firstChild).filter((c) => c.checked).map((c) => c.value) } });
-        msg.replaceChildren(h('div', { class: 'notice' }, 'Created ', h('span', { class: 'mono' }, ep.id), '. Its signing secret, shown this once: ', h('code', { id: 'wh-secret' }, ep.secret)));
+        fill(msg, h('div', { class: 'notice' }, 'Created ', h('span', { class: 'mono' }, ep.id), '. Its signing secret, shown this once: ', h('code', { id: 'wh-secret' }, ep.secret)));
         url.value = desc.value = '';
         await load();
-      } catch (ex) { msg.replaceChildren(errorBox(ex)); }
+      } catch (ex) { fill(msg, errorBox(ex)); }
     },
   }, h('h2', { style: 'margin-top:0' }, 'New endpoint'), h('div', { class: 'toolbar' }, url, desc, h('button', { type: 'submit' }, 'Create')),
   h('div', {}, h('span', { class: 'muted' }, 'Events (none ticked: all) '), types));
   main.append(h('h1', {}, 'Webhook endpoints'), msg, list, create);
 
   async function action(fn, done) {
-    try { await fn(); msg.replaceChildren(h('div', { class: 'notice' }, done)); await load(); } catch (ex) { msg.replaceChildren(errorBox(ex)); }
+    try { await fn(); fill(msg, h('div', { class: 'notice' }, done)); await load(); } catch (ex) { fill(msg, errorBox(ex)); }
   }
 
   async function attempts(ep, box) {
     const page = await api(`/v1/webhooks/endpoints/${ep.id}/attempts?limit=20`, { signal });
-    box.replaceChildren(page.data.length ? h('table', {},
+    fill(box, page.data.length ? h('table', {},
       h('thead', {}, h('tr', {}, ['at', 'event', '#', 'status', 'error', 'ms', 'response', ''].map((c) => h('th', {}, c)))),
       h('tbody', {}, page.data.map((a) => h('tr', {},
         h('td', {}, fmt.time(a.at)), h('td', { class: 'mono' }, a.event_id), h('td', { class: 'num' }, a.attempt),
@@ -44,9 +44,9 @@ export async function webhooksView(main, { signal }) {
 
   async function load() {
     const page = await api('/v1/webhooks/endpoints', { signal });
-    list.replaceChildren(...(page.data.length ? page.data.map((ep) => {
+    fill(list, ...(page.data.length ? page.data.map((ep) => {
       const box = h('div', { class: 'attempts' }, h('p', { class: 'muted' }, 'Loading attempts…'));
-      attempts(ep, box).catch((ex) => box.replaceChildren(errorBox(ex)));
+      attempts(ep, box).catch((ex) => fill(box, errorBox(ex)));
       return h('div', { class: 'card endpoint', dataset: { id: ep.id } },
         h('div', { class: 'toolbar' },
           h('strong', { class: 'mono' }, ep.url), ep.enabled ? badge('enabled', 'ended') : badge('disabled', 'off'),
@@ -62,7 +62,7 @@ export async function webhooksView(main, { signal }) {
   try {
     await load();
   } catch (ex) {
-    if (ex instanceof APIError && ex.status === 404) list.replaceChildren(h('p', { class: 'muted' }, 'This server has no webhooks.'));
+    if (ex instanceof APIError && ex.status === 404) fill(list, h('p', { class: 'muted' }, 'This server has no webhooks.'));
     else throw ex;
   }
   ready('webhooks');
@@ -75,7 +75,7 @@ export async function backendsView(main, { signal }) {
     h('table', { id: 'backends' }, h('thead', {}, h('tr', {}, ['backend', 'kind', 'models', 'in flight / concurrency', 'max', 'rpm', 'input tpm', 'output tpm', 'throttled', 'last error'].map((c) => h('th', {}, c)))), tbody));
   const load = async () => {
     const page = await api('/v1/backends', { signal });
-    tbody.replaceChildren(...page.data.map((b) => h('tr', {},
+    fill(tbody, ...page.data.map((b) => h('tr', {},
       h('td', {}, h('strong', {}, b.name)), h('td', {}, b.kind), h('td', { class: 'mono' }, (b.models || []).join(', ')),
       h('td', {}, h('div', { class: 'bar' }, h('span', { class: 'load', style: `width:${b.concurrency ? Math.min(100, (100 * b.in_flight) / b.concurrency) : 0}%` })),
         h('div', { class: 'bar-label' }, `${fmt.n(b.in_flight)} / ${fmt.n(b.concurrency)}`)),
@@ -108,7 +108,7 @@ export async function usageView(main, { params, signal }) {
     u = await api(`/v1/usage?${new URLSearchParams({ from: from.toISOString(), to: to.toISOString(), group_by: groupBy })}`, { signal });
   } catch (ex) {
     if (ex instanceof APIError && ex.status === 404) {
-      body.replaceChildren(h('div', { class: 'card' }, h('div', { class: 'stat' }, h('div', { class: 'k' }, 'cost'), h('div', { class: 'v' }, '—')),
+      fill(body, h('div', { class: 'card' }, h('div', { class: 'stat' }, h('div', { class: 'k' }, 'cost'), h('div', { class: 'v' }, '—')),
         h('p', { class: 'muted' }, 'This server does not report usage (GET /v1/usage).')));
       ready('usage');
       return;
@@ -121,7 +121,7 @@ export async function usageView(main, { params, signal }) {
   const sum = (f) => rows.reduce((n, r) => n + (f(r) || 0), 0);
   const totalUSD = u.batch_usd ?? sum((r) => r.batch_usd);
   const standardUSD = u.standard_usd ?? sum((r) => r.standard_usd);
-  body.replaceChildren(
+  fill(body,
     h('div', { class: 'stats' },
       h('div', { class: 'stat' }, h('div', { class: 'k' }, 'cost at batch price'), h('div', { class: 'v', id: 'usage-total' }, fmt.usd(totalUSD))),
       h('div', { class: 'stat' }, h('div', { class: 'k' }, 'at standard price'), h('div', { class: 'v' }, fmt.usd(standardUSD))),

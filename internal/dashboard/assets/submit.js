@@ -1,7 +1,7 @@
 // Submit a batch from the page: a JSONL file of requests, or records with
 // a prompt template (as `batchd submit` and `batchd submit --template`).
 import { upload } from './api.js';
-import { h, fmt, errorBox } from './ui.js';
+import { h, fill, fmt, errorBox } from './ui.js';
 import { ready } from './state.js';
 
 const MAX_REQUESTS = 100000;
@@ -133,13 +133,13 @@ export async function submitView(main) {
   const go = h('button', { id: 'submit-go', onclick: submit }, 'Create batch');
 
   function paintForm() {
-    tabs.replaceChildren(
+    fill(tabs,
       h('button', { class: mode === 'requests' ? 'active' : '', onclick: () => { mode = 'requests'; paintForm(); } }, 'Requests (JSONL)'),
       h('button', { class: mode === 'template' ? 'active' : '', id: 'tab-template', onclick: () => { mode = 'template'; paintForm(); } }, 'Template over records'));
     paste.placeholder = mode === 'requests'
       ? '…or paste lines here: {"custom_id":"doc-1","params":{"model":"claude-sonnet-4-5","max_tokens":256,"messages":[{"role":"user","content":"Hello"}]}}'
       : '…or paste records here, one JSON object a line: {"id":"doc-1","text":"the quick brown fox"}';
-    form.replaceChildren(
+    fill(form,
       mode === 'requests'
         ? h('p', { class: 'muted' }, 'One request a line in the API’s own shape, {"custom_id": …, "params": {…}} — what batchd submit takes. The file is checked line by line first (a bad line creates nothing), then streamed to POST /v1/messages/batches.')
         : h('div', {},
@@ -179,11 +179,11 @@ export async function submitView(main) {
       });
       progress.value = 1;
       label.replaceChildren();
-      status.replaceChildren(h('div', { class: 'notice' }, `Created `, h('a', { id: 'created-link', class: 'mono', href: `#/batches/${b.id}` }, b.id),
+      fill(status, h('div', { class: 'notice' }, `Created `, h('a', { id: 'created-link', class: 'mono', href: `#/batches/${b.id}` }, b.id),
         ` with ${fmt.n(count)} requests.`));
       file.value = '';
     } catch (e) {
-      status.replaceChildren(errorBox(e));
+      fill(status, errorBox(e));
     } finally {
       go.disabled = false;
       progress.hidden = true;

@@ -16,6 +16,14 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// fill replaces el's children; unlike the DOM's replaceChildren it skips
+// null, undefined and false (the DOM would write "null").
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
 function append(el, children) {
   for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
