@@ -117,12 +117,15 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	// Figures, not assertions (speed is never asserted in a test): the
 	// target is every page interactive within 1 s.
+	// Painted: the later of the first contentful paint and the view's
+	// data in the DOM.
 	for name, ms := range figures.Ready {
 		fp := "-"
 		if v := figures.FirstPaint[name]; v != nil {
 			fp = fmt.Sprintf("%.0f ms", *v)
+			ms = max(ms, *v)
 		}
-		t.Logf("%-24s data painted %5.0f ms (%.2f × the 1 s target), first paint %s", name, ms, ms/1000, fp)
+		t.Logf("%-24s painted %5.0f ms (%.2f × the 1 s target; first paint %s)", name, ms, ms/1000, fp)
 	}
 	for path, a := range figures.API {
 		t.Logf("server time %-60s max %6.1f ms over %d calls", path, a.Max, a.Calls)
