@@ -210,6 +210,10 @@ try {
       figures.ready_ms[name] = Date.now() - t0;
       record(name, { fcp: null, ready: figures.ready_ms[name], api: await pageTimes(page, 'results').then((t) => t.api) });
     };
+    await page.click('#results-next');
+    await page.waitForSelector('#results-table tr[data-custom-id="req-50"]', { timeout: T });
+    await page.click('#results-prev');
+    await page.waitForSelector('#results-table tr[data-custom-id="req-0"]', { timeout: T });
     const lastID = `req-99999`;
     await search('heavy_search_custom_id', async () => {
       await page.evaluate(() => performance.clearMarks());
