@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/dashboard"
 	"github.com/batchd/batchd/internal/store"
 )
 
@@ -173,6 +174,7 @@ func New(cfg Config) *API {
 	a.handleWebhooks()
 	a.handleEvents()
 	a.handleOps()
+	dashboard.Mount(a.mux) // GET / and /dashboard/…: the web dashboard
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusNotFound, "not_found_error", fmt.Sprintf("%s %s: no such endpoint", r.Method, r.URL.Path))
 	})
@@ -488,6 +490,9 @@ func (a *API) results(w http.ResponseWriter, r *http.Request) error {
 	b, err := a.svc.ResultsReady(r.Context(), workspace(r), r.PathValue("id"), partial)
 	if err != nil {
 		return err
+	}
+	if wantsResultsPage(r.URL.Query()) {
+		return a.resultsPage(w, r, b)
 	}
 	w.Header().Set("Content-Type", "application/x-jsonl")
 	w.Header().Set("Content-Disposition", "attachment; filename*=utf-8''"+b.ID+"_results.jsonl")

@@ -219,7 +219,7 @@ func TestUnknownEndpoint(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t, withoutDispatcher())
 	for _, tt := range []struct{ method, path string }{
-		{"GET", "/"},
+		{"POST", "/"}, // GET / is the dashboard
 		{"GET", "/v1/nothing"},
 		{"POST", "/v1/messages"},
 		{"GET", "/v1/messages/batches/x/y/z"},

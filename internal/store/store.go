@@ -363,6 +363,11 @@ type ResultsListParams struct {
 	Limit         int
 	WithParams    bool
 	SkipSucceeded bool
+	// ResultType, when set, lists only results of that type (Result…).
+	ResultType string
+	// CustomIDPrefix, when set, lists only results whose custom_id starts
+	// with it (case-sensitive), for the dashboard's search.
+	CustomIDPrefix string
 	// MaxBytes, when > 0, ends the page after the result whose result
 	// and params bytes bring the page's total to it (a page always holds
 	// at least one result), so a reader of big requests holds a bounded

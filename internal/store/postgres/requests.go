@@ -502,14 +502,19 @@ func (s *Store) ResultsList(ctx context.Context, p store.ResultsListParams) ([]s
 		q = qResultsWith
 	}
 	q += ` WHERE res.batch_seq = $1 AND res.id > $2`
+	// The filters are always bound and empty means none, so the statement
+	// text stays one per shape; starts_with, not LIKE, as '_' is a LIKE
+	// wildcard and may be in a custom_id.
+	q += ` AND ($3 = '' OR res.result_type = $3) AND ($4 = '' OR starts_with(res.custom_id, $4))`
+	args := []any{p.BatchSeq, p.AfterID, p.ResultType, p.CustomIDPrefix, p.Limit}
 	if p.SkipSucceeded {
 		q += ` AND res.result_type != 'succeeded'`
 	}
-	q += ` ORDER BY res.id LIMIT $3`
+	q += ` ORDER BY res.id LIMIT $5`
 	var out []store.Result
 	err := s.read(ctx, "list results", func(qr querier) error {
 		out = make([]store.Result, 0, min(p.Limit, 1000))
-		rows, err := qr.Query(ctx, q, p.BatchSeq, p.AfterID, p.Limit)
+		rows, err := qr.Query(ctx, q, args...)
 		if err != nil {
 			return err
 		}

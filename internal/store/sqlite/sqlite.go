@@ -1872,11 +1872,22 @@ func (s *Store) ResultsList(ctx context.Context, p store.ResultsListParams) ([]s
 		q = `SELECT res.id, res.custom_id, res.result_type, res.result, req.params FROM results res JOIN requests req ON req.id = res.id`
 	}
 	q += ` WHERE res.batch_seq = ? AND res.id > ?`
+	args := []any{p.BatchSeq, p.AfterID}
 	if p.SkipSucceeded {
 		q += ` AND res.result_type != 'succeeded'`
 	}
+	if p.ResultType != "" {
+		q += ` AND res.result_type = ?`
+		args = append(args, p.ResultType)
+	}
+	if p.CustomIDPrefix != "" {
+		// substr, not LIKE: LIKE is case-insensitive here and '_' is a
+		// wildcard, and a custom_id may hold '_'.
+		q += ` AND substr(res.custom_id, 1, ?) = ?`
+		args = append(args, len(p.CustomIDPrefix), p.CustomIDPrefix)
+	}
 	q += ` ORDER BY res.id LIMIT ?`
-	rows, err := s.r.QueryContext(ctx, q, p.BatchSeq, p.AfterID, p.Limit)
+	rows, err := s.r.QueryContext(ctx, q, append(args, p.Limit)...)
 	if err != nil {
 		return nil, fmt.Errorf("list results: %w", err)
 	}

@@ -144,6 +144,7 @@ func Run(t *testing.T, newStore NewStore) {
 	t.Run("Stats", func(t *testing.T) { testStats(t, newStore) })
 	t.Run("Usage", func(t *testing.T) { testUsage(t, newStore) })
 	t.Run("Budget", func(t *testing.T) { testBudget(t, newStore) })
+	t.Run("ResultsPage", func(t *testing.T) { testResultsPage(t, newStore) })
 }
 
 // run is one case: parallel, on a store of its own.
