@@ -115,19 +115,20 @@ export async function usageView(main, { params, signal }) {
     }
     throw ex;
   }
-  const rows = u.data || u.groups || [];
-  const key = (r) => r.day || r.date || r.model || r.batch_id || r.key || '';
+  const rows = u.data || [];
+  const key = (r) => r.group || '';
   const tok = (r) => r.tokens || {};
   const sum = (f) => rows.reduce((n, r) => n + (f(r) || 0), 0);
-  const totalUSD = u.batch_usd ?? sum((r) => r.batch_usd);
-  const standardUSD = u.standard_usd ?? sum((r) => r.standard_usd);
+  const total = u.total || {};
+  const totalUSD = total.batch_usd ?? sum((r) => r.batch_usd);
+  const standardUSD = total.standard_usd ?? sum((r) => r.standard_usd);
   fill(body,
     h('div', { class: 'stats' },
       h('div', { class: 'stat' }, h('div', { class: 'k' }, 'cost at batch price'), h('div', { class: 'v', id: 'usage-total' }, fmt.usd(totalUSD))),
       h('div', { class: 'stat' }, h('div', { class: 'k' }, 'at standard price'), h('div', { class: 'v' }, fmt.usd(standardUSD))),
-      h('div', { class: 'stat' }, h('div', { class: 'k' }, 'saving'), h('div', { class: 'v' }, fmt.usd(u.saving_usd ?? standardUSD - totalUSD))),
-      h('div', { class: 'stat' }, h('div', { class: 'k' }, 'input tokens'), h('div', { class: 'v' }, fmt.n(u.tokens?.input_tokens ?? sum((r) => tok(r).input_tokens)))),
-      h('div', { class: 'stat' }, h('div', { class: 'k' }, 'output tokens'), h('div', { class: 'v' }, fmt.n(u.tokens?.output_tokens ?? sum((r) => tok(r).output_tokens))))),
+      h('div', { class: 'stat' }, h('div', { class: 'k' }, 'saving'), h('div', { class: 'v' }, fmt.usd(total.saving_usd ?? standardUSD - totalUSD))),
+      h('div', { class: 'stat' }, h('div', { class: 'k' }, 'input tokens'), h('div', { class: 'v' }, fmt.n(total.tokens?.input_tokens ?? sum((r) => tok(r).input_tokens)))),
+      h('div', { class: 'stat' }, h('div', { class: 'k' }, 'output tokens'), h('div', { class: 'v' }, fmt.n(total.tokens?.output_tokens ?? sum((r) => tok(r).output_tokens))))),
     h('div', { class: 'card' }, h('h2', { style: 'margin-top:0' }, `Cost by ${groupBy}`),
       columnChart(rows.map((r) => ({ label: key(r), v: r.batch_usd || 0, text: fmt.usd(r.batch_usd) })), { label: `cost by ${groupBy}` })),
     h('table', {}, h('thead', {}, h('tr', {}, [groupBy, 'input', 'output', 'cache write', 'cache read', 'batch $', 'standard $', 'saving $'].map((c, i) => h('th', { class: i ? 'num' : '' }, c)))),
