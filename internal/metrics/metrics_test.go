@@ -2,9 +2,12 @@ package metrics
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -147,5 +150,55 @@ func TestStateErrorIsReported(t *testing.T) {
 	m := New(func(context.Context) (State, error) { return State{}, errors.New("store down") }, nil)
 	if got := value(t, scrape(t, m), "batchd_state_scrape_error", nil...); got != 1 {
 		t.Errorf("scrape error gauge %v", got)
+	}
+}
+
+// TestGrafanaDashboardNamesRealMetrics: every batchd_ metric the shipped
+// Grafana dashboard queries is one the registry exports, so the dashboard
+// cannot drift from the code.
+func TestGrafanaDashboardNamesRealMetrics(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("../../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatal(err)
+	}
+	m := New(func(context.Context) (State, error) {
+		return State{BatchesByStatus: map[string]int64{"ended": 1}, Backends: []BackendState{{Name: "b"}}}, nil
+	}, nil)
+	m.Settled("b", "succeeded")
+	m.Call("b", "m", 200, time.Millisecond)
+	m.Call("b", "m", 429, time.Millisecond)
+	m.Retried("b")
+	m.RateWait("b", time.Millisecond)
+	m.Usage("claude-sonnet-4-5", cost.Tokens{Input: 1}, cost.Default())
+	m.Delivery("delivered", time.Millisecond)
+	m.StoreOp("x", time.Millisecond)
+	fams := scrape(t, m)
+	name := regexp.MustCompile(`\bbatchd_[a-z0-9_]+`)
+	n := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, metric := range name.FindAllString(tg.Expr, -1) {
+				n++
+				base := strings.TrimSuffix(metric, "_bucket")
+				if fams[base] == nil {
+					t.Errorf("panel %q queries %s, which batchd does not export", p.Title, metric)
+				}
+			}
+		}
+	}
+	if n < 15 {
+		t.Errorf("only %d metric references in the dashboard", n)
 	}
 }
