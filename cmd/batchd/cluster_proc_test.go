@@ -238,6 +238,7 @@ func TestClusterProcSigkillMidBatch(t *testing.T) {
 	if tally := checkExactlyOnce(t, c.members[1].URL, end, n); tally["succeeded"] != n {
 		t.Fatalf("want every request succeeded, got %v", tally)
 	}
+	checkUsageRecount(t, c.members[2].URL, b.ID)
 }
 
 // TestClusterProcRollingRestart: each of three processes is stopped

@@ -56,4 +56,7 @@ func TestCrashRecovery(t *testing.T) {
 			t.Fatalf("%s: want exactly one succeeded result, got %v", id, got)
 		}
 	}
+	// Usage is added in the settle's transaction: the crash lost none and
+	// counted none twice.
+	checkUsageRecount(t, p2.URL, b.ID)
 }
