@@ -10,6 +10,7 @@ import (
 
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/postgres/pgtest"
+	"github.com/batchd/batchd/internal/store/storetest"
 )
 
 // BenchmarkClaimComplete is the SQLite driver's benchmark of the same
@@ -69,4 +70,12 @@ func BenchmarkClaimComplete(b *testing.B) {
 			b.ReportMetric(float64(completeT.Microseconds())/float64(n), "complete_us/req")
 		})
 	}
+}
+
+// BenchmarkBatchUsage: reading a batch's usage costs the same for 10 and
+// for 100,000 requests (issue 9).
+//
+//	go test ./internal/store/postgres -run '^$' -bench BatchUsage
+func BenchmarkBatchUsage(b *testing.B) {
+	storetest.BenchmarkBatchUsage(b, func(tb testing.TB) store.Store { return pgtest.NewStore(tb) })
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/sqlite"
+	"github.com/batchd/batchd/internal/store/storetest"
 )
 
 // BenchmarkClaimComplete measures the store's bookkeeping per request:
@@ -117,4 +118,19 @@ func BenchmarkBatchGet(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/1e3, "cpu_us/op")
+}
+
+// BenchmarkBatchUsage: reading a batch's usage costs the same for 10 and
+// for 100,000 requests (issue 9).
+//
+//	go test ./internal/store/sqlite -run '^$' -bench BatchUsage
+func BenchmarkBatchUsage(b *testing.B) {
+	storetest.BenchmarkBatchUsage(b, func(tb testing.TB) store.Store {
+		st, err := sqlite.Open(context.Background(), filepath.Join(tb.TempDir(), "batchd.db"))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { st.Close() })
+		return st
+	})
 }
