@@ -13,30 +13,9 @@ import (
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 	"golang.org/x/term"
-)
 
-// estimateJSON is the part of POST …/estimate the CLI prints.
-type estimateJSON struct {
-	Requests int `json:"requests"`
-	Models   []struct {
-		Model           string  `json:"model"`
-		Requests        int     `json:"requests"`
-		InputTokens     int64   `json:"input_tokens"`
-		MaxOutputTokens int64   `json:"max_output_tokens"`
-		Priced          bool    `json:"priced"`
-		MinUSD          float64 `json:"min_usd"`
-		MaxUSD          float64 `json:"max_usd"`
-	} `json:"models"`
-	MinUSD     float64 `json:"min_usd"`
-	MaxUSD     float64 `json:"max_usd"`
-	Rejected   int     `json:"rejected"`
-	Rejections []struct {
-		Reason        string `json:"reason"`
-		Requests      int    `json:"requests"`
-		FirstCustomID string `json:"first_custom_id"`
-	} `json:"rejections"`
-	Unpriced []string `json:"unpriced"`
-}
+	"github.com/batchd/batchd/internal/batch"
+)
 
 // estimatePending asks the server to estimate each pending batch, streamed
 // from its file as a create would be, and prints the sum to w.
@@ -69,7 +48,7 @@ func estimatePending(ctx context.Context, client *anthropic.Client, pending []*p
 		if err != nil {
 			return 0, 0, fmt.Errorf("estimate batch %d of %d: %w", i+1, len(pending), concise(err))
 		}
-		var est estimateJSON
+		var est batch.Estimate
 		if err := json.Unmarshal(raw, &est); err != nil {
 			return 0, 0, fmt.Errorf("read estimate: %w", err)
 		}

@@ -9,29 +9,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-)
 
-// usageJSON is the part of a usage answer (a batch's, or one group of a
-// report) the table prints.
-type usageJSON struct {
-	Models []struct {
-		Model  string `json:"model"`
-		Tokens struct {
-			Input        int64 `json:"input_tokens"`
-			Output       int64 `json:"output_tokens"`
-			CacheWrite5m int64 `json:"cache_write_5m_tokens"`
-			CacheWrite1h int64 `json:"cache_write_1h_tokens"`
-			CacheRead    int64 `json:"cache_read_tokens"`
-		} `json:"tokens"`
-		Priced      bool    `json:"priced"`
-		BatchUSD    float64 `json:"batch_usd"`
-		StandardUSD float64 `json:"standard_usd"`
-	} `json:"models"`
-	BatchUSD    float64  `json:"batch_usd"`
-	StandardUSD float64  `json:"standard_usd"`
-	SavingUSD   float64  `json:"saving_usd"`
-	Unpriced    []string `json:"unpriced"`
-}
+	"github.com/batchd/batchd/internal/cost"
+)
 
 func newUsageCommand() *cobra.Command {
 	var (
@@ -64,7 +44,7 @@ the workspace's usage by model, day or batch (--by) from --since.`,
 			if asJSON {
 				return printRawJSON(w, raw)
 			}
-			var u usageJSON
+			var u cost.Report
 			if err := json.Unmarshal(raw, &u); err != nil {
 				return fmt.Errorf("read usage: %w", err)
 			}
@@ -89,7 +69,7 @@ the workspace's usage by model, day or batch (--by) from --since.`,
 			GroupBy string `json:"group_by"`
 			Data    []struct {
 				Group string `json:"group"`
-				usageJSON
+				cost.Report
 			} `json:"data"`
 		}
 		if err := json.Unmarshal(raw, &rep); err != nil {
@@ -97,7 +77,7 @@ the workspace's usage by model, day or batch (--by) from --since.`,
 		}
 		groups := make([]namedUsage, 0, len(rep.Data))
 		for _, g := range rep.Data {
-			groups = append(groups, namedUsage{g.Group, g.usageJSON})
+			groups = append(groups, namedUsage{g.Group, g.Report})
 		}
 		writeUsageTable(w, strings.ToUpper(rep.GroupBy), groups)
 		return nil
@@ -107,7 +87,7 @@ the workspace's usage by model, day or batch (--by) from --since.`,
 
 type namedUsage struct {
 	name string
-	u    usageJSON
+	u    cost.Report
 }
 
 // writeUsageTable prints one row per group and model, then the sum.
