@@ -32,8 +32,9 @@ type DelivererConfig struct {
 	// sends them again, with the same webhook-id.
 	Lease time.Duration
 	// Concurrency caps attempts in flight (default 32), PerEndpoint those
-	// to one endpoint (default 4): a slow or dead receiver holds at most
-	// PerEndpoint slots, never the others'.
+	// to one endpoint (default DefaultPerEndpoint), for every process of a
+	// cluster together: a slow or dead receiver holds at most PerEndpoint
+	// slots, never the others'.
 	Concurrency int
 	PerEndpoint int
 	// Timeout bounds one attempt (default 15s).
@@ -54,6 +55,10 @@ type DelivererConfig struct {
 	// research schedule, 0 s to 24 h). Tests compress it.
 	Delay func(r Result, attempt int) (time.Duration, bool)
 }
+
+// DefaultPerEndpoint is how many attempts to one endpoint may be in flight
+// at once, in all the processes of a cluster together.
+const DefaultPerEndpoint = 4
 
 // Deliverer sends the outbox's deliveries: it claims due ones under a
 // lease, signs and posts them, and records each attempt.
@@ -87,7 +92,7 @@ func NewDeliverer(cfg DelivererConfig) *Deliverer {
 		cfg.Concurrency = 32
 	}
 	if cfg.PerEndpoint <= 0 {
-		cfg.PerEndpoint = 4
+		cfg.PerEndpoint = DefaultPerEndpoint
 	}
 	if cfg.Lease <= 0 {
 		cfg.Lease = 15 * time.Second
