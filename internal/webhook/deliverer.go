@@ -198,6 +198,7 @@ func (d *Deliverer) loop(ctx context.Context) {
 		case <-d.wake:
 		case <-timer.C:
 		}
+		claimed := d.cfg.Now() // when the last claim looked
 		for ctx.Err() == nil {
 			d.mu.Lock()
 			free := d.cfg.Concurrency - d.inFlight
@@ -206,6 +207,7 @@ func (d *Deliverer) loop(ctx context.Context) {
 				break
 			}
 			now := d.cfg.Now()
+			claimed = now
 			ds, err := d.cfg.Store.DeliveriesClaim(ctx, store.DeliveriesClaimParams{
 				Owner: d.cfg.Owner, Limit: free, PerEndpoint: d.cfg.PerEndpoint, Now: now, LeaseUntil: now.Add(d.cfg.Lease),
 			})
@@ -233,12 +235,27 @@ func (d *Deliverer) loop(ctx context.Context) {
 				break
 			}
 		}
-		wait := d.cfg.PollInterval
-		if due, err := d.cfg.Store.DeliveryNextDue(ctx); err == nil && !due.IsZero() {
-			wait = min(wait, max(due.Sub(d.cfg.Now()), 5*time.Millisecond))
+		due, err := d.cfg.Store.DeliveryNextDue(ctx)
+		if err != nil {
+			due = time.Time{}
 		}
-		timer.Reset(wait)
+		timer.Reset(nextWait(due, claimed, d.cfg.Now(), d.cfg.PollInterval))
 	}
+}
+
+// nextWait is how long the deliverer sleeps when the next delivery is due
+// at due (zero: none) and it last claimed at claimed: until due, within 5
+// ms and poll. A delivery already due when it claimed was passed over —
+// its endpoint is at its cap, in some process, or this deliverer is full
+// — and waits for an attempt to end: this process's own wake it, and the
+// poll finds the others', instead of claiming nothing every 5 ms while an
+// endpoint is down. A retry of another endpoint due meanwhile is then up
+// to poll late, beside waits of 5 s and more.
+func nextWait(due, claimed, now time.Time, poll time.Duration) time.Duration {
+	if due.IsZero() || !due.After(claimed) {
+		return poll
+	}
+	return min(poll, max(due.Sub(now), 5*time.Millisecond))
 }
 
 // deliver makes one attempt and records what follows from it.

@@ -90,10 +90,13 @@ const (
 	// The endpoint's row is written only when its health changes: a row
 	// written by every attempt would be locked by every record, and a
 	// claim passes over an endpoint whose row is locked.
-	qEndpointHealthy  = `UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL`
-	qEndpointFailing  = `UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2 AND failing_since IS NULL`
-	qEndpointDisable  = `UPDATE webhook_endpoints SET enabled = false, disabled_reason = $1, updated_at = $2 WHERE id = $3`
-	qDeliveryNextDue  = `SELECT min(next_at) FROM deliveries WHERE state = 0`
+	qEndpointHealthy = `UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL`
+	qEndpointFailing = `UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2 AND failing_since IS NULL`
+	qEndpointDisable = `UPDATE webhook_endpoints SET enabled = false, disabled_reason = $1, updated_at = $2 WHERE id = $3`
+	// qDeliveryNextDue: a disabled endpoint's pending deliveries wait, so
+	// they are never due; the earliest of the others, along deliveries_due.
+	qDeliveryNextDue = `SELECT min(next_at) FROM (SELECT d.next_at FROM deliveries d WHERE d.state = 0
+		AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = d.endpoint_id AND w.enabled) ORDER BY d.next_at LIMIT 1) due`
 	qDeliveryAttempts = `SELECT a.id, a.delivery_id, e.id, a.attempt, a.at, a.status, a.error_class, a.duration_us, a.response, a.error, a.truncated
 		FROM delivery_attempts a JOIN webhook_endpoints w ON w.id = a.endpoint_id AND w.workspace = $1
 		JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.seq = d.event_seq

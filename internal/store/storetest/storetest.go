@@ -1289,6 +1289,33 @@ func testWebhooks(t *testing.T, newStore NewStore) {
 			t.Fatalf("the healthy endpoint must get its delivery while the dead one is at its cap: %v", got)
 		}
 	})
+	// A disabled endpoint's pending deliveries wait and cannot be claimed,
+	// so they are not due: before, the deliverer of every process, told
+	// that a delivery was due in the past, claimed nothing every 5 ms for
+	// as long as the endpoint stayed disabled.
+	run(t, "DeliveryNextDueSkipsDisabled", newStore, func(t *testing.T, b *bundle) {
+		for _, id := range []string{"whep_off", "whep_on"} {
+			if err := b.st.WebhookEndpointCreate(b.ctx, &store.WebhookEndpoint{ID: id, Workspace: "w", URL: "https://" + id + ".example/", Secret: "s", CreatedAt: t0}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, _, err := b.st.EventTestInsert(b.ctx, "w", "whep_off", t0); err != nil {
+			t.Fatal(err)
+		}
+		off := false
+		if _, err := b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: "whep_off", Now: t0, Enabled: &off, DisabledReason: "receiver answered 410 Gone"}); err != nil {
+			t.Fatal(err)
+		}
+		if due, err := b.st.DeliveryNextDue(b.ctx); err != nil || !due.IsZero() {
+			t.Fatalf("next due %v (%v) with only a disabled endpoint's delivery pending, want none", due, err)
+		}
+		if _, _, err := b.st.EventTestInsert(b.ctx, "w", "whep_on", t0.Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if due, err := b.st.DeliveryNextDue(b.ctx); err != nil || !due.Equal(t0.Add(time.Second)) {
+			t.Fatalf("next due %v (%v), want the enabled endpoint's at %v", due, err, t0.Add(time.Second))
+		}
+	})
 	// The cap holds for every deliverer together, not for each one alone:
 	// the processes of a cluster claiming for one endpoint at once never
 	// hold more than PerEndpoint of its deliveries between them. Before, on
