@@ -58,6 +58,8 @@ type serveConfig struct {
 	configPath      string
 	webhookAllow    []string
 	webhookKeyFile  string
+	// webhookRetryScale compresses the webhook retry schedule (tests).
+	webhookRetryScale float64
 }
 
 func newServeCommand() *cobra.Command {
@@ -107,6 +109,8 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until shutdown (for benchmarks)")
 	f.MarkHidden("cpu-profile")
+	f.Float64Var(&c.webhookRetryScale, "webhook-retry-scale", 1, "multiply every webhook retry wait by this (for tests)")
+	f.MarkHidden("webhook-retry-scale")
 	return cmd
 }
 
@@ -212,6 +216,10 @@ func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 			return fmt.Errorf("%s: %w", envWebhookKey, err)
 		}
 	}
+	hooks := server.WebhookConfig{AllowCIDRs: c.webhookAllow, Key: webhookKey, KeyFile: c.webhookKeyFile}
+	if c.webhookRetryScale != 1 {
+		hooks.Delay = webhook.ScaledDelay(c.webhookRetryScale, nil)
+	}
 	srvParts, err := server.Open(ctx, server.Config{
 		Backends:               backends,
 		DataDir:                c.dataDir,
@@ -238,7 +246,7 @@ func serve(ctx context.Context, c serveConfig, sigs <-chan os.Signal) error {
 			RequestTimeout: c.requestTimeout,
 		},
 		SimLatency: c.simLatency,
-		Webhooks:   server.WebhookConfig{AllowCIDRs: c.webhookAllow, Key: webhookKey, KeyFile: c.webhookKeyFile},
+		Webhooks:   hooks,
 		Logger:     log,
 	})
 	if err != nil {

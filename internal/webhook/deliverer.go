@@ -32,8 +32,9 @@ type DelivererConfig struct {
 	// sends them again, with the same webhook-id.
 	Lease time.Duration
 	// Concurrency caps attempts in flight (default 32), PerEndpoint those
-	// to one endpoint (default 4): a slow or dead receiver holds at most
-	// PerEndpoint slots, never the others'.
+	// to one endpoint (default DefaultPerEndpoint), for every process of a
+	// cluster together: a slow or dead receiver holds at most PerEndpoint
+	// slots, never the others'.
 	Concurrency int
 	PerEndpoint int
 	// Timeout bounds one attempt (default 15s).
@@ -54,6 +55,10 @@ type DelivererConfig struct {
 	// research schedule, 0 s to 24 h). Tests compress it.
 	Delay func(r Result, attempt int) (time.Duration, bool)
 }
+
+// DefaultPerEndpoint is how many attempts to one endpoint may be in flight
+// at once, in all the processes of a cluster together.
+const DefaultPerEndpoint = 4
 
 // Deliverer sends the outbox's deliveries: it claims due ones under a
 // lease, signs and posts them, and records each attempt.
@@ -87,7 +92,7 @@ func NewDeliverer(cfg DelivererConfig) *Deliverer {
 		cfg.Concurrency = 32
 	}
 	if cfg.PerEndpoint <= 0 {
-		cfg.PerEndpoint = 4
+		cfg.PerEndpoint = DefaultPerEndpoint
 	}
 	if cfg.Lease <= 0 {
 		cfg.Lease = 15 * time.Second
@@ -193,6 +198,7 @@ func (d *Deliverer) loop(ctx context.Context) {
 		case <-d.wake:
 		case <-timer.C:
 		}
+		claimed := d.cfg.Now() // when the last claim looked
 		for ctx.Err() == nil {
 			d.mu.Lock()
 			free := d.cfg.Concurrency - d.inFlight
@@ -201,6 +207,7 @@ func (d *Deliverer) loop(ctx context.Context) {
 				break
 			}
 			now := d.cfg.Now()
+			claimed = now
 			ds, err := d.cfg.Store.DeliveriesClaim(ctx, store.DeliveriesClaimParams{
 				Owner: d.cfg.Owner, Limit: free, PerEndpoint: d.cfg.PerEndpoint, Now: now, LeaseUntil: now.Add(d.cfg.Lease),
 			})
@@ -228,12 +235,27 @@ func (d *Deliverer) loop(ctx context.Context) {
 				break
 			}
 		}
-		wait := d.cfg.PollInterval
-		if due, err := d.cfg.Store.DeliveryNextDue(ctx); err == nil && !due.IsZero() {
-			wait = min(wait, max(due.Sub(d.cfg.Now()), 5*time.Millisecond))
+		due, err := d.cfg.Store.DeliveryNextDue(ctx)
+		if err != nil {
+			due = time.Time{}
 		}
-		timer.Reset(wait)
+		timer.Reset(nextWait(due, claimed, d.cfg.Now(), d.cfg.PollInterval))
 	}
+}
+
+// nextWait is how long the deliverer sleeps when the next delivery is due
+// at due (zero: none) and it last claimed at claimed: until due, within 5
+// ms and poll. A delivery already due when it claimed was passed over —
+// its endpoint is at its cap, in some process, or this deliverer is full
+// — and waits for an attempt to end: this process's own wake it, and the
+// poll finds the others', instead of claiming nothing every 5 ms while an
+// endpoint is down. A retry of another endpoint due meanwhile is then up
+// to poll late, beside waits of 5 s and more.
+func nextWait(due, claimed, now time.Time, poll time.Duration) time.Duration {
+	if due.IsZero() || !due.After(claimed) {
+		return poll
+	}
+	return min(poll, max(due.Sub(now), 5*time.Millisecond))
 }
 
 // deliver makes one attempt and records what follows from it.

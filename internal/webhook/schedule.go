@@ -88,3 +88,13 @@ func nextDelay(attempt int, floor, retryAfter time.Duration, rnd func() float64)
 	}
 	return d, true
 }
+
+// ScaledDelay is Result.NextDelay with every wait multiplied by scale: the
+// same schedule, compressed for tests that run real processes (serve's
+// hidden --webhook-retry-scale). rnd is as for NextDelay.
+func ScaledDelay(scale float64, rnd func() float64) func(r Result, attempt int) (time.Duration, bool) {
+	return func(r Result, attempt int) (time.Duration, bool) {
+		d, more := r.NextDelay(attempt, rnd)
+		return time.Duration(float64(d) * scale), more
+	}
+}

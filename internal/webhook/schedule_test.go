@@ -164,3 +164,27 @@ func TestParseRetryAfter(t *testing.T) {
 }
 
 const http1123 = "Mon, 02 Jan 2006 15:04:05 GMT"
+
+// TestScaledDelay: the schedule compressed, with the causes' rules kept
+// (the throttle floor scales too; a success or 410 still ends it).
+func TestScaledDelay(t *testing.T) {
+	t.Parallel()
+	delay := ScaledDelay(0.01, constRnd(0.5))
+	for _, tc := range []struct {
+		name    string
+		r       Result
+		attempt int
+		want    time.Duration
+		more    bool
+	}{
+		{"first retry", Result{Status: 503}, 1, 50 * time.Millisecond, true},
+		{"third retry", Result{Status: 503}, 3, 18 * time.Second, true},
+		{"throttled", Result{Status: 429}, 1, 600 * time.Millisecond, true},
+		{"spent", Result{Status: 503}, MaxAttempts, 0, false},
+		{"ok", Result{OK: true, Status: 204}, 1, 0, false},
+	} {
+		if d, more := delay(tc.r, tc.attempt); d != tc.want || more != tc.more {
+			t.Errorf("%s: %s %v, want %s %v", tc.name, d, more, tc.want, tc.more)
+		}
+	}
+}

@@ -47,10 +47,23 @@ const (
 	qEndpointDropLive = `DELETE FROM deliveries WHERE endpoint_id = $1 AND state IN (0, 1)`
 
 	qDeliveriesPending = `SELECT count(*) FROM deliveries WHERE endpoint_id = $1 AND state IN (0, 1)`
-	// qDeliveriesClaim leases due deliveries of enabled endpoints, and
-	// those whose lease lapsed, in one statement: each endpoint offers at
-	// most $3 minus its live leases (its cap), locked and skipping those
-	// another deliverer holds; the earliest $4 of all are leased.
+	// qDeliveriesClaimEndpoints locks the enabled endpoints that have
+	// deliveries to claim, passing over those another claim (or a change
+	// of the endpoint) holds: the endpoints a claim serves are its alone
+	// until it commits, so that the next claim, in the fresh snapshot of
+	// its own statement, counts this one's leases against the cap.
+	// NO KEY UPDATE conflicts with itself but not with writers of
+	// deliveries.
+	qDeliveriesClaimEndpoints = `SELECT w.id FROM webhook_endpoints w
+		WHERE w.enabled AND EXISTS (SELECT 1 FROM deliveries d
+			WHERE d.endpoint_id = w.id AND ((d.state = 0 AND d.next_at <= $1) OR (d.state = 1 AND d.lease_expires < $1)))
+		ORDER BY w.id FOR NO KEY UPDATE OF w SKIP LOCKED`
+	// qDeliveriesClaim leases, for the endpoints $6 locked by
+	// qDeliveriesClaimEndpoints, due deliveries and those whose lease
+	// lapsed, in one statement run after the lock, so its snapshot holds
+	// every earlier claim of these endpoints: each endpoint offers at most
+	// $3 minus its live leases (its cap, for the whole cluster), skipping
+	// rows being written; the earliest $4 of all are leased.
 	qDeliveriesClaim = `WITH offered AS (
 			SELECT d.id, d.next_at FROM webhook_endpoints w
 			CROSS JOIN LATERAL (SELECT count(*) AS n FROM deliveries x
@@ -59,7 +72,7 @@ const (
 				SELECT d.id, d.next_at FROM deliveries d
 				WHERE d.endpoint_id = w.id AND ((d.state = 0 AND d.next_at <= $2) OR (d.state = 1 AND d.lease_expires < $2))
 				ORDER BY d.next_at, d.id LIMIT greatest($3 - busy.n, 0) FOR UPDATE OF d SKIP LOCKED) d
-			WHERE w.enabled),
+			WHERE w.id = ANY($6) AND w.enabled),
 		picked AS (SELECT id FROM offered ORDER BY next_at, id LIMIT $4),
 		claimed AS (
 			UPDATE deliveries d SET state = 1, lease_owner = $1, lease_expires = $5
@@ -74,10 +87,16 @@ const (
 		WHERE id = $4 AND state = 1 AND lease_owner = $5 AND attempts = $6 RETURNING endpoint_id`
 	qAttemptInsert = `INSERT INTO delivery_attempts (delivery_id, endpoint_id, attempt, at, status, error_class, duration_us, response, error, truncated)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
-	qEndpointHealthy  = `UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1`
-	qEndpointFailing  = `UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, $1) WHERE id = $2`
-	qEndpointDisable  = `UPDATE webhook_endpoints SET enabled = false, disabled_reason = $1, updated_at = $2 WHERE id = $3`
-	qDeliveryNextDue  = `SELECT min(next_at) FROM deliveries WHERE state = 0`
+	// The endpoint's row is written only when its health changes: a row
+	// written by every attempt would be locked by every record, and a
+	// claim passes over an endpoint whose row is locked.
+	qEndpointHealthy = `UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL`
+	qEndpointFailing = `UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2 AND failing_since IS NULL`
+	qEndpointDisable = `UPDATE webhook_endpoints SET enabled = false, disabled_reason = $1, updated_at = $2 WHERE id = $3`
+	// qDeliveryNextDue: a disabled endpoint's pending deliveries wait, so
+	// they are never due; the earliest of the others, along deliveries_due.
+	qDeliveryNextDue = `SELECT min(next_at) FROM (SELECT d.next_at FROM deliveries d WHERE d.state = 0
+		AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = d.endpoint_id AND w.enabled) ORDER BY d.next_at LIMIT 1) due`
 	qDeliveryAttempts = `SELECT a.id, a.delivery_id, e.id, a.attempt, a.at, a.status, a.error_class, a.duration_us, a.response, a.error, a.truncated
 		FROM delivery_attempts a JOIN webhook_endpoints w ON w.id = a.endpoint_id AND w.workspace = $1
 		JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.seq = d.event_seq
@@ -343,7 +362,16 @@ func (s *Store) DeliveriesClaim(ctx context.Context, p store.DeliveriesClaimPara
 	}
 	var out []*store.Delivery
 	err := s.tx(ctx, "claim deliveries", func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, qDeliveriesClaim, p.Owner, micros(p.Now), per, p.Limit, micros(p.LeaseUntil))
+		out = nil // a retry starts over
+		rows, err := tx.Query(ctx, qDeliveriesClaimEndpoints, micros(p.Now))
+		if err != nil {
+			return err
+		}
+		endpoints, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil || len(endpoints) == 0 {
+			return err
+		}
+		rows, err = tx.Query(ctx, qDeliveriesClaim, p.Owner, micros(p.Now), per, p.Limit, micros(p.LeaseUntil), endpoints)
 		if err != nil {
 			return err
 		}

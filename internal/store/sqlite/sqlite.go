@@ -1153,7 +1153,9 @@ func (s *Store) DeliveryRecord(ctx context.Context, p store.DeliveryRecordParams
 // DeliveryNextDue implements store.Store.
 func (s *Store) DeliveryNextDue(ctx context.Context) (time.Time, error) {
 	var v sql.NullInt64
-	if err := s.r.QueryRowContext(ctx, `SELECT min(next_at) FROM deliveries WHERE state = 0`).Scan(&v); err != nil {
+	// A disabled endpoint's pending deliveries wait, so they are never due.
+	if err := s.r.QueryRowContext(ctx, `SELECT min(next_at) FROM (SELECT d.next_at FROM deliveries d WHERE d.state = 0
+		AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = d.endpoint_id AND w.enabled = 1) ORDER BY d.next_at LIMIT 1)`).Scan(&v); err != nil {
 		return time.Time{}, fmt.Errorf("next delivery: %w", err)
 	}
 	if !v.Valid {

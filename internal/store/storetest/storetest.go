@@ -1353,6 +1353,82 @@ func testWebhooks(t *testing.T, newStore NewStore) {
 			t.Fatalf("the healthy endpoint must get its delivery while the dead one is at its cap: %v", got)
 		}
 	})
+	// A disabled endpoint's pending deliveries wait and cannot be claimed,
+	// so they are not due: before, the deliverer of every process, told
+	// that a delivery was due in the past, claimed nothing every 5 ms for
+	// as long as the endpoint stayed disabled.
+	run(t, "DeliveryNextDueSkipsDisabled", newStore, func(t *testing.T, b *bundle) {
+		for _, id := range []string{"whep_off", "whep_on"} {
+			if err := b.st.WebhookEndpointCreate(b.ctx, &store.WebhookEndpoint{ID: id, Workspace: "w", URL: "https://" + id + ".example/", Secret: "s", CreatedAt: t0}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, _, err := b.st.EventTestInsert(b.ctx, "w", "whep_off", t0); err != nil {
+			t.Fatal(err)
+		}
+		off := false
+		if _, err := b.st.WebhookEndpointUpdate(b.ctx, store.WebhookEndpointUpdateParams{Workspace: "w", ID: "whep_off", Now: t0, Enabled: &off, DisabledReason: "receiver answered 410 Gone"}); err != nil {
+			t.Fatal(err)
+		}
+		if due, err := b.st.DeliveryNextDue(b.ctx); err != nil || !due.IsZero() {
+			t.Fatalf("next due %v (%v) with only a disabled endpoint's delivery pending, want none", due, err)
+		}
+		if _, _, err := b.st.EventTestInsert(b.ctx, "w", "whep_on", t0.Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if due, err := b.st.DeliveryNextDue(b.ctx); err != nil || !due.Equal(t0.Add(time.Second)) {
+			t.Fatalf("next due %v (%v), want the enabled endpoint's at %v", due, err, t0.Add(time.Second))
+		}
+	})
+	// The cap holds for every deliverer together, not for each one alone:
+	// the processes of a cluster claiming for one endpoint at once never
+	// hold more than PerEndpoint of its deliveries between them. Before, on
+	// PostgreSQL, each claim counted the endpoint's leases in a snapshot
+	// that did not see the others' claims, so each took a full cap.
+	run(t, "DeliveriesPerEndpointAcrossOwners", newStore, func(t *testing.T, b *bundle) {
+		// Each round races fresh endpoints: only claims that overlap
+		// before the first commit can exceed the cap, so one race alone
+		// may miss the defect.
+		const perEndpoint, owners, claims, due, rounds = 3, 8, 2, 8, 10
+		now := t0.Add(time.Second)
+		for r := range rounds {
+			eps := []string{fmt.Sprintf("whep_%da", r), fmt.Sprintf("whep_%db", r)}
+			for _, id := range eps {
+				if err := b.st.WebhookEndpointCreate(b.ctx, &store.WebhookEndpoint{ID: id, Workspace: "w", URL: "https://" + id + ".example/", Secret: "s", CreatedAt: t0}); err != nil {
+					t.Fatal(err)
+				}
+				for range due {
+					if _, _, err := b.st.EventTestInsert(b.ctx, "w", id, t0); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			var mu sync.Mutex
+			held := map[string]int{} // endpoint → deliveries leased, by every owner
+			race(t, owners, func(i int) error {
+				for range claims {
+					ds, err := b.st.DeliveriesClaim(b.ctx, store.DeliveriesClaimParams{Owner: fmt.Sprintf("d%d", i), Limit: 10, PerEndpoint: perEndpoint,
+						Now: now, LeaseUntil: now.Add(time.Hour)})
+					if err != nil {
+						return err
+					}
+					mu.Lock()
+					for _, d := range ds {
+						held[d.Endpoint.ID]++
+					}
+					mu.Unlock()
+				}
+				return nil
+			})
+			// Someone always got each endpoint: a claim may pass over an
+			// endpoint another claim holds, but not every claim does.
+			for _, id := range eps {
+				if held[id] != perEndpoint {
+					t.Fatalf("round %d: %d owners claiming together leased %d deliveries of %s, want its cap %d", r, owners, held[id], id, perEndpoint)
+				}
+			}
+		}
+	})
 	// Events that happened while an endpoint was
 	// disabled got no delivery for it; recover since T gives it one for every
 	// event since T it subscribes to (and that happened after it was created),
