@@ -191,7 +191,7 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("open server: --webhook-allow-cidr: %w", err)
 	}
 	deliverer := webhook.NewDeliverer(webhook.DelivererConfig{
-		Store: st, Sealer: sealer, Guard: guard, BaseURL: strings.TrimRight(cmp.Or(cfg.Webhooks.BaseURL, cfg.PublicURL), "/"),
+		OnAttempt: mx.Delivery, Store: st, Sealer: sealer, Guard: guard, BaseURL: strings.TrimRight(cmp.Or(cfg.Webhooks.BaseURL, cfg.PublicURL), "/"),
 		Timeout: cfg.Webhooks.Timeout, PollInterval: cfg.Webhooks.PollInterval, Rand: cfg.Webhooks.Rand, Delay: cfg.Webhooks.Delay,
 		Logger: cfg.Logger, Now: cfg.Now, Owner: cfg.Owner, Lease: cfg.Lease,
 	})

@@ -232,6 +232,14 @@ func TestWebhookRetriesUntilDelivered(t *testing.T) {
 		atts.Data[0].EventID != d.header.Get("webhook-id") || atts.Data[2].EventID != atts.Data[0].EventID {
 		t.Fatalf("attempts %s", r.Body)
 	}
+	// The metrics count each attempt just after its record is written.
+	waitFor(t, 10*time.Second, "the attempts in the metrics", func() bool {
+		f := scrapeMetrics(t, ts.URL)
+		return gauge(f, "batchd_webhook_deliveries_total", "outcome", "delivered") == 1
+	})
+	if got := gauge(scrapeMetrics(t, ts.URL), "batchd_webhook_deliveries_total", "outcome", "failed"); got != 2 {
+		t.Errorf("failed attempts in the metrics: %v, want 2", got)
+	}
 }
 
 // TestWebhook410DisablesEndpoint: a receiver answering 410 Gone disables

@@ -18,9 +18,12 @@ import (
 // DelivererConfig configures a Deliverer. Zero values take the defaults
 // noted.
 type DelivererConfig struct {
-	Store  store.Store
-	Sealer *Sealer
-	Guard  *Guard
+	// OnAttempt, when set, is told of every attempt: its outcome
+	// ("delivered", "failed" to be retried, "gave_up") and how long it took.
+	OnAttempt func(outcome string, took time.Duration)
+	Store     store.Store
+	Sealer    *Sealer
+	Guard     *Guard
 	// BaseURL is where clients reach batchd, for results_url in
 	// message_batch.ended payloads.
 	BaseURL string
@@ -303,6 +306,16 @@ func (d *Deliverer) deliver(ctx context.Context, del *store.Delivery) {
 	}
 	if err := d.cfg.Store.DeliveryRecord(ctx, rec); err != nil && !errors.Is(err, store.ErrConflict) {
 		d.log.Error("record delivery", "delivery", del.ID, "err", err)
+	}
+	if d.cfg.OnAttempt != nil {
+		outcome := "failed"
+		switch rec.State {
+		case store.DeliverySucceeded:
+			outcome = "delivered"
+		case store.DeliveryFailed:
+			outcome = "gave_up"
+		}
+		d.cfg.OnAttempt(outcome, res.Duration)
 	}
 }
 
