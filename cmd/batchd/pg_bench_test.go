@@ -32,19 +32,23 @@ import (
 // webhook key, as a cluster is run.
 type pgCluster struct {
 	url   string // the database URL every process is given
+	app   string // the application name of their connections
 	procs []*proc
 }
 
 func startPGCluster(b *testing.B, n int, name string, flags ...string) *pgCluster {
 	b.Helper()
-	url := pgtest.URL(b) + "&search_path=" + pgtest.Schema(b)
+	schema := pgtest.Schema(b)
+	// The application name finds the processes' server backends, whose
+	// CPU is the other half of what a request costs.
+	url := pgtest.URL(b) + "&search_path=" + schema + "&application_name=" + schema
 	dir := b.TempDir()
 	keyFile := filepath.Join(dir, "webhook.key")
 	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{'k'}, 32))
 	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	c := &pgCluster{url: url}
+	c := &pgCluster{url: url, app: schema}
 	prof := os.Getenv("BATCHD_BENCH_CPUPROFILE")
 	for i := range n {
 		f := append([]string{"--database-url", url, "--webhook-key-file", keyFile}, flags...)
@@ -89,6 +93,42 @@ func (c *pgCluster) cpu(b *testing.B) time.Duration {
 	var sum time.Duration
 	for _, p := range c.procs {
 		sum += procCPU(b, p.cmd.Process.Pid)
+	}
+	return sum
+}
+
+// serverCPU is the CPU time so far of the PostgreSQL backends serving the
+// cluster's connections, by pid (/proc/PID/stat is readable by all).
+func (c *pgCluster) serverCPU(b *testing.B) map[int]time.Duration {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid != pg_backend_pid()`, c.app)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[int]time.Duration{}
+	for _, pid := range pids {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			out[int(pid)] = procCPU(b, int(pid))
+		}
+	}
+	return out
+}
+
+// cpuSince is the CPU the backends of now spent since then (a backend
+// absent from then started meanwhile).
+func cpuSince(then, now map[int]time.Duration) time.Duration {
+	var sum time.Duration
+	for pid, t := range now {
+		sum += t - then[pid]
 	}
 	return sum
 }
@@ -140,13 +180,14 @@ func BenchmarkPGEndToEnd(b *testing.B) {
 				// The simulator without limits has no limiter: each
 				// process runs conc calls at once.
 				c := startPGCluster(b, procs, fmt.Sprintf("procs%d", procs), "--concurrency", strconv.Itoa(conc))
-				cpu0 := c.cpu(b)
+				cpu0, pg0 := c.cpu(b), c.serverCPU(b)
 				busy0, total0 := machineBusy(b)
 				start := time.Now()
 				bt := createBatch(b, c.procs[0].URL, bodyReader(n, func(i int) string { return "Summarize document " + strconv.Itoa(i) }))
 				end := waitEnded(b, c.procs[0].URL, bt.ID, 20*time.Minute)
 				elapsed := time.Since(start)
 				busy1, total1 := machineBusy(b)
+				pgCPU := cpuSince(pg0, c.serverCPU(b))
 				if end.RequestCounts.Succeeded != int64(n) {
 					b.Fatalf("counts %+v", end.RequestCounts)
 				}
@@ -163,6 +204,7 @@ func BenchmarkPGEndToEnd(b *testing.B) {
 				}
 				b.ReportMetric(rps/target, "x_target")
 				b.ReportMetric(float64((c.cpu(b)-cpu0).Microseconds())/float64(n), "batchd_cpu_us/req")
+				b.ReportMetric(float64(pgCPU.Microseconds())/float64(n), "pg_cpu_us/req")
 				b.ReportMetric(float64(busy1-busy0)/float64(total1-total0), "machine_busy")
 				c.stop()
 			}

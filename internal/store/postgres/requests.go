@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -20,31 +21,52 @@ const (
 	qRequestIDs = `SELECT nextval('requests_id_seq') FROM generate_series(1, $1) ORDER BY 1`
 
 	// qClaim leases up to $4 pending requests of backend $2, due at $3, in
-	// one statement. Fairness: every open batch offers its first $4 due
-	// requests (read through tasks_pending, no lock), ranked within the
-	// batch; the picks take rank 1 of every batch, then rank 2, and so on
-	// (a random order among batches of one rank), so each batch gets an
-	// equal share and a batch with fewer leaves its share to the others.
-	// No row that every claim updates. Only the picks are locked, skipping
-	// those another claimer holds, and re-checked as still pending.
+	// one statement. Fairness: of the open batches with due requests, each
+	// offers an equal quota of its first due requests, ranked within the
+	// batch; the picks take rank 1 of every batch, then rank 2, and so on (a
+	// random order among batches of one rank), so each batch gets an equal
+	// share. No row that every claim updates. The offers are locked as they
+	// are read, skipping rows another claimer holds, so that two claimers at
+	// once take different requests instead of the same ones (the second
+	// then finding them taken and leaving with none); the quota keeps what
+	// is locked to about $4 rows. A batch with fewer due than its quota
+	// leaves its share to the batches that filled theirs: a second pass
+	// shares the rest among them, each going on from where its first
+	// stopped (by the index, without reading the first's rows again).
 	qClaim = `WITH open AS (
 			SELECT seq, id, expires_at, betas FROM batches
 			WHERE status = 'in_progress' AND expires_at > $3),
-		offered AS (
-			SELECT t.id, t.batch_seq, row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
-			FROM open b CROSS JOIN LATERAL (
+		due AS (
+			SELECT b.seq FROM open b WHERE EXISTS (
+				SELECT 1 FROM tasks t WHERE t.batch_seq = b.seq AND t.backend = $2 AND t.state = 0 AND t.next_at <= $3)),
+		quota AS (
+			SELECT ceil($4::float8 / greatest(count(*), 1))::bigint AS n FROM due),
+		pass1 AS (
+			SELECT t.id, t.batch_seq, t.next_at, row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
+			FROM due b CROSS JOIN LATERAL (
 				SELECT id, batch_seq, next_at FROM tasks
 				WHERE batch_seq = b.seq AND backend = $2 AND state = 0 AND next_at <= $3
-				ORDER BY next_at, id LIMIT $4) t),
+				ORDER BY next_at, id LIMIT (SELECT n FROM quota)
+				FOR UPDATE SKIP LOCKED) t),
+		full_ AS (
+			SELECT batch_seq, next_at, id FROM pass1 WHERE rank = (SELECT n FROM quota)),
+		more AS (
+			SELECT greatest(0, ceil(($4 - (SELECT count(*) FROM pass1))::float8 / greatest((SELECT count(*) FROM full_), 1)))::bigint AS n),
+		pass2 AS (
+			SELECT t.id, (SELECT n FROM quota) + row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
+			FROM full_ l CROSS JOIN LATERAL (
+				SELECT id, batch_seq, next_at FROM tasks
+				WHERE batch_seq = l.batch_seq AND backend = $2 AND state = 0 AND next_at <= $3 AND (next_at, id) > (l.next_at, l.id)
+				ORDER BY next_at, id LIMIT (SELECT n FROM more)
+				FOR UPDATE SKIP LOCKED) t),
+		offered AS (
+			SELECT id, rank FROM pass1 UNION ALL SELECT id, rank FROM pass2),
 		picked AS (
 			SELECT id, rank, random() AS tiebreak FROM offered ORDER BY rank, tiebreak LIMIT $4),
-		locked AS (
-			SELECT t.id, p.rank, p.tiebreak FROM tasks t JOIN picked p ON p.id = t.id
-			WHERE t.state = 0 FOR UPDATE OF t SKIP LOCKED),
 		claimed AS (
 			UPDATE tasks t SET state = 1, lease_owner = $1, lease_expires = $5, attempts = t.attempts + 1
-			FROM locked l WHERE t.id = l.id
-			RETURNING t.id, t.batch_seq, t.attempts, l.rank, l.tiebreak)
+			FROM picked p WHERE t.id = p.id
+			RETURNING t.id, t.batch_seq, t.attempts, p.rank, p.tiebreak)
 		SELECT c.id, c.batch_seq, c.attempts, b.id, b.expires_at, b.betas, r.custom_id, r.params
 		FROM claimed c JOIN open b ON b.seq = c.batch_seq JOIN requests r ON r.id = c.id
 		ORDER BY c.rank, c.tiebreak`
@@ -55,31 +77,84 @@ const (
 		AND EXISTS (SELECT 1 FROM tasks t WHERE t.lease_owner = $1 AND t.state = 1 AND t.batch_seq = b.seq)
 		ORDER BY b.seq`
 
-	qBatchStates = `SELECT seq, status, expires_at FROM batches WHERE seq = ANY($1) ORDER BY seq FOR NO KEY UPDATE`
-
-	// qRetry: only the current attempt of the lease holder, while the
-	// request is still running, goes back to pending.
-	qRetry = `UPDATE tasks t SET state = 0, next_at = u.next_at, last_error = u.last_error,
-			lease_owner = NULL, lease_expires = NULL, upstream = NULL
-		FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::bytea[]) AS u(id, attempt, next_at, last_error)
-		WHERE t.id = u.id AND t.state = 1 AND t.lease_owner = $1 AND t.attempts = u.attempt`
-
-	// qSettle is the guard: only the current attempt of the lease holder,
-	// and only while the request is still running, settles it. The result
-	// is written in the same statement, for the tasks it deleted only, and
-	// from the outcome of the attempt that won: one call may also hold a
-	// stale attempt of the same request (see settleOutcomes).
-	qSettle = `WITH o AS (
-			SELECT DISTINCT ON (id, attempt) * FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::text[], $6::text[], $7::bytea[])
-				AS u(id, attempt, batch_seq, custom_id, result_type, result)),
-		won AS (
-			DELETE FROM tasks t USING o
-			WHERE t.id = o.id AND t.state = 1 AND t.lease_owner = $1 AND t.attempts = o.attempt
+	// qComplete writes the outcomes of a group of requests in one
+	// statement, once qLockBatches holds their batches' rows: an outcome
+	// ($2 id, $3 attempt, $4 batch, $5 custom id, $6 result type, $7
+	// result, $8 retry time, 0 for none; $10-$15 its usage, store.UsageDelta
+	// of one outcome, model '' for none) counts only for the current
+	// attempt of the lease holder $1, while the request is still running
+	// (the guard). A retry goes back to pending if its batch is in
+	// progress and does not expire before it is due; every other outcome
+	// deletes its task, writes its result and adds its usage (on day $16),
+	// and the batches' counts grow by what was written, ending those that
+	// are complete (at $9). It returns the batches it changed, status
+	// 'ended' for those it ended. One call may hold a stale attempt of a
+	// request beside its current one (a dispatcher whose lease lapsed
+	// claimed it again), or the same attempt twice: only the attempt that
+	// won writes, once (DISTINCT ON).
+	// The results' bytes appear only in the INSERT and the retry's UPDATE:
+	// a join that carried them would copy every row for its rechecks.
+	// "state <> 0" (running: a task is 0 or 1) rather than "state = 1",
+	// which would let the planner read the tasks by tasks_running: its
+	// statistics cannot know how many of them this owner holds, and taking
+	// them for a handful it compared each with each outcome. By id, each
+	// outcome is one probe of the primary key.
+	qComplete = `WITH won AS (
+			DELETE FROM tasks t USING unnest($2::bigint[], $3::integer[], $4::bigint[], $8::bigint[]) AS u(id, attempt, batch_seq, retry_at)
+			WHERE t.id = u.id AND t.state <> 0 AND t.lease_owner = $1 AND t.attempts = u.attempt
+			AND (u.retry_at = 0 OR NOT EXISTS (SELECT 1 FROM batches b
+				WHERE b.seq = u.batch_seq AND b.status = 'in_progress' AND u.retry_at < b.expires_at))
 			RETURNING t.id, t.attempts),
-		ins AS (
+		retried AS (
+			UPDATE tasks t SET state = 0, next_at = u.retry_at, last_error = u.result,
+				lease_owner = NULL, lease_expires = NULL, upstream = NULL
+			FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $8::bigint[], $7::bytea[]) AS u(id, attempt, batch_seq, retry_at, result),
+				batches b
+			WHERE u.retry_at > 0 AND b.seq = u.batch_seq AND b.status = 'in_progress' AND u.retry_at < b.expires_at
+			AND t.id = u.id AND t.state <> 0 AND t.lease_owner = $1 AND t.attempts = u.attempt),
+		written AS (
 			INSERT INTO results (id, batch_seq, custom_id, result_type, result)
-			SELECT o.id, o.batch_seq, o.custom_id, o.result_type, o.result FROM o JOIN won ON won.id = o.id AND won.attempts = o.attempt)
-		SELECT id, attempts FROM won`
+			SELECT DISTINCT ON (o.id) o.id, o.batch_seq, o.custom_id, o.result_type, o.result
+			FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::text[], $6::text[], $7::bytea[])
+				AS o(id, attempt, batch_seq, custom_id, result_type, result)
+			JOIN won ON won.id = o.id AND won.attempts = o.attempt
+			RETURNING batch_seq, result_type),
+		used AS (
+			SELECT b.seq, b.workspace, b.id, x.model, sum(x.i) AS i, sum(x.o) AS o, sum(x.w5) AS w5, sum(x.w1) AS w1, sum(x.r) AS r
+			FROM (SELECT DISTINCT ON (x.id) x.* FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $10::text[],
+					$11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) AS x(id, attempt, batch_seq, model, i, o, w5, w1, r)
+				JOIN won ON won.id = x.id AND won.attempts = x.attempt
+				WHERE x.model <> '') x
+			JOIN batches b ON b.seq = x.batch_seq
+			GROUP BY b.seq, b.workspace, b.id, x.model),
+		usage AS (
+			INSERT INTO batch_usage (batch_seq, workspace, batch_id, model, day,
+				input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens)
+			SELECT seq, workspace, id, model, $16, i, o, w5, w1, r FROM used ORDER BY seq, model
+			ON CONFLICT (batch_seq, model, day) DO UPDATE SET
+				input_tokens = batch_usage.input_tokens + excluded.input_tokens,
+				output_tokens = batch_usage.output_tokens + excluded.output_tokens,
+				cache_write_5m_tokens = batch_usage.cache_write_5m_tokens + excluded.cache_write_5m_tokens,
+				cache_write_1h_tokens = batch_usage.cache_write_1h_tokens + excluded.cache_write_1h_tokens,
+				cache_read_tokens = batch_usage.cache_read_tokens + excluded.cache_read_tokens),
+		d AS (
+			SELECT batch_seq AS d_seq, count(*) AS d_n,
+				count(*) FILTER (WHERE result_type = 'succeeded') AS d_succeeded,
+				count(*) FILTER (WHERE result_type = 'errored') AS d_errored,
+				count(*) FILTER (WHERE result_type = 'canceled') AS d_canceled,
+				count(*) FILTER (WHERE result_type = 'expired') AS d_expired
+			FROM written GROUP BY batch_seq)
+		UPDATE batches b SET n_succeeded = b.n_succeeded + d_succeeded, n_errored = b.n_errored + d_errored,
+			n_canceled = b.n_canceled + d_canceled, n_expired = b.n_expired + d_expired,
+			status = CASE WHEN ` + qDone + ` THEN 'ended' ELSE b.status END,
+			ended_at = CASE WHEN ` + qDone + ` THEN $9 ELSE b.ended_at END
+		FROM d WHERE b.seq = d_seq
+		RETURNING ` + batchCols
+
+	qLockBatches = `SELECT seq FROM batches WHERE seq = ANY($1) ORDER BY seq FOR NO KEY UPDATE`
+
+	// qDone: batch b is complete with the d_n results just written.
+	qDone = `b.status IN ('in_progress', 'canceling') AND b.n_succeeded + b.n_errored + b.n_canceled + b.n_expired + d_n >= b.total`
 
 	// Requests in an upstream batch are held by its row's lease instead.
 	qHeartbeat = `UPDATE tasks SET lease_expires = $1 WHERE state = 1 AND lease_owner = $2 AND upstream IS NULL`
@@ -171,6 +246,11 @@ func claimTx(ctx context.Context, tx pgx.Tx, p store.RequestsClaimParams) ([]sto
 	if err != nil {
 		return nil, err
 	}
+	return scanClaimed(rows)
+}
+
+// scanClaimed reads the rows of qClaim and closes them.
+func scanClaimed(rows pgx.Rows) ([]store.ClaimedRequest, error) {
 	defer rows.Close()
 	var out []store.ClaimedRequest
 	for rows.Next() {
@@ -191,7 +271,7 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 	var out []*store.BatchChange
 	err := s.tx(ctx, "complete requests", func(tx pgx.Tx) error {
 		var err error
-		out, err = completeTx(ctx, tx, p)
+		out, _, err = completeAndClaimTx(ctx, tx, p, store.RequestsClaimParams{})
 		return err
 	})
 	if err != nil {
@@ -200,17 +280,14 @@ func (s *Store) RequestsComplete(ctx context.Context, p store.RequestsCompletePa
 	return out, nil
 }
 
-// RequestsCompleteAndClaim implements store.Store: one transaction, one
-// round of statements for both.
+// RequestsCompleteAndClaim implements store.Store: one transaction, and
+// one round trip for its statements (a pipeline), as on SQLite.
 func (s *Store) RequestsCompleteAndClaim(ctx context.Context, c store.RequestsCompleteParams, p store.RequestsClaimParams) ([]*store.BatchChange, []store.ClaimedRequest, error) {
 	var changes []*store.BatchChange
 	var claimed []store.ClaimedRequest
 	err := s.tx(ctx, "complete and claim requests", func(tx pgx.Tx) error {
 		var err error
-		if changes, err = completeTx(ctx, tx, c); err != nil {
-			return err
-		}
-		claimed, err = claimTx(ctx, tx, p)
+		changes, claimed, err = completeAndClaimTx(ctx, tx, c, p)
 		return err
 	})
 	if err != nil {
@@ -219,147 +296,101 @@ func (s *Store) RequestsCompleteAndClaim(ctx context.Context, c store.RequestsCo
 	return changes, claimed, nil
 }
 
-func completeTx(ctx context.Context, tx pgx.Tx, p store.RequestsCompleteParams) ([]*store.BatchChange, error) {
-	if len(p.Outcomes) == 0 {
-		return nil, nil
-	}
-	// Whether each touched batch can still retry: only in_progress and
-	// unexpired ones can. The rows are locked, so no cancel can slip
-	// between the check and the write.
-	type batchState struct {
-		retryable bool
-		expires   int64
-	}
-	var seqs []int64
-	for _, o := range p.Outcomes {
-		if !slices.Contains(seqs, o.BatchSeq) {
-			seqs = append(seqs, o.BatchSeq)
+// completeAndClaimTx writes the outcomes of c and then claims as p asks
+// (nothing if p.Limit is 0), sending the statements in one pipeline:
+// the batches' rows locked (in seq order, before any task, as every
+// transition does), qComplete, qClaim. Only an ended batch costs more
+// round trips, for its event.
+func completeAndClaimTx(ctx context.Context, tx pgx.Tx, c store.RequestsCompleteParams, p store.RequestsClaimParams) ([]*store.BatchChange, []store.ClaimedRequest, error) {
+	var b pgx.Batch
+	if len(c.Outcomes) > 0 {
+		n := len(c.Outcomes)
+		ids, attempts, seqs, retryAt := make([]int64, n), make([]int32, n), make([]int64, n), make([]int64, n)
+		customIDs, types, results := make([]string, n), make([]string, n), make([][]byte, n)
+		for i, o := range c.Outcomes {
+			ids[i], attempts[i], seqs[i], customIDs[i], types[i] = o.RequestID, int32(o.Attempt), o.BatchSeq, o.CustomID, o.ResultType
+			if len(o.Result) > 0 {
+				results[i] = o.Result
+			}
+			if o.Retry {
+				retryAt[i] = max(micros(o.RetryAt), 1)
+			}
 		}
+		// The usage of each outcome, summed in SQL over those that win.
+		models := make([]string, n)
+		in, out, w5, w1, rd := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		var day time.Time
+		for i, o := range c.Outcomes {
+			if o.Retry || o.ResultType != store.ResultSucceeded {
+				continue
+			}
+			for _, d := range store.UsageDeltas([]store.Outcome{o}, c.Now) {
+				models[i], day = d.Model, d.Day
+				in[i], out[i], w5[i], w1[i], rd[i] = d.Tokens.Input, d.Tokens.Output, d.Tokens.CacheWrite5m, d.Tokens.CacheWrite1h, d.Tokens.CacheRead
+			}
+		}
+		locks := slices.Compact(slices.Sorted(slices.Values(seqs)))
+		b.Queue(qLockBatches, locks)
+		b.Queue(qComplete, c.Owner, ids, attempts, seqs, customIDs, types, results, retryAt, micros(c.Now),
+			models, in, out, w5, w1, rd, micros(day))
 	}
-	sorted := slices.Sorted(slices.Values(seqs))
-	states := map[int64]batchState{}
-	rows, err := tx.Query(ctx, qBatchStates, sorted)
-	if err != nil {
-		return nil, err
+	if p.Limit > 0 {
+		b.Queue(qClaim, p.Owner, p.Backend, micros(p.Now), p.Limit, micros(p.LeaseUntil))
 	}
-	for rows.Next() {
-		var seq, expires int64
-		var status string
-		if err := rows.Scan(&seq, &status, &expires); err != nil {
+	if b.Len() == 0 {
+		return nil, nil, nil
+	}
+	br := tx.SendBatch(ctx, &b)
+	var changes []*store.BatchChange
+	var claimed []store.ClaimedRequest
+	err := func() error {
+		if len(c.Outcomes) > 0 {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+			rows, err := br.Query()
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+				bt, err := scanBatch(rows)
+				if err != nil {
+					rows.Close()
+					return err
+				}
+				changes = append(changes, &store.BatchChange{Batch: bt, Ended: bt.Status == store.StatusEnded})
+			}
 			rows.Close()
-			return nil, err
+			if err := rows.Err(); err != nil {
+				return err
+			}
 		}
-		states[seq] = batchState{retryable: status == store.StatusInProgress, expires: expires}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-
-	var retry struct {
-		ids, nextAt []int64
-		attempts    []int32
-		errs        [][]byte
-	}
-	var settling []store.Outcome
-	for _, o := range p.Outcomes {
-		st := states[o.BatchSeq]
-		if o.Retry && st.retryable && micros(o.RetryAt) < st.expires {
-			retry.ids = append(retry.ids, o.RequestID)
-			retry.attempts = append(retry.attempts, int32(o.Attempt))
-			retry.nextAt = append(retry.nextAt, micros(o.RetryAt))
-			retry.errs = append(retry.errs, []byte(o.Result))
-			continue
+		if p.Limit > 0 {
+			rows, err := br.Query()
+			if err != nil {
+				return err
+			}
+			if claimed, err = scanClaimed(rows); err != nil {
+				return err
+			}
 		}
-		settling = append(settling, o)
+		return nil
+	}()
+	if cerr := br.Close(); err == nil {
+		err = cerr
 	}
-	if len(retry.ids) > 0 {
-		if _, err := tx.Exec(ctx, qRetry, p.Owner, retry.ids, retry.attempts, retry.nextAt, retry.errs); err != nil {
-			return nil, err
-		}
-	}
-	settled, err := settleOutcomes(ctx, tx, p.Owner, settling)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := addUsage(ctx, tx, store.UsageDeltas(settled, p.Now)); err != nil {
-		return nil, err
-	}
-	deltas := map[int64]*store.Counts{}
-	var order []int64
-	for _, o := range settled {
-		d := deltas[o.BatchSeq]
-		if d == nil {
-			d = &store.Counts{}
-			deltas[o.BatchSeq] = d
-			order = append(order, o.BatchSeq)
-		}
-		d.Add(o.ResultType, 1)
-	}
-	var out []*store.BatchChange
-	for _, seq := range order {
-		ch, err := settle(ctx, tx, seq, *deltas[seq], p.Now)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ch)
-	}
-	return out, nil
-}
-
-// settleOutcomes deletes the tasks of outcomes that still hold their lease
-// and writes their results, in one statement, returning the outcomes that
-// did.
-func settleOutcomes(ctx context.Context, tx pgx.Tx, owner string, os []store.Outcome) ([]store.Outcome, error) {
-	if len(os) == 0 {
-		return nil, nil
-	}
-	ids := make([]int64, len(os))
-	attempts := make([]int32, len(os))
-	seqs := make([]int64, len(os))
-	customIDs := make([]string, len(os))
-	types := make([]string, len(os))
-	results := make([][]byte, len(os))
-	for i, o := range os {
-		ids[i], attempts[i], seqs[i], customIDs[i], types[i] = o.RequestID, int32(o.Attempt), o.BatchSeq, o.CustomID, o.ResultType
-		if len(o.Result) > 0 {
-			results[i] = o.Result
+	slices.SortFunc(changes, func(a, b *store.BatchChange) int { return cmp.Compare(a.Batch.Seq, b.Batch.Seq) })
+	for _, ch := range changes {
+		if ch.Ended {
+			if err := recordEvent(ctx, tx, ch.Batch, store.EventBatchEnded, c.Now); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
-	rows, err := tx.Query(ctx, qSettle, owner, ids, attempts, seqs, customIDs, types, results)
-	if err != nil {
-		return nil, err
-	}
-	// Keyed by attempt, not by request: a dispatcher whose lease lapsed
-	// and which claimed a request again may settle both attempts in one
-	// call (a cancel settles every claimed-ahead copy at once), and only
-	// the current one writes a result. The stale one's duplicate result
-	// failed the whole call, every time it was retried.
-	type attempt struct {
-		id int64
-		n  int32
-	}
-	won := map[attempt]bool{}
-	for rows.Next() {
-		var a attempt
-		if err := rows.Scan(&a.id, &a.n); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		won[a] = true
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	settled := make([]store.Outcome, 0, len(won))
-	for _, o := range os {
-		if a := (attempt{o.RequestID, int32(o.Attempt)}); won[a] {
-			settled = append(settled, o)
-			delete(won, a) // the same attempt twice is written once (DISTINCT ON)
-		}
-	}
-	return settled, nil
+	return changes, claimed, nil
 }
 
 // RequestsHeartbeat implements store.Store.
