@@ -35,3 +35,19 @@ func (s *Store) Exec(ctx context.Context, sql string, args ...any) (int64, error
 	tag, err := s.pool.Exec(ctx, sql, args...)
 	return tag.RowsAffected(), err
 }
+
+// ClaimHeld claims as RequestsClaim does in a transaction it leaves open
+// (its locks held) until release is called, which rolls it back: a
+// claimer caught in the middle of its claim.
+func (s *Store) ClaimHeld(ctx context.Context, p store.RequestsClaimParams) (claimed []store.ClaimedRequest, release func(), err error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	claimed, err = claimTx(ctx, tx, p)
+	if err != nil {
+		tx.Rollback(ctx)
+		return nil, nil, err
+	}
+	return claimed, func() { tx.Rollback(ctx) }, nil
+}
