@@ -151,7 +151,8 @@ const (
 		FROM d WHERE b.seq = d_seq
 		RETURNING ` + batchCols
 
-	qLockBatches = `SELECT seq FROM batches WHERE seq = ANY($1) ORDER BY seq FOR NO KEY UPDATE`
+	qGenericPlans = `SET LOCAL plan_cache_mode = force_generic_plan`
+	qLockBatches  = `SELECT seq FROM batches WHERE seq = ANY($1) ORDER BY seq FOR NO KEY UPDATE`
 
 	// qDone: batch b is complete with the d_n results just written.
 	qDone = `b.status IN ('in_progress', 'canceling') AND b.n_succeeded + b.n_errored + b.n_canceled + b.n_expired + d_n >= b.total`
@@ -229,7 +230,7 @@ func (s *Store) RequestsClaim(ctx context.Context, p store.RequestsClaimParams) 
 	var out []store.ClaimedRequest
 	err := s.tx(ctx, "claim requests", func(tx pgx.Tx) error {
 		var err error
-		out, err = claimTx(ctx, tx, p)
+		_, out, err = completeAndClaimTx(ctx, tx, store.RequestsCompleteParams{}, p)
 		return err
 	})
 	if err != nil {
@@ -300,9 +301,25 @@ func (s *Store) RequestsCompleteAndClaim(ctx context.Context, c store.RequestsCo
 // (nothing if p.Limit is 0), sending the statements in one pipeline:
 // the batches' rows locked (in seq order, before any task, as every
 // transition does), qComplete, qClaim. Only an ended batch costs more
-// round trips, for its event.
+// round trips, for its event, whose notification wakes every process.
+//
+// Results written without an end notify nothing, on purpose: nothing in
+// another process waits for them. The event streams read the counts of
+// their batches every streamTick (250 ms) whether woken or not, as they do
+// in the writing process, which wakes them only at an end too; results are
+// read once a batch has ended or, with partial=true, as they are at the
+// request (nothing waits for more); and a retry is found by the claimers'
+// polling of RequestNextDue. A notification per group written would wake
+// every process's streams and deliverer a hundred times a second for
+// nothing.
 func completeAndClaimTx(ctx context.Context, tx pgx.Tx, c store.RequestsCompleteParams, p store.RequestsClaimParams) ([]*store.BatchChange, []store.ClaimedRequest, error) {
 	var b pgx.Batch
+	// The planner would plan qClaim and qComplete afresh at every run (their
+	// plans for given values look cheaper than one for any values), which
+	// costs more than running them for a group of a hundred requests. The
+	// plan for any values is the same: the CTEs fix its shape, and every
+	// row is found by an index.
+	b.Queue(qGenericPlans)
 	if len(c.Outcomes) > 0 {
 		n := len(c.Outcomes)
 		ids, attempts, seqs, retryAt := make([]int64, n), make([]int32, n), make([]int64, n), make([]int64, n)
@@ -337,13 +354,16 @@ func completeAndClaimTx(ctx context.Context, tx pgx.Tx, c store.RequestsComplete
 	if p.Limit > 0 {
 		b.Queue(qClaim, p.Owner, p.Backend, micros(p.Now), p.Limit, micros(p.LeaseUntil))
 	}
-	if b.Len() == 0 {
+	if b.Len() == 1 {
 		return nil, nil, nil
 	}
 	br := tx.SendBatch(ctx, &b)
 	var changes []*store.BatchChange
 	var claimed []store.ClaimedRequest
 	err := func() error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
 		if len(c.Outcomes) > 0 {
 			if _, err := br.Exec(); err != nil {
 				return err
