@@ -527,48 +527,53 @@ const (
 	claimBackoffMax = 5 * time.Second
 )
 
-// claimFailures is the claim loop's state of failure, logged when it
-// begins and when it ends rather than at every try.
-type claimFailures struct {
-	backoff time.Duration // the wait before the next try; 0: not failing
-	tries   int
-	since   time.Time
+// failures is a loop's state of failure (the claim loop's, the
+// completer's), logged when it begins and when it ends rather than at
+// every try: before, a full disk logged an error at every try, for as
+// long as it lasted.
+type failures struct {
+	op, ops  string        // "claim", "claims": what fails, for the log
+	min, max time.Duration // the backoff's bounds
+	backoff  time.Duration // the wait before the next try; 0: not failing
+	tries    int
+	since    time.Time
 }
 
-// failed records a failed claim and returns how long to wait.
-func (f *claimFailures) failed(log *slog.Logger, err error, now time.Time) time.Duration {
+// failed records a failed try and returns the wait before the next; attrs
+// are logged with it.
+func (f *failures) failed(log *slog.Logger, err error, now time.Time, attrs ...any) time.Duration {
 	f.tries++
 	if f.backoff == 0 {
 		f.since = now
-		f.backoff = claimBackoffMin
-		log.Error("claim failed", "err", err, "retry_in", f.backoff,
-			"backoff_max", claimBackoffMax, "note", "logged again only when claims work again")
+		f.backoff = f.min
+		log.Error(f.op+" failed", append([]any{"err", err}, append(attrs, "retry_in", f.backoff,
+			"backoff_max", f.max, "note", "logged again only when "+f.ops+" work again")...)...)
 		return f.backoff
 	}
-	f.backoff = min(2*f.backoff, claimBackoffMax)
-	log.Debug("claim failed again", "err", err, "tries", f.tries, "retry_in", f.backoff)
+	f.backoff = min(2*f.backoff, f.max)
+	log.Debug(f.op+" failed again", append([]any{"err", err}, append(attrs, "tries", f.tries, "retry_in", f.backoff)...)...)
 	return f.backoff
 }
 
-// succeeded records a claim that worked.
-func (f *claimFailures) succeeded(log *slog.Logger, now time.Time) {
+// succeeded records a try that worked, ending a failure if one lasted.
+func (f *failures) succeeded(log *slog.Logger, now time.Time) {
 	if f.backoff > 0 {
-		log.Info("claims work again", "failed_tries", f.tries, "after", now.Sub(f.since).Round(time.Millisecond))
+		log.Info(f.ops+" work again", "failed_tries", f.tries, "after", now.Sub(f.since).Round(time.Millisecond))
 	}
-	*f = claimFailures{}
+	f.backoff, f.tries, f.since = 0, 0, time.Time{}
 }
 
 func (d *Dispatcher) claimLoop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	var failures claimFailures
+	claimFails := failures{op: "claim", ops: "claims", min: claimBackoffMin, max: claimBackoffMax}
 	for {
 		// A lane that ran out of due work is asked again only when new work
 		// may exist (a new batch, or the timer for retries), not whenever a
 		// slot frees: an empty claim still costs a write transaction.
 		// After a failure only the backoff's timer ends the wait.
 		rescan := false
-		if failures.backoff > 0 {
+		if claimFails.backoff > 0 {
 			select {
 			case <-ctx.Done():
 				return
@@ -608,10 +613,10 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 						return
 					}
 					// The store is shared: the other lanes wait too.
-					backoff = failures.failed(d.log, err, time.Now())
+					backoff = claimFails.failed(d.log, err, time.Now())
 					break lanes
 				}
-				failures.succeeded(d.log, time.Now())
+				claimFails.succeeded(d.log, time.Now())
 				d.unreserve(l, free-len(claimed))
 				for _, c := range claimed {
 					d.dispatch(l, c)
@@ -958,38 +963,6 @@ const (
 	completeBackoffMax = 5 * time.Second
 )
 
-// completeFailures is the state of failure of the completer's write of
-// one group, logged when it begins and when it ends rather than at every
-// try, as claims are (claimFailures): before, a full disk logged an error
-// at every try, for as long as it lasted.
-type completeFailures struct {
-	backoff time.Duration // the wait before the next try; 0: not failing
-	tries   int
-	since   time.Time
-}
-
-// failed records a failed write of n outcomes and returns how long to wait.
-func (f *completeFailures) failed(log *slog.Logger, err error, n int, now time.Time) time.Duration {
-	f.tries++
-	if f.backoff == 0 {
-		f.since = now
-		f.backoff = completeBackoffMin
-		log.Error("complete failed", "err", err, "outcomes", n, "retry_in", f.backoff,
-			"backoff_max", completeBackoffMax, "note", "logged again only when completions work again")
-		return f.backoff
-	}
-	f.backoff = min(2*f.backoff, completeBackoffMax)
-	log.Debug("complete failed again", "err", err, "outcomes", n, "tries", f.tries, "retry_in", f.backoff)
-	return f.backoff
-}
-
-// succeeded records a write that worked.
-func (f *completeFailures) succeeded(log *slog.Logger, now time.Time) {
-	if f.backoff > 0 {
-		log.Info("completions work again", "failed_tries", f.tries, "after", now.Sub(f.since).Round(time.Millisecond))
-	}
-	*f = completeFailures{}
-}
 
 // write records a group of outcomes and releases their slots. While the
 // dispatcher is claiming, the same transaction refills the lane that has
@@ -1017,7 +990,7 @@ func (d *Dispatcher) write(ctx context.Context, group []laneOutcome) {
 			return
 		}
 	}
-	var fails completeFailures
+	fails := failures{op: "complete", ops: "completions", min: completeBackoffMin, max: completeBackoffMax}
 	for {
 		changes, err := d.store.RequestsComplete(ctx, complete)
 		if err == nil {
@@ -1031,7 +1004,7 @@ func (d *Dispatcher) write(ctx context.Context, group []laneOutcome) {
 		// Outcomes are only in memory: keep trying rather than lose them.
 		// If the process dies meanwhile, the leases lapse and the requests
 		// run again.
-		delay := fails.failed(d.log, err, len(group), time.Now())
+		delay := fails.failed(d.log, err, time.Now(), "outcomes", len(group))
 		select {
 		case <-ctx.Done():
 			return
@@ -1061,7 +1034,7 @@ func (d *Dispatcher) completeAndRefill(ctx context.Context, complete store.Reque
 	d.unreserve(refill, free-len(claimed))
 	if err != nil {
 		// The outcomes are written alone next, and that write's failure
-		// is logged (once, by completeFailures); the claim's is the claim
+		// is logged (once, by failures); the claim's is the claim
 		// loop's to log.
 		d.log.Debug("complete and claim failed", "err", err, "outcomes", len(complete.Outcomes))
 		return false
