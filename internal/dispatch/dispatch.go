@@ -963,7 +963,6 @@ const (
 	completeBackoffMax = 5 * time.Second
 )
 
-
 // write records a group of outcomes and releases their slots. While the
 // dispatcher is claiming, the same transaction refills the lane that has
 // the most slots to refill, so that under load each cycle costs the store
