@@ -207,7 +207,7 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 			conc = n
 		}
 		ahead := max(cfg.ClaimAhead, conc)
-		l := &lane{name: b.Name(), backend: b, workers: conc, ahead: ahead, queue: newFairQueue(), slots: conc + ahead}
+		l := &lane{name: b.Name(), backend: b, workers: conc, ahead: ahead, queue: newFairQueue(), slots: conc + ahead, metrics: cfg.Metrics.Backend(b.Name())}
 		if c, ok := b.(ceilinger); ok {
 			l.ceiling = c.Ceiling
 		}
@@ -242,6 +242,8 @@ type lane struct {
 	// holds for a cluster); nil: the workers are the limit.
 	ceiling func() int
 	drained bool // its last claim found less than it asked; claim loop only
+	// metrics are the backend's collectors; nil without metrics.
+	metrics *metrics.Backend
 }
 
 // ceilinger is a backend that may run fewer calls at once than the
@@ -724,6 +726,8 @@ type job struct {
 // work runs requests from its lane's queue until the queue closes. runCtx
 // outlives stopCtx so that a graceful stop lets running requests finish.
 func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
+	// One observer per worker: its callbacks are made once, not per call.
+	obs := newCallObserver(l.metrics)
 	for {
 		c, ok := l.queue.pop()
 		if !ok {
@@ -737,17 +741,14 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 		if typ := d.unsent(c.ClaimedRequest); typ != "" {
 			// Claimed ahead but its batch expired or is canceling before
 			// it was sent: it settles as never sent.
-			d.cfg.Metrics.Settled(l.name, typ)
+			l.metrics.Settled(typ)
 			d.outcomes <- laneOutcome{unsentOutcome(c.ClaimedRequest, typ), l}
 			continue
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
 		withdrawn := d.watch(c.ClaimedRequest)
 		call := backend.Call{Model: c.model, MaxTokens: c.maxTokens, Params: c.Params, Attempt: c.Attempt, Betas: c.Betas, Withdrawn: withdrawn}
-		var obs callObserver
-		if d.cfg.Metrics != nil {
-			obs.start(d.cfg.Metrics, l.name, &call)
-		}
+		obs.start(&call)
 		msg, err := l.backend.Do(ctx, call)
 		d.unwatch(c.BatchSeq)
 		cancel()
@@ -760,28 +761,25 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 			// It waited in the backend for its rate limits, and its batch
 			// was canceled or expired meanwhile: it was never sent.
 			o := unsentOutcome(c.ClaimedRequest, cmp.Or(d.unsent(c.ClaimedRequest), store.ResultCanceled))
-			d.cfg.Metrics.Settled(l.name, o.ResultType)
+			l.metrics.Settled(o.ResultType)
 			d.outcomes <- laneOutcome{o, l}
 			continue
 		}
 		o := d.outcome(c.ClaimedRequest, msg, err)
-		if d.cfg.Metrics != nil {
-			obs.end(err)
-			d.record(l.name, &o, msg)
-		}
+		obs.end(err)
+		d.record(l.metrics, &o, msg)
 		d.outcomes <- laneOutcome{o, l}
 	}
 }
 
-// record counts an attempt's outcome in the metrics; a succeeded one's
-// usage, read once here, rides on the outcome to the store.
-func (d *Dispatcher) record(backend string, o *store.Outcome, msg json.RawMessage) {
-	m := d.cfg.Metrics
+// record counts an attempt's outcome in the metrics, and reads a succeeded
+// one's usage once, to ride on the outcome to the store.
+func (d *Dispatcher) record(m *metrics.Backend, o *store.Outcome, msg json.RawMessage) {
 	if o.Retry {
-		m.Retried(backend)
+		m.Retried()
 		return
 	}
-	m.Settled(backend, o.ResultType)
+	m.Settled(o.ResultType)
 	if o.ResultType != store.ResultSucceeded {
 		return
 	}
@@ -791,40 +789,55 @@ func (d *Dispatcher) record(backend string, o *store.Outcome, msg json.RawMessag
 	}
 }
 
-// callObserver times one call for the metrics: the wait for the rate
-// limiter apart from the upstream call, and each upstream response.
+// callObserver times a worker's calls for the metrics: the wait for the
+// rate limiter apart from the upstream call, and each upstream response.
+// A worker makes one call at a time, so one observer serves all of them.
 type callObserver struct {
-	m         *metrics.Metrics
-	backend   string
-	model     string
-	begin     time.Time
-	sent      time.Time
-	responded bool
+	m          *metrics.Backend
+	model      string
+	begin      time.Time
+	sent       time.Time
+	responded  bool
+	onSend     func()
+	onResponse func(int, http.Header)
 }
 
-func (o *callObserver) start(m *metrics.Metrics, backend string, call *backend.Call) {
-	*o = callObserver{m: m, backend: backend, model: call.Model, begin: time.Now()}
-	o.sent = o.begin
-	call.OnSend = func() { o.sent = time.Now() }
-	call.OnResponse = func(status int, _ http.Header) {
+func newCallObserver(m *metrics.Backend) *callObserver {
+	o := &callObserver{m: m}
+	o.onSend = func() { o.sent = time.Now() }
+	o.onResponse = func(status int, _ http.Header) {
 		o.responded = true
-		o.m.Upstream(o.backend, status)
+		o.m.Upstream(status)
 	}
+	return o
+}
+
+// start begins observing call; without metrics it does nothing.
+func (o *callObserver) start(call *backend.Call) {
+	if o.m == nil {
+		return
+	}
+	o.model, o.begin, o.responded = call.Model, time.Now(), false
+	o.sent = o.begin
+	call.OnSend, call.OnResponse = o.onSend, o.onResponse
 }
 
 // end records the call once Do returned err.
 func (o *callObserver) end(err error) {
+	if o.m == nil {
+		return
+	}
 	if o.sent.After(o.begin) {
-		o.m.RateWait(o.backend, o.sent.Sub(o.begin))
+		o.m.RateWait(o.sent.Sub(o.begin))
 	}
 	status := http.StatusOK
 	if err != nil {
 		status = backend.AsError(err).Status
 	}
 	if !o.responded { // a backend without HTTP (the simulator), or no answer at all
-		o.m.Upstream(o.backend, status)
+		o.m.Upstream(status)
 	}
-	o.m.CallDuration(o.backend, o.model, time.Since(o.sent))
+	o.m.CallDuration(o.model, time.Since(o.sent))
 }
 
 func (d *Dispatcher) release(l *lane, n int) {

@@ -225,12 +225,9 @@ func (m *Metrics) Usage(model string, t cost.Tokens, table *cost.Table) {
 		return
 	}
 	label := m.model(model)
-	for _, k := range []struct {
-		kind string
-		n    int64
-	}{{"input", t.Input}, {"output", t.Output}, {"cache_write_5m", t.CacheWrite5m}, {"cache_write_1h", t.CacheWrite1h}, {"cache_read", t.CacheRead}} {
-		if k.n != 0 {
-			m.tokens.WithLabelValues(label, k.kind).Add(float64(k.n))
+	for i, n := range [5]int64{t.Input, t.Output, t.CacheWrite5m, t.CacheWrite1h, t.CacheRead} {
+		if n != 0 {
+			m.tokens.WithLabelValues(label, tokenKinds[i]).Add(float64(n))
 		}
 	}
 	if table == nil {
@@ -306,3 +303,135 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 type slogAdapter struct{ log *slog.Logger }
 
 func (a slogAdapter) Println(v ...any) { a.log.Warn("metrics", "err", v) }
+
+// Backend is one backend's collectors bound to its label, so the
+// dispatcher's hot path looks nothing up by label per call. Its methods
+// are safe for concurrent use; a nil *Backend records nothing.
+type Backend struct {
+	m        *Metrics
+	name     string
+	settled  map[string]prometheus.Counter // by result type
+	upstream map[string]prometheus.Counter // by status class
+	retries  prometheus.Counter
+	throttle prometheus.Counter
+	rateWait prometheus.Observer
+
+	mu       sync.Mutex
+	duration map[string]prometheus.Observer // by model label
+	tokens   map[string]*modelTokens        // by model
+}
+
+// modelTokens are one model's token counters by kind, and its cost.
+type modelTokens struct {
+	kinds [5]prometheus.Counter // input, output, cache_write_5m, cache_write_1h, cache_read
+	cost  prometheus.Counter
+}
+
+var tokenKinds = [5]string{"input", "output", "cache_write_5m", "cache_write_1h", "cache_read"}
+
+// Backend returns the collectors of backend name; nil when m is nil.
+func (m *Metrics) Backend(name string) *Backend {
+	if m == nil {
+		return nil
+	}
+	b := &Backend{m: m, name: name, settled: map[string]prometheus.Counter{}, upstream: map[string]prometheus.Counter{},
+		retries: m.retries.WithLabelValues(name), throttle: m.throttles.WithLabelValues(name), rateWait: m.rateWait.WithLabelValues(name),
+		duration: map[string]prometheus.Observer{}, tokens: map[string]*modelTokens{}}
+	for _, typ := range []string{"succeeded", "errored", "canceled", "expired"} {
+		b.settled[typ] = m.settled.WithLabelValues(name, typ)
+	}
+	for _, class := range []string{"2xx", "3xx", "4xx", "429", "5xx", "529", "network"} {
+		b.upstream[class] = m.upstream.WithLabelValues(name, class)
+	}
+	return b
+}
+
+// Settled counts one request settled with result type typ.
+func (b *Backend) Settled(typ string) {
+	if b == nil {
+		return
+	}
+	if c, ok := b.settled[typ]; ok {
+		c.Inc()
+		return
+	}
+	b.m.Settled(b.name, typ)
+}
+
+// Retried counts an attempt scheduled again.
+func (b *Backend) Retried() {
+	if b != nil {
+		b.retries.Inc()
+	}
+}
+
+// Upstream counts one upstream response by its status, and a throttle.
+func (b *Backend) Upstream(status int) {
+	if b == nil {
+		return
+	}
+	class := StatusClass(status)
+	b.upstream[class].Inc()
+	if class == "429" || class == "529" {
+		b.throttle.Inc()
+	}
+}
+
+// RateWait records a call's wait for the backend's limits.
+func (b *Backend) RateWait(d time.Duration) {
+	if b != nil {
+		b.rateWait.Observe(d.Seconds())
+	}
+}
+
+// CallDuration records one call's time, rate-limit waits apart.
+func (b *Backend) CallDuration(model string, d time.Duration) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	o, ok := b.duration[model]
+	if !ok {
+		o = b.m.duration.WithLabelValues(b.name, b.m.model(model))
+		if len(b.duration) < 4*MaxModels { // the labels are capped; the cache too
+			b.duration[model] = o
+		}
+	}
+	b.mu.Unlock()
+	o.Observe(d.Seconds())
+}
+
+// Usage counts a succeeded request's tokens, and its cost at batch price
+// when table prices the model.
+func (b *Backend) Usage(model string, t cost.Tokens, table *cost.Table) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	mt, ok := b.tokens[model]
+	if !ok {
+		label := b.m.model(model)
+		mt = &modelTokens{}
+		for i, k := range tokenKinds {
+			mt.kinds[i] = b.m.tokens.WithLabelValues(label, k)
+		}
+		if table != nil {
+			if _, priced := table.Lookup(model); priced {
+				mt.cost = b.m.costUSD.WithLabelValues(label)
+			}
+		}
+		if len(b.tokens) < 4*MaxModels {
+			b.tokens[model] = mt
+		}
+	}
+	b.mu.Unlock()
+	for i, n := range [5]int64{t.Input, t.Output, t.CacheWrite5m, t.CacheWrite1h, t.CacheRead} {
+		if n != 0 {
+			mt.kinds[i].Add(float64(n))
+		}
+	}
+	if mt.cost != nil {
+		p, _ := table.Lookup(model)
+		mt.cost.Add(p.Batch(t))
+	}
+}
