@@ -1,6 +1,8 @@
 package cost
 
 import (
+	"encoding/json"
+	"fmt"
 	"math"
 	"slices"
 	"testing"
@@ -150,5 +152,40 @@ func TestFromResult(t *testing.T) {
 				t.Errorf("FromResult = %q %+v %v, want %q %+v %v", m, got, ok, tc.model, tc.want, tc.ok)
 			}
 		})
+	}
+}
+
+// TestScanUsageReadsAsEncodingJSON: the one-pass reading of usage gives
+// what encoding/json gives, or declines and lets it decide.
+func TestScanUsageReadsAsEncodingJSON(t *testing.T) {
+	t.Parallel()
+	for _, raw := range []string{
+		`{"input_tokens":5,"output_tokens":7}`,
+		`{"input_tokens":1,"cache_creation_input_tokens":30,"cache_creation":{"ephemeral_5m_input_tokens":10,"ephemeral_1h_input_tokens":20},"cache_read_input_tokens":4,"service_tier":"batch"}`,
+		`{"input_tokens":1,"cache_creation":null}`,
+		`{"Input_Tokens":9,"input_tokens":1}`,
+		`{"input_tokens":1,"input_tokens":2}`,
+		`{"input\u005ftokens":3}`,
+		`{"input_tokens":1.0}`,
+		`{"input_tokens":1e3}`,
+		`{"output_tokens":99999999999999999999}`,
+		`{"ephemeral_5m_input_tokens":4,"input_tokens":1}`,
+		`{"cache_creation":{"ephemeral_5m_input_tokens":1},"cache_creation":{"ephemeral_1h_input_tokens":2}}`,
+		`{"server_tool_use":{"web_search_requests":1},"input_tokens":2}`,
+		` { "input_tokens" : 3 , "output_tokens" : 4 } `,
+	} {
+		var u usage
+		jerr := json.Unmarshal([]byte(raw), &u)
+		if s, ok := scanUsage([]byte(raw)); ok {
+			if jerr != nil {
+				t.Errorf("%s: scanned %+v, encoding/json refuses it: %v", raw, s, jerr)
+				continue
+			}
+			if fmt.Sprint(s.InputTokens, s.OutputTokens, s.CacheCreationInputTokens, s.CacheReadInputTokens, s.CacheCreation != nil) !=
+				fmt.Sprint(u.InputTokens, u.OutputTokens, u.CacheCreationInputTokens, u.CacheReadInputTokens, u.CacheCreation != nil) ||
+				(s.CacheCreation != nil && *s.CacheCreation != *u.CacheCreation) {
+				t.Errorf("%s: scanned %+v, encoding/json %+v", raw, s, u)
+			}
+		}
 	}
 }
