@@ -38,18 +38,29 @@ func (s *Service) Retry(ctx context.Context, workspace, id string) (*store.Batch
 		return nil, mapStore(err, id)
 	}
 	stop := s.holdUpload(ctx, b.Seq)
-	total, err := s.copyFailed(ctx, src.Seq, b.Seq)
+	// A retry is held to the workspace's budget as a create is.
+	limit, budgeted := s.cfg.Budgets[workspace]
+	var est *estimator
+	if budgeted {
+		est = s.newEstimator()
+	}
+	total, err := s.copyFailed(ctx, src.Seq, b.Seq, est)
 	stop()
 	if err == nil && total == 0 {
 		err = invalid("message batch %s has no failed, canceled or expired requests to retry", id)
 	}
-	return s.publish(ctx, b.Seq, total, err, nil)
+	var budget *store.Budget
+	if err == nil && budgeted {
+		budget, err = s.budget(ctx, workspace, limit, est.result(int(total)))
+	}
+	return s.publish(ctx, b.Seq, total, err, budget)
 }
 
 // copyFailed copies the failed requests of batch from into batch to, in
 // groups bounded by count and bytes as a create's are, so a retry of big
 // requests holds one group in memory.
-func (s *Service) copyFailed(ctx context.Context, from, to int64) (int64, error) {
+// est, when not nil, counts each copied request.
+func (s *Service) copyFailed(ctx context.Context, from, to int64, est *estimator) (int64, error) {
 	var after, total int64
 	for {
 		rows, err := s.store.ResultsList(ctx, store.ResultsListParams{BatchSeq: from, AfterID: after, Limit: groupRequests, MaxBytes: groupBytes, WithParams: true, SkipSucceeded: true})
@@ -63,6 +74,9 @@ func (s *Service) copyFailed(ctx context.Context, from, to int64) (int64, error)
 		for i, r := range rows {
 			model := paramsModel(r.Params)
 			reqs[i] = store.NewRequest{CustomID: r.CustomID, Params: r.Params, Model: model, Backend: s.cfg.Route(model)}
+			if est != nil {
+				est.add(reqs[i])
+			}
 		}
 		if err := s.store.RequestsInsert(ctx, store.RequestsInsertParams{BatchSeq: to, Requests: reqs}); err != nil {
 			return 0, err

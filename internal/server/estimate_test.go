@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"testing"
+	"time"
 
 	"github.com/batchd/batchd/internal/config"
 	"github.com/batchd/batchd/internal/server"
@@ -99,4 +100,20 @@ func TestBudgetRefusesACreate(t *testing.T) {
 	if l := do(t, "GET", ts.URL+"/v1/messages/batches", nil); json.Unmarshal(l.Body, &page) != nil || len(page.Data) != 1 {
 		t.Errorf("refused creates left batches: %s", l.Body)
 	}
+}
+
+// TestBudgetHoldsARetry: POST …/retry is held to the budget as a create
+// is: with a batch in progress holding most of it, the retry is refused.
+func TestBudgetHoldsARetry(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default(0)
+	// A request of max_tokens 256 costs at most about $0.00192 at batch
+	// price: the errored one fits, then the slow one holds that much while
+	// it runs, and the retry of the errored one no longer fits.
+	cfg.Workspaces = []config.Workspace{{Name: "default", MaxCostUSD: 0.003}}
+	ts := newTestServer(t, withConfig(func(c *server.Config) { c.Backends = cfg }))
+	failed := createRaw(t, ts.URL, createBody(t, rawRequest{CustomID: "bad", Params: params("[[sim error=invalid_request_error]] no")}))
+	waitEndedRaw(t, ts.URL, failed.ID, 30*time.Second)
+	createRaw(t, ts.URL, createBody(t, rawRequest{CustomID: "slow", Params: params("[[sim latency=1m]] slow")}))
+	wantError(t, do(t, "POST", ts.URL+"/v1/messages/batches/"+failed.ID+"/retry", nil), 400, "invalid_request_error", "max_cost_usd")
 }
