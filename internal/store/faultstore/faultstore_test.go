@@ -2,10 +2,9 @@ package faultstore
 
 import (
 	"errors"
-	"reflect"
 	"testing"
 
-	"github.com/batchd/batchd/internal/store"
+	"github.com/batchd/batchd/internal/store/storetest"
 )
 
 // TestEveryVerbCanFail calls every verb of store.Store through a wrapper
@@ -13,32 +12,17 @@ import (
 // the nil store and panic instead of returning the injected error.
 func TestEveryVerbCanFail(t *testing.T) {
 	t.Parallel()
-	iface := reflect.TypeFor[store.Store]()
-	for i := range iface.NumMethod() {
-		m := iface.Method(i)
-		if m.Name == "Close" {
-			continue
+	storetest.EachVerb(t, func(t *testing.T, verb string) {
+		fs := New(nil)
+		want := errors.New("boom " + verb)
+		fs.Fail(verb, want)
+		if got := storetest.CallVerb(fs, verb); !errors.Is(got, want) {
+			t.Fatalf("%s returned %v, want the injected error", verb, got)
 		}
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
-			fs := New(nil)
-			want := errors.New("boom " + m.Name)
-			fs.Fail(m.Name, want)
-			fn := reflect.ValueOf(fs).MethodByName(m.Name)
-			args := make([]reflect.Value, fn.Type().NumIn())
-			for j := range args {
-				args[j] = reflect.Zero(fn.Type().In(j))
-			}
-			out := fn.Call(args)
-			got, _ := out[len(out)-1].Interface().(error)
-			if !errors.Is(got, want) {
-				t.Fatalf("%s returned %v, want the injected error", m.Name, got)
-			}
-			if fs.Calls(m.Name) != 1 {
-				t.Fatalf("%s counted %d calls", m.Name, fs.Calls(m.Name))
-			}
-		})
-	}
+		if fs.Calls(verb) != 1 {
+			t.Fatalf("%s counted %d calls", verb, fs.Calls(verb))
+		}
+	})
 }
 
 func TestFailAfterSkipsThenFailsTimes(t *testing.T) {
