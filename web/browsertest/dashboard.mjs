@@ -118,6 +118,8 @@ try {
   figures.progress_values_seen = seen.size;
   await page.waitForFunction(() => document.querySelector('#count-errored .v')?.textContent === '4', null, { timeout: T });
   await page.waitForFunction(() => document.querySelectorAll('#results-table tr.result-row').length === 40, null, { timeout: T });
+  // The batch's cost, from its usage: 36 succeeded requests cost something.
+  await page.waitForFunction(() => /\$\d/.test(document.querySelector('#cost-value')?.textContent || ''), null, { timeout: T });
 
   // The screenshot for the README: the page that watched it, whose chart
   // holds what it saw.
