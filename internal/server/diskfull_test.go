@@ -15,24 +15,8 @@ import (
 	"time"
 
 	"github.com/batchd/batchd/internal/server"
+	"github.com/batchd/batchd/internal/testfs"
 )
-
-// mountTmpfs mounts a tmpfs of mib MiB on a fresh directory, unmounted when
-// the test ends, or skips the test where this machine cannot (not root, no
-// mount privilege).
-func mountTmpfs(t *testing.T, mib int) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%dm,mode=0700", mib)); err != nil {
-		t.Skipf("disk-full test needs a small file system: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
 
 // freeBytes is what the file system holding dir has left.
 func freeBytes(t *testing.T, dir string) int64 {
@@ -68,7 +52,7 @@ func diskState(t *testing.T, dir string) string {
 // again with no restart.
 func TestDiskFull(t *testing.T) {
 	t.Parallel()
-	dir := mountTmpfs(t, 64)
+	dir := testfs.Tmpfs(t, 64)
 	var logs bytes.Buffer
 	var logMu sync.Mutex
 	ts := newTestServer(t, withConfig(func(c *server.Config) {

@@ -13,24 +13,8 @@ import (
 	"time"
 
 	"github.com/batchd/batchd/internal/store"
+	"github.com/batchd/batchd/internal/testfs"
 )
-
-// mountTmpfs mounts a tmpfs of mib MiB on a fresh directory, unmounted when
-// the test ends, or skips the test where this machine cannot (not root, no
-// mount privilege).
-func mountTmpfs(t *testing.T, mib int) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%dm,mode=0700", mib)); err != nil {
-		t.Skipf("disk-full test needs a small file system: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
 
 // fillDisk writes a file that takes every byte the file system holding dir
 // has left, and returns its path.
@@ -101,7 +85,7 @@ func TestWritesOnAFullDisk(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			dir := mountTmpfs(t, 16)
+			dir := testfs.Tmpfs(t, 16)
 			s, err := OpenWith(ctx, filepath.Join(dir, "batchd.db"), Options{Reserve: 2 << 20})
 			if err != nil {
 				t.Fatal(err)
@@ -185,7 +169,7 @@ func newBatch(t *testing.T, s *Store, id string, n int) *store.Batch {
 func TestFullDiskRecoversByDeleting(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	dir := mountTmpfs(t, 48)
+	dir := testfs.Tmpfs(t, 48)
 	path := filepath.Join(dir, "batchd.db")
 	s, err := OpenWith(ctx, path, Options{Reserve: 8 << 20})
 	if err != nil {
