@@ -5,13 +5,9 @@
 package cost
 
 import (
-	"bytes"
-	"encoding/json"
-	"fmt"
 	"maps"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/batchd/batchd/internal/backend"
@@ -73,134 +69,6 @@ func (p Price) Standard(t Tokens) float64 {
 
 // Batch is what t costs at p's batch prices, in USD.
 func (p Price) Batch(t Tokens) float64 { return p.Standard(t) * BatchMultiplier }
-
-// usage is the part of a Message's usage object that is priced.
-type usage struct {
-	InputTokens              int64          `json:"input_tokens"`
-	OutputTokens             int64          `json:"output_tokens"`
-	CacheCreationInputTokens int64          `json:"cache_creation_input_tokens"`
-	CacheReadInputTokens     int64          `json:"cache_read_input_tokens"`
-	CacheCreation            *cacheCreation `json:"cache_creation"`
-}
-
-type cacheCreation struct {
-	Ephemeral5m int64 `json:"ephemeral_5m_input_tokens"`
-	Ephemeral1h int64 `json:"ephemeral_1h_input_tokens"`
-}
-
-// ParseUsage reads a Message's usage object. Without the cache_creation
-// breakdown every cache write counts at the 5-minute rate, as Anthropic's
-// older responses imply. The plain shape (integer counts, names without
-// escapes) is read in one pass without decoding, since it runs for every
-// succeeded request; anything else is decoded by encoding/json.
-func ParseUsage(raw []byte) (Tokens, error) {
-	u, ok := scanUsage(raw)
-	if !ok {
-		u = usage{}
-		if err := json.Unmarshal(raw, &u); err != nil {
-			return Tokens{}, fmt.Errorf("parse usage: %w", err)
-		}
-	}
-	t := Tokens{Input: u.InputTokens, Output: u.OutputTokens, CacheRead: u.CacheReadInputTokens}
-	if c := u.CacheCreation; c != nil && (c.Ephemeral5m != 0 || c.Ephemeral1h != 0) {
-		t.CacheWrite5m, t.CacheWrite1h = c.Ephemeral5m, c.Ephemeral1h
-	} else {
-		t.CacheWrite5m = u.CacheCreationInputTokens
-	}
-	if t.Input < 0 || t.Output < 0 || t.CacheRead < 0 || t.CacheWrite5m < 0 || t.CacheWrite1h < 0 {
-		return Tokens{}, fmt.Errorf("parse usage: negative token count")
-	}
-	return t, nil
-}
-
-// usageFields are the names scanUsage reads.
-var usageFields = []string{"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-	"ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens", "cache_creation"}
-
-// foldsToField reports whether name matches a usage field only in case,
-// as encoding/json would match it.
-func foldsToField(name []byte) bool {
-	for _, f := range usageFields {
-		if len(name) == len(f) && string(name) != f && bytes.EqualFold(name, []byte(f)) {
-			return true
-		}
-	}
-	return false
-}
-
-// scanUsage reads the usage object's counts in one pass; ok is false when
-// the object is not the plain shape (a count that is not a plain integer,
-// a field repeated, a name that could match a field only after decoding),
-// which encoding/json then reads.
-func scanUsage(raw []byte) (u usage, ok bool) {
-	ok = true
-	var seen [6]bool
-	field := func(name []byte) int {
-		switch string(name) {
-		case "input_tokens":
-			return 0
-		case "output_tokens":
-			return 1
-		case "cache_creation_input_tokens":
-			return 2
-		case "cache_read_input_tokens":
-			return 3
-		case "ephemeral_5m_input_tokens":
-			return 4
-		case "ephemeral_1h_input_tokens":
-			return 5
-		}
-		if bytes.IndexByte(name, '\\') >= 0 || foldsToField(name) {
-			ok = false // a name encoding/json might match to a field
-		}
-		return -1
-	}
-	count := func(i int, v []byte, dst *int64) bool {
-		n, err := strconv.ParseInt(string(v), 10, 64)
-		if err != nil || seen[i] {
-			ok = false
-			return false
-		}
-		seen[i], *dst = true, n
-		return true
-	}
-	valid := backend.EachMember(raw, func(name, v []byte) bool {
-		switch i := field(name); i {
-		case 0:
-			return count(i, v, &u.InputTokens)
-		case 1:
-			return count(i, v, &u.OutputTokens)
-		case 2:
-			return count(i, v, &u.CacheCreationInputTokens)
-		case 3:
-			return count(i, v, &u.CacheReadInputTokens)
-		case -1:
-			if string(name) != "cache_creation" {
-				return ok
-			}
-			if v[0] != '{' || u.CacheCreation != nil {
-				if string(v) == "null" && u.CacheCreation == nil {
-					return true
-				}
-				ok = false
-				return false
-			}
-			u.CacheCreation = &cacheCreation{}
-			return backend.EachMember(v, func(name, v []byte) bool {
-				switch i := field(name); i {
-				case 4:
-					return count(i, v, &u.CacheCreation.Ephemeral5m)
-				case 5:
-					return count(i, v, &u.CacheCreation.Ephemeral1h)
-				}
-				return ok
-			}) && ok
-		}
-		ok = false // a nested field's name at the top
-		return false
-	})
-	return u, ok && valid
-}
 
 // Table maps model ids to prices. A model's dated snapshot ids
 // ("claude-sonnet-4-5-20250929") and its "-latest" alias take the price of
@@ -348,24 +216,11 @@ func FromResult(result []byte) (model string, t Tokens, ok bool) {
 // FromMessage reads the model and the priced usage of a Message in one
 // pass; ok is false when it has no model or no readable usage.
 func FromMessage(msg []byte) (model string, t Tokens, ok bool) {
-	var usageRaw []byte
-	backend.EachMember(msg, func(name, v []byte) bool {
-		switch string(name) {
-		case "model":
-			if len(v) >= 2 && v[0] == '"' && bytes.IndexByte(v, '\\') < 0 {
-				model = string(v[1 : len(v)-1])
-			} else if err := json.Unmarshal(v, &model); err != nil {
-				model = ""
-			}
-		case "usage":
-			usageRaw = v
-		}
-		return true
-	})
-	if model == "" || len(usageRaw) == 0 {
+	model, u, present, valid := readMessage(msg)
+	if model == "" || !present || !valid {
 		return "", Tokens{}, false
 	}
-	t, err := ParseUsage(usageRaw)
+	t, err := u.Tokens()
 	if err != nil {
 		return "", Tokens{}, false
 	}

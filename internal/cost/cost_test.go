@@ -173,10 +173,12 @@ func TestScanUsageReadsAsEncodingJSON(t *testing.T) {
 		`{"cache_creation":{"ephemeral_5m_input_tokens":1},"cache_creation":{"ephemeral_1h_input_tokens":2}}`,
 		`{"server_tool_use":{"web_search_requests":1},"input_tokens":2}`,
 		` { "input_tokens" : 3 , "output_tokens" : 4 } `,
+		"{\"output_to\u212Aens\":2}", // a Kelvin sign: encoding/json folds it to k
+		"{\"Output_Tokens\":2}",
 	} {
-		var u usage
+		var u Usage
 		jerr := json.Unmarshal([]byte(raw), &u)
-		if s, ok := scanUsage([]byte(raw)); ok {
+		if s, ok := scanUsageObject([]byte(raw)); ok {
 			if jerr != nil {
 				t.Errorf("%s: scanned %+v, encoding/json refuses it: %v", raw, s, jerr)
 				continue
@@ -186,6 +188,22 @@ func TestScanUsageReadsAsEncodingJSON(t *testing.T) {
 				(s.CacheCreation != nil && *s.CacheCreation != *u.CacheCreation) {
 				t.Errorf("%s: scanned %+v, encoding/json %+v", raw, s, u)
 			}
+		}
+	}
+}
+
+// TestUsageFastPathTaken: common Messages are read by the one pass itself
+// (a reading that always gave up would agree with encoding/json too).
+func TestUsageFastPathTaken(t *testing.T) {
+	t.Parallel()
+	for _, msg := range []string{
+		`{"id":"msg_x","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}`,
+		`{"usage":{"input_tokens":10,"output_tokens":5,"cache_creation_input_tokens":3,"cache_read_input_tokens":2,"service_tier":"batch"}}`,
+		` { "usage" : { "input_tokens" : 7 , "output_tokens" : 2 } } `,
+		`{"model":"m","usage":{"input_tokens":1,"cache_creation_input_tokens":30,"cache_creation":{"ephemeral_5m_input_tokens":10,"ephemeral_1h_input_tokens":20}}}`,
+	} {
+		if _, _, _, sure := scanMessage([]byte(msg)); !sure {
+			t.Errorf("scanMessage(%s) gave up", msg)
 		}
 	}
 }

@@ -11,7 +11,6 @@
 package ratelimit
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -21,9 +20,9 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/batchd/batchd/internal/backend"
+	"github.com/batchd/batchd/internal/cost"
 )
 
 // Limits configures a Limiter. Zero means "no limit" for the per-minute
@@ -621,99 +620,14 @@ func estimate(call backend.Call) (in, out int) {
 }
 
 // usage reads a Message's usage: input tokens (cache reads and writes
-// included) and output tokens. The common Message is read in one pass
-// (decoding it with encoding/json cost more than the rest of the
-// limiter); anything that pass cannot vouch for reads the same as
-// encoding/json would, because it is decoded by it.
+// included) and output tokens, as encoding/json reads them
+// (cost.MessageUsage, the same reading the usage totals make).
 func usage(msg json.RawMessage) (in, out int, ok bool) {
-	if u, sure := scanUsage(msg); sure {
-		return u.in(), u.OutputTokens, u.present
-	}
-	var m struct {
-		Usage *tokenUsage `json:"usage"`
-	}
-	if json.Unmarshal(msg, &m) != nil || m.Usage == nil {
+	u, present, valid := cost.MessageUsage(msg)
+	if !present || !valid {
 		return 0, 0, false
 	}
-	return m.Usage.in(), m.Usage.OutputTokens, true
-}
-
-// tokenUsage is a Message's usage object.
-type tokenUsage struct {
-	InputTokens              int `json:"input_tokens"`
-	OutputTokens             int `json:"output_tokens"`
-	CacheCreationInputTokens int `json:"cache_creation_input_tokens"`
-	CacheReadInputTokens     int `json:"cache_read_input_tokens"`
-	present                  bool
-}
-
-func (u *tokenUsage) in() int {
-	return u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens
-}
-
-// scanUsage reads msg's top-level usage object, in one pass that also
-// checks msg is valid JSON (backend.EachMember). sure is false whenever
-// that reading could differ from encoding/json's: msg is not one valid
-// object, a name is escaped, not ASCII or matches a field only in case,
-// usage is repeated or not an object, or one of its counts is repeated or
-// not a plain integer of int's range.
-func scanUsage(msg []byte) (u tokenUsage, sure bool) {
-	sure = true
-	valid := backend.EachMember(msg, func(name, v []byte) bool {
-		switch {
-		case string(name) == "usage":
-			if u.present || v[0] != '{' {
-				sure = false
-				return false
-			}
-			u.present = true
-			var seen [len(usageFields)]bool
-			counts := [...]*int{&u.InputTokens, &u.OutputTokens, &u.CacheCreationInputTokens, &u.CacheReadInputTokens}
-			return backend.EachMember(v, func(name, v []byte) bool {
-				for i, f := range usageFields {
-					if string(name) == f {
-						n, err := strconv.Atoi(string(v)) // not a fraction, an exponent or out of range
-						if seen[i] || err != nil {
-							sure = false
-							return false
-						}
-						seen[i], *counts[i] = true, n
-						return true
-					}
-				}
-				if foldsLike(name, usageFields[:]...) {
-					sure = false
-					return false
-				}
-				return true
-			})
-		case foldsLike(name, "usage"):
-			sure = false
-			return false
-		}
-		return true
-	})
-	return u, sure && valid
-}
-
-// usageFields are tokenUsage's JSON names, in field order.
-var usageFields = [...]string{"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"}
-
-// foldsLike reports whether encoding/json could match name, the inside of
-// a JSON string, to one of fields without it being exactly that field: it
-// is escaped, not ASCII, or equal to one of them but for case.
-func foldsLike(name []byte, fields ...string) bool {
-	for _, c := range name {
-		if c == '\\' || c >= utf8.RuneSelf {
-			return true
-		}
-	}
-	for _, f := range fields {
-		if bytes.EqualFold(name, []byte(f)) {
-			return true
-		}
-	}
-	return false
+	return int(u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens), int(u.OutputTokens), true
 }
 
 // bucket is a token bucket refilled continuously at its per-minute rate.

@@ -122,14 +122,3 @@ func BenchmarkReadReply(b *testing.B) {
 		l.observe(h)
 	}
 }
-
-// TestUsageFastPathTaken: common Messages are read by the scan itself (one
-// that always gave up would agree with encoding/json too).
-func TestUsageFastPathTaken(t *testing.T) {
-	t.Parallel()
-	for _, msg := range usageSeeds[:3] {
-		if _, sure := scanUsage([]byte(msg)); !sure {
-			t.Errorf("scanUsage(%s) gave up", msg)
-		}
-	}
-}
