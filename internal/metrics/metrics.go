@@ -146,42 +146,6 @@ func (m *Metrics) model(name string) string {
 	return name
 }
 
-// Settled counts one request settled with result type typ.
-func (m *Metrics) Settled(backend, typ string) {
-	if m == nil {
-		return
-	}
-	m.settled.WithLabelValues(backend, typ).Inc()
-}
-
-// Call records one upstream call: its duration and its response.
-func (m *Metrics) Call(backend, model string, status int, d time.Duration) {
-	m.Upstream(backend, status)
-	m.CallDuration(backend, model, d)
-}
-
-// Upstream counts one upstream response by status class (from the HTTP
-// status, 0 when none came back), and a throttle.
-func (m *Metrics) Upstream(backend string, status int) {
-	if m == nil {
-		return
-	}
-	class := StatusClass(status)
-	m.upstream.WithLabelValues(backend, class).Inc()
-	if class == "429" || class == "529" {
-		m.throttles.WithLabelValues(backend).Inc()
-	}
-}
-
-// CallDuration records how long one call to a backend took, rate-limit
-// waits apart.
-func (m *Metrics) CallDuration(backend, model string, d time.Duration) {
-	if m == nil {
-		return
-	}
-	m.duration.WithLabelValues(backend, m.model(model)).Observe(d.Seconds())
-}
-
 // StatusClass is the label of an HTTP status: 429 and 529 apart from
 // their class, "network" for no response.
 func StatusClass(status int) string {
@@ -200,42 +164,6 @@ func StatusClass(status int) string {
 		return "5xx"
 	}
 	return "network"
-}
-
-// Retried counts an attempt scheduled again.
-func (m *Metrics) Retried(backend string) {
-	if m == nil {
-		return
-	}
-	m.retries.WithLabelValues(backend).Inc()
-}
-
-// RateWait records how long a call waited for its backend's limits.
-func (m *Metrics) RateWait(backend string, d time.Duration) {
-	if m == nil {
-		return
-	}
-	m.rateWait.WithLabelValues(backend).Observe(d.Seconds())
-}
-
-// Usage counts a succeeded request's tokens, and its cost at batch price
-// when the model is priced in table (nil: no cost).
-func (m *Metrics) Usage(model string, t cost.Tokens, table *cost.Table) {
-	if m == nil {
-		return
-	}
-	label := m.model(model)
-	for i, n := range [5]int64{t.Input, t.Output, t.CacheWrite5m, t.CacheWrite1h, t.CacheRead} {
-		if n != 0 {
-			m.tokens.WithLabelValues(label, tokenKinds[i]).Add(float64(n))
-		}
-	}
-	if table == nil {
-		return
-	}
-	if p, ok := table.Lookup(model); ok {
-		m.costUSD.WithLabelValues(label).Add(p.Batch(t))
-	}
 }
 
 // Delivery records one webhook delivery attempt and its outcome.
@@ -355,7 +283,7 @@ func (b *Backend) Settled(typ string) {
 		c.Inc()
 		return
 	}
-	b.m.Settled(b.name, typ)
+	b.m.settled.WithLabelValues(b.name, typ).Inc()
 }
 
 // Retried counts an attempt scheduled again.

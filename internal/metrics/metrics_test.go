@@ -75,16 +75,17 @@ func TestMetricsMove(t *testing.T) {
 			Backends:    []BackendState{{Name: "sim", ConcurrencyLimit: 64, InFlight: 3, QueueDepth: 1000, OldestPending: 1500 * time.Millisecond}},
 			Subscribers: 4}, nil
 	}, nil)
-	m.Settled("sim", "succeeded")
-	m.Settled("sim", "succeeded")
-	m.Settled("sim", "errored")
-	m.Call("up", "claude-sonnet-4-5", 200, 20*time.Millisecond)
-	m.Call("up", "claude-sonnet-4-5", 429, time.Millisecond)
-	m.Call("up", "claude-sonnet-4-5", 0, time.Millisecond)
-	m.Retried("up")
-	m.RateWait("up", time.Second)
-	m.Usage("claude-sonnet-4-5", cost.Tokens{Input: 1_000_000, Output: 100_000}, cost.Default())
-	m.Usage("llama-local", cost.Tokens{Input: 7}, cost.Default())
+	sim, up := m.Backend("sim"), m.Backend("up")
+	sim.Settled("succeeded")
+	sim.Settled("succeeded")
+	sim.Settled("errored")
+	call(up, "claude-sonnet-4-5", 200, 20*time.Millisecond)
+	call(up, "claude-sonnet-4-5", 429, time.Millisecond)
+	call(up, "claude-sonnet-4-5", 0, time.Millisecond)
+	up.Retried()
+	up.RateWait(time.Second)
+	up.Usage("claude-sonnet-4-5", cost.Tokens{Input: 1_000_000, Output: 100_000}, cost.Default())
+	up.Usage("llama-local", cost.Tokens{Input: 7}, cost.Default())
 	m.Delivery("delivered", 30*time.Millisecond)
 	m.StoreOp("RequestsClaim", time.Millisecond)
 
@@ -133,8 +134,9 @@ func TestMetricsMove(t *testing.T) {
 func TestModelLabelsAreCapped(t *testing.T) {
 	t.Parallel()
 	m := New(nil, nil)
+	b := m.Backend("b")
 	for i := range MaxModels + 10 {
-		m.Call("b", fmt.Sprint("model-", i), 200, time.Millisecond)
+		call(b, fmt.Sprint("model-", i), 200, time.Millisecond)
 	}
 	f := scrape(t, m)
 	if n := len(f["batchd_request_duration_seconds"].Metric); n != MaxModels+1 {
@@ -176,12 +178,13 @@ func TestGrafanaDashboardNamesRealMetrics(t *testing.T) {
 	m := New(func(context.Context) (State, error) {
 		return State{BatchesByStatus: map[string]int64{"ended": 1}, Backends: []BackendState{{Name: "b"}}}, nil
 	}, nil)
-	m.Settled("b", "succeeded")
-	m.Call("b", "m", 200, time.Millisecond)
-	m.Call("b", "m", 429, time.Millisecond)
-	m.Retried("b")
-	m.RateWait("b", time.Millisecond)
-	m.Usage("claude-sonnet-4-5", cost.Tokens{Input: 1}, cost.Default())
+	b := m.Backend("b")
+	b.Settled("succeeded")
+	call(b, "m", 200, time.Millisecond)
+	call(b, "m", 429, time.Millisecond)
+	b.Retried()
+	b.RateWait(time.Millisecond)
+	b.Usage("claude-sonnet-4-5", cost.Tokens{Input: 1}, cost.Default())
 	m.Delivery("delivered", time.Millisecond)
 	m.StoreOp("x", time.Millisecond)
 	fams := scrape(t, m)
@@ -201,4 +204,11 @@ func TestGrafanaDashboardNamesRealMetrics(t *testing.T) {
 	if n < 15 {
 		t.Errorf("only %d metric references in the dashboard", n)
 	}
+}
+
+// call records one upstream call as the dispatcher does: its response
+// and its duration.
+func call(b *Backend, model string, status int, d time.Duration) {
+	b.Upstream(status)
+	b.CallDuration(model, d)
 }
