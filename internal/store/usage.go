@@ -40,13 +40,8 @@ func UsageDeltas(settled []Outcome, now time.Time) []UsageDelta {
 		if o.ResultType != ResultSucceeded {
 			continue
 		}
-		var model string
-		var t cost.Tokens
-		if o.Usage != nil {
-			model, t = o.Usage.Model, o.Usage.Tokens
-		} else if m, tok, ok := cost.FromResult(o.Result); ok {
-			model, t = m, tok
-		} else {
+		model, t, ok := o.MessageUsage()
+		if !ok {
 			continue
 		}
 		k := key{o.BatchSeq, model}
@@ -62,6 +57,19 @@ func UsageDeltas(settled []Outcome, now time.Time) []UsageDelta {
 		return cmp.Or(cmp.Compare(a.BatchSeq, b.BatchSeq), cmp.Compare(a.Model, b.Model))
 	})
 	return out
+}
+
+// MessageUsage is what a succeeded outcome's message reports: the Usage
+// the caller read already, else read from Result; ok is false for any
+// other outcome or a message without a readable usage.
+func (o Outcome) MessageUsage() (model string, t cost.Tokens, ok bool) {
+	switch {
+	case o.ResultType != ResultSucceeded:
+		return "", cost.Tokens{}, false
+	case o.Usage != nil:
+		return o.Usage.Model, o.Usage.Tokens, true
+	}
+	return cost.FromResult(o.Result)
 }
 
 // UsageDay is the UTC day t falls on, as its midnight.

@@ -336,16 +336,16 @@ func completeAndClaimTx(ctx context.Context, tx pgx.Tx, c store.RequestsComplete
 		// The usage of each outcome, summed in SQL over those that win.
 		models := make([]string, n)
 		in, out, w5, w1, rd := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
-		var day time.Time
 		for i, o := range c.Outcomes {
-			if o.Retry || o.ResultType != store.ResultSucceeded {
+			if o.Retry {
 				continue
 			}
-			for _, d := range store.UsageDeltas([]store.Outcome{o}, c.Now) {
-				models[i], day = d.Model, d.Day
-				in[i], out[i], w5[i], w1[i], rd[i] = d.Tokens.Input, d.Tokens.Output, d.Tokens.CacheWrite5m, d.Tokens.CacheWrite1h, d.Tokens.CacheRead
+			if model, t, ok := o.MessageUsage(); ok {
+				models[i] = model
+				in[i], out[i], w5[i], w1[i], rd[i] = t.Input, t.Output, t.CacheWrite5m, t.CacheWrite1h, t.CacheRead
 			}
 		}
+		day := store.UsageDay(c.Now)
 		locks := slices.Compact(slices.Sorted(slices.Values(seqs)))
 		b.Queue(qLockBatches, locks)
 		b.Queue(qComplete, c.Owner, ids, attempts, seqs, customIDs, types, results, retryAt, micros(c.Now),
