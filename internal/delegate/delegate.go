@@ -267,8 +267,9 @@ func (d *Delegator) Start(ctx context.Context) error {
 // the leader, adopts the upstream batches whose lease lapsed.
 func (d *Delegator) leaseLoop(ctx context.Context) {
 	for sleep(ctx, d.cfg.Lease/3, nil) {
-		until := d.cfg.Now().Add(d.cfg.Lease)
-		if err := d.st.RequestsHeartbeat(ctx, store.RequestsHeartbeatParams{Owner: d.owner, LeaseUntil: until}); err != nil && ctx.Err() == nil {
+		now := d.cfg.Now()
+		until := now.Add(d.cfg.Lease)
+		if err := d.st.RequestsHeartbeat(ctx, store.RequestsHeartbeatParams{Owner: d.owner, LeaseUntil: until, Now: now}); err != nil && ctx.Err() == nil {
 			d.log.Error("heartbeat failed", "err", err)
 		}
 		if err := d.st.UpstreamBatchesHeartbeat(ctx, store.UpstreamBatchesHeartbeatParams{Owner: d.owner, LeaseUntil: until}); err != nil && ctx.Err() == nil {

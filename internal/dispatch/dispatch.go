@@ -160,6 +160,7 @@ type Dispatcher struct {
 	senders  sync.WaitGroup
 
 	withdrawals map[int64]*withdrawal // by batch seq; guarded by mu
+	leases      *leaseWatch
 }
 
 // withdrawal withdraws the calls of one batch that wait inside a backend
@@ -188,6 +189,7 @@ func New(st store.Store, router *backend.Router, cfg Config) *Dispatcher {
 		canceling: map[int64]struct{}{},
 
 		withdrawals: map[int64]*withdrawal{},
+		leases:      &leaseWatch{lease: cfg.Lease},
 	}
 	total := 0
 	delegated := map[string]bool{}
@@ -712,7 +714,7 @@ func (d *Dispatcher) dispatch(l *lane, c store.ClaimedRequest) {
 		d.outcomes <- laneOutcome{d.outcome(c, nil, err), l}
 		return
 	}
-	l.queue.push(job{ClaimedRequest: c, model: model, maxTokens: maxTokens})
+	l.queue.push(job{ClaimedRequest: c, model: model, maxTokens: maxTokens, lease: d.leases.claimed(d.cfg.Now())})
 }
 
 // job is a claimed request on its way to a backend, with what checkParams
@@ -721,6 +723,7 @@ type job struct {
 	store.ClaimedRequest
 	model     string
 	maxTokens int64
+	lease     time.Time // the claim's lease (an upper bound: see leaseWatch)
 }
 
 // work runs requests from its lane's queue until the queue closes. runCtx
@@ -735,6 +738,14 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 		}
 		if stopCtx.Err() != nil {
 			// Stopping: leave queued requests leased; they are rescued.
+			d.release(l, 1)
+			continue
+		}
+		if d.leases.lapsed(c.lease, d.cfg.Now()) {
+			// Its lease lapsed while it waited here (the process stalled
+			// past it): it is rescued and claimed again, perhaps already
+			// sent by another process. Let it go unsent.
+			d.log.Debug("request's lease lapsed before it was sent; left for the rescue", "batch_seq", c.BatchSeq, "request_id", c.ID, "attempt", c.Attempt)
 			d.release(l, 1)
 			continue
 		}
@@ -1066,7 +1077,9 @@ func (d *Dispatcher) heartbeatLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := d.store.RequestsHeartbeat(ctx, store.RequestsHeartbeatParams{Owner: d.cfg.Owner, LeaseUntil: d.cfg.Now().Add(d.cfg.Lease)}); err != nil && ctx.Err() == nil {
+			now := d.cfg.Now()
+			until := d.leases.heartbeat(now)
+			if err := d.store.RequestsHeartbeat(ctx, store.RequestsHeartbeatParams{Owner: d.cfg.Owner, LeaseUntil: until, Now: now}); err != nil && ctx.Err() == nil {
 				d.log.Error("heartbeat failed", "err", err)
 			}
 		}

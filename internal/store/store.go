@@ -306,10 +306,16 @@ type RequestsCompleteParams struct {
 
 // RequestsHeartbeatParams extends every lease Owner holds on requests it
 // runs itself (not those handed to an upstream batch, whose row holds the
-// lease: UpstreamBatchesHeartbeat).
+// lease: UpstreamBatchesHeartbeat), unless it lapsed at or before Now (zero
+// Now renews every lease). A lapsed lease is never revived: from the moment
+// it lapses the request may be rescued and claimed again, so its holder
+// lets go of it (a dispatcher drops a queued request whose lease it knows
+// lapsed instead of sending it twice), and a renewal after that would hold
+// a request nobody runs.
 type RequestsHeartbeatParams struct {
 	Owner      string
 	LeaseUntil time.Time
+	Now        time.Time
 }
 
 // RequestsRescueParams returns requests whose lease ran out before Now to

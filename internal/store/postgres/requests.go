@@ -158,7 +158,7 @@ const (
 	qDone = `b.status IN ('in_progress', 'canceling') AND b.n_succeeded + b.n_errored + b.n_canceled + b.n_expired + d_n >= b.total`
 
 	// Requests in an upstream batch are held by its row's lease instead.
-	qHeartbeat = `UPDATE tasks SET lease_expires = $1 WHERE state = 1 AND lease_owner = $2 AND upstream IS NULL`
+	qHeartbeat = `UPDATE tasks SET lease_expires = $1 WHERE state = 1 AND lease_owner = $2 AND upstream IS NULL AND lease_expires > $3`
 
 	// Rescue: lost requests (lease lapsed)
 	// not handed to an upstream batch. Those of canceling batches settle
@@ -415,7 +415,7 @@ func completeAndClaimTx(ctx context.Context, tx pgx.Tx, c store.RequestsComplete
 
 // RequestsHeartbeat implements store.Store.
 func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeatParams) error {
-	_, err := s.execAffected(ctx, "heartbeat", qHeartbeat, micros(p.LeaseUntil), p.Owner)
+	_, err := s.execAffected(ctx, "heartbeat", qHeartbeat, micros(p.LeaseUntil), p.Owner, micros(p.Now))
 	return err
 }
 

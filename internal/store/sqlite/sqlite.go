@@ -1685,8 +1685,8 @@ func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeat
 	// Even on a full disk: a lapsed lease sends the running requests again.
 	// Requests in an upstream batch are held by its row's lease instead.
 	err := s.txFreeing(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE tasks SET lease_expires = ? WHERE state = 1 AND lease_owner = ? AND upstream IS NULL`,
-			micros(p.LeaseUntil), p.Owner)
+		_, err := tx.ExecContext(ctx, `UPDATE tasks SET lease_expires = ? WHERE state = 1 AND lease_owner = ? AND upstream IS NULL AND lease_expires > ?`,
+			micros(p.LeaseUntil), p.Owner, micros(p.Now))
 		return err
 	})
 	if err != nil {

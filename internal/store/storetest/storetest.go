@@ -717,12 +717,27 @@ func testRequests(t *testing.T, newStore NewStore) {
 	run(t, "HeartbeatKeepsLease", newStore, func(t *testing.T, b *bundle) {
 		b.batch(t, "w", 1, t0)
 		b.claim(t, "o", 1, t0) // lease until t0+1m
-		if err := b.st.RequestsHeartbeat(b.ctx, store.RequestsHeartbeatParams{Owner: "o", LeaseUntil: t0.Add(10 * time.Minute)}); err != nil {
+		if err := b.st.RequestsHeartbeat(b.ctx, store.RequestsHeartbeatParams{Owner: "o", LeaseUntil: t0.Add(10 * time.Minute), Now: t0.Add(30 * time.Second)}); err != nil {
 			t.Fatal(err)
 		}
 		b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(5 * time.Minute)})
 		if got := b.claim(t, "o2", 1, t0.Add(5*time.Minute)); len(got) != 0 {
 			t.Fatal("a heartbeated lease was rescued")
+		}
+	})
+	// A heartbeat that comes after a lease lapsed does not revive it, even
+	// before a rescue ran: the holder has let go of a request whose lease it
+	// knows lapsed, and a revived lease would hold it with nobody running it.
+	run(t, "HeartbeatSkipsLapsedLease", newStore, func(t *testing.T, b *bundle) {
+		b.batch(t, "w", 2, t0)
+		b.claim(t, "o", 1, t0)                  // lease until t0+1m
+		b.claim(t, "o", 1, t0.Add(time.Minute)) // lease until t0+2m
+		if err := b.st.RequestsHeartbeat(b.ctx, store.RequestsHeartbeatParams{Owner: "o", LeaseUntil: t0.Add(10 * time.Minute), Now: t0.Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: t0.Add(5 * time.Minute)})
+		if got := b.claim(t, "o2", 2, t0.Add(5*time.Minute)); len(got) != 1 {
+			t.Fatalf("after a late heartbeat another owner claimed %d requests, want the 1 whose lease had lapsed (at the heartbeat's Now exactly)", len(got))
 		}
 	})
 	run(t, "ResultsPageInOrderAndSkipSucceeded", newStore, func(t *testing.T, b *bundle) {
