@@ -62,9 +62,11 @@ const (
 		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND backend = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ? + 0)
 		RETURNING id, attempts`
 	qClaimParams = `SELECT id, custom_id, params FROM requests WHERE id IN (SELECT value FROM json_each(?))`
-	qTouchBatch  = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
-	qBatchState  = `SELECT status, expires_at FROM batches WHERE seq = ?`
-	qRetry       = `UPDATE tasks SET state = 0, next_at = ?, last_error = ?, lease_owner = NULL, lease_expires = NULL, upstream = NULL
+	// qClaimParamsRange is qClaimParams for a claim of consecutive ids.
+	qClaimParamsRange = `SELECT id, custom_id, params FROM requests WHERE id >= ? AND id <= ?`
+	qTouchBatch       = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
+	qBatchState       = `SELECT status, expires_at FROM batches WHERE seq = ?`
+	qRetry            = `UPDATE tasks SET state = 0, next_at = ?, last_error = ?, lease_owner = NULL, lease_expires = NULL, upstream = NULL
 		WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
 	qAddCounts = `UPDATE batches SET n_succeeded = n_succeeded + ?, n_errored = n_errored + ?,
 		n_canceled = n_canceled + ?, n_expired = n_expired + ? WHERE seq = ?`
@@ -128,7 +130,7 @@ func chunkLen(rest int, sizes []int) int {
 }
 
 var hotStatements = func() []string {
-	qs := []string{qOpenBatches, qClaim, qClaimParams, qTouchBatch, qBatchState, qRetry, qAddCounts, qEndIfDone, qBatchBySeq, qMaxRequestID, qUsageAdd}
+	qs := []string{qOpenBatches, qClaim, qClaimParams, qClaimParamsRange, qTouchBatch, qBatchState, qRetry, qAddCounts, qEndIfDone, qBatchBySeq, qMaxRequestID, qUsageAdd}
 	for _, n := range chunkSizes {
 		qs = append(qs, qSettle(n), qAddResults(n))
 	}
@@ -1462,23 +1464,45 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 }
 
 // fillParams reads the custom_id and params of claimed requests in one
-// statement.
+// statement. Claimed ids are most often one run of consecutive ids (a
+// batch's requests, claimed in order), read as a range of rowids: the
+// list of ids, parsed by json_each into a temporary index, cost more than
+// reading the rows.
 func (s *Store) fillParams(ctx context.Context, tx *sql.Tx, claimed []store.ClaimedRequest) error {
 	if len(claimed) == 0 {
 		return nil
 	}
-	idx := make(map[int64]int, len(claimed))
-	ids := make([]byte, 0, len(claimed)*8)
-	ids = append(ids, '[')
-	for i, c := range claimed {
-		if i > 0 {
-			ids = append(ids, ',')
-		}
-		ids = strconv.AppendInt(ids, c.ID, 10)
-		idx[c.ID] = i
+	lo, hi := claimed[0].ID, claimed[0].ID
+	for _, c := range claimed[1:] {
+		lo, hi = min(lo, c.ID), max(hi, c.ID)
 	}
-	ids = append(ids, ']')
-	rows, err := s.stmt(ctx, tx, qClaimParams).QueryContext(ctx, string(ids))
+	// A claim holds each id once, so a span as long as the claim is
+	// exactly its ids.
+	var rows *sql.Rows
+	var err error
+	var at func(id int64) int
+	if hi-lo+1 == int64(len(claimed)) {
+		pos := make([]int32, len(claimed))
+		for i, c := range claimed {
+			pos[c.ID-lo] = int32(i)
+		}
+		at = func(id int64) int { return int(pos[id-lo]) }
+		rows, err = s.stmt(ctx, tx, qClaimParamsRange).QueryContext(ctx, lo, hi)
+	} else {
+		idx := make(map[int64]int, len(claimed))
+		ids := make([]byte, 0, len(claimed)*8)
+		ids = append(ids, '[')
+		for i, c := range claimed {
+			if i > 0 {
+				ids = append(ids, ',')
+			}
+			ids = strconv.AppendInt(ids, c.ID, 10)
+			idx[c.ID] = i
+		}
+		ids = append(ids, ']')
+		at = func(id int64) int { return idx[id] }
+		rows, err = s.stmt(ctx, tx, qClaimParams).QueryContext(ctx, string(ids))
+	}
 	if err != nil {
 		return err
 	}
@@ -1490,7 +1514,7 @@ func (s *Store) fillParams(ctx context.Context, tx *sql.Tx, claimed []store.Clai
 		if err := rows.Scan(&id, &customID, &params); err != nil {
 			return err
 		}
-		c := &claimed[idx[id]]
+		c := &claimed[at(id)]
 		c.CustomID, c.Params = customID, params
 	}
 	return rows.Err()
