@@ -1417,6 +1417,8 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 		return nil, err
 	}
 	claim := s.stmt(ctx, tx, qClaim)
+	var id int64
+	var attempt int
 	remaining := p.Limit
 	served := map[int64]bool{}
 	for remaining > 0 && len(batches) > 0 {
@@ -1433,12 +1435,13 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 			}
 			got := 0
 			for rows.Next() {
-				c := store.ClaimedRequest{BatchID: b.id, BatchSeq: b.seq, Betas: b.betas, ExpiresAt: fromMicros(b.expires)}
-				if err := rows.Scan(&c.ID, &c.Attempt); err != nil {
+				// Scanned into id and attempt, not into the request: what
+				// Scan points into escapes, once per claim, not per row.
+				if err := rows.Scan(&id, &attempt); err != nil {
 					rows.Close()
 					return nil, err
 				}
-				out = append(out, c)
+				out = append(out, store.ClaimedRequest{ID: id, Attempt: attempt, BatchID: b.id, BatchSeq: b.seq, Betas: b.betas, ExpiresAt: fromMicros(b.expires)})
 				got++
 			}
 			rows.Close()
@@ -1507,10 +1510,10 @@ func (s *Store) fillParams(ctx context.Context, tx *sql.Tx, claimed []store.Clai
 		return err
 	}
 	defer rows.Close()
+	var id int64
+	var customID string
+	var params []byte
 	for rows.Next() {
-		var id int64
-		var customID string
-		var params []byte
 		if err := rows.Scan(&id, &customID, &params); err != nil {
 			return err
 		}
@@ -1640,6 +1643,7 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 		n  int
 	}
 	won := make(map[attempt]bool, len(os))
+	var a attempt // scanned into; declared once, as what Scan points into escapes
 	args := make([]any, 0, 1+2*chunkSizes[0])
 	for rest := os; len(rest) > 0; {
 		n := chunkSizes[len(chunkSizes)-1]
@@ -1660,7 +1664,6 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 			return nil, err
 		}
 		for rows.Next() {
-			var a attempt
 			if err := rows.Scan(&a.id, &a.n); err != nil {
 				rows.Close()
 				return nil, err
@@ -1694,7 +1697,7 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 			if len(o.Result) > 0 {
 				result = o.Result
 			}
-			args = append(args, o.RequestID, o.BatchSeq, o.CustomID, o.ResultType, result)
+			args = append(args, o.RequestID, o.BatchSeq, o.CustomID, resultTypeArg(o.ResultType), result)
 		}
 		rest = rest[n:]
 		if _, err := s.stmt(ctx, tx, qAddResults(n)).ExecContext(ctx, args...); err != nil {
@@ -1703,6 +1706,25 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 	}
 	return settled, nil
 }
+
+// resultTypeArg is a result type as a statement argument: the known ones
+// boxed once, as boxing a string in an interface allocates, and this runs
+// for every row written.
+func resultTypeArg(typ string) any {
+	switch typ {
+	case store.ResultSucceeded:
+		return argSucceeded
+	case store.ResultErrored:
+		return argErrored
+	case store.ResultCanceled:
+		return argCanceled
+	case store.ResultExpired:
+		return argExpired
+	}
+	return typ
+}
+
+var argSucceeded, argErrored, argCanceled, argExpired any = store.ResultSucceeded, store.ResultErrored, store.ResultCanceled, store.ResultExpired
 
 // RequestsHeartbeat implements store.Store.
 func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeatParams) error {
