@@ -372,8 +372,16 @@ type throttleEvent struct {
 // upstream overloaded as a whole) always pauses the backend, as does a
 // spent anthropic-ratelimit-* budget (observe).
 func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessage, err error) (own time.Duration) {
+	// The reply's usage only corrects the token buckets: without one
+	// configured it is not read at all (the dispatcher reads it anyway, for
+	// the usage totals), and with one it is read before the lock is taken,
+	// which every other call's acquire and release wait on.
+	var used tokensUsed
+	if err == nil && (l.itpm != nil || l.otpm != nil) {
+		used.in, used.out, used.ok = usage(msg)
+	}
 	l.mu.Lock()
-	ev, own := l.releaseLocked(start, inTok, outTok, msg, err)
+	ev, own := l.releaseLocked(start, inTok, outTok, used, err)
 	l.grantLocked()
 	l.mu.Unlock()
 	if ev != nil {
@@ -382,7 +390,14 @@ func (l *Limiter) release(start time.Time, inTok, outTok int, msg json.RawMessag
 	return own
 }
 
-func (l *Limiter) releaseLocked(start time.Time, inTok, outTok int, msg json.RawMessage, err error) (*throttleEvent, time.Duration) {
+// tokensUsed is what a reply's usage says the call used; ok is false
+// when it was not read or says nothing.
+type tokensUsed struct {
+	in, out int
+	ok      bool
+}
+
+func (l *Limiter) releaseLocked(start time.Time, inTok, outTok int, used tokensUsed, err error) (*throttleEvent, time.Duration) {
 	now := l.now()
 	l.inFlight--
 	if err != nil {
@@ -429,9 +444,9 @@ func (l *Limiter) releaseLocked(start time.Time, inTok, outTok int, msg json.Raw
 		// The window of AIMD is one call's latency: a smoothed average.
 		l.window = (7*l.window + latency) / 8
 	}
-	if in, out, ok := usage(msg); ok {
-		l.itpm.give(inTok-in, now)
-		l.otpm.give(outTok-out, now)
+	if used.ok {
+		l.itpm.give(inTok-used.in, now)
+		l.otpm.give(outTok-used.out, now)
 	}
 	l.grow()
 	return nil, 0

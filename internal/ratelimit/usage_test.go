@@ -1,9 +1,12 @@
 package ratelimit
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/batchd/batchd/internal/backend"
 )
@@ -120,5 +123,53 @@ func BenchmarkReadReply(b *testing.B) {
 			b.Fatal("no usage")
 		}
 		l.observe(h)
+	}
+}
+
+// replying answers every call with msg.
+type replying struct{ msg string }
+
+func (r replying) Name() string { return "replying" }
+
+func (r replying) Do(context.Context, backend.Call) (json.RawMessage, error) {
+	return json.RawMessage(r.msg), nil
+}
+
+// TestUsageRefundsTokens: a call reserves its max_tokens (and its params'
+// size) from the per-minute buckets, and the reply's usage gives back what
+// it did not use, so the next call goes at once on a clock that stands
+// still; a reply without usage keeps the whole reservation.
+func TestUsageRefundsTokens(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name   string
+		limits Limits
+		reply  string
+		admit  bool
+	}{
+		{"output refunded", Limits{OutputTokensPerMinute: 6000}, `{"usage":{"input_tokens":1,"output_tokens":1}}`, true},
+		{"input refunded", Limits{InputTokensPerMinute: 6000}, `{"usage":{"input_tokens":1,"output_tokens":1}}`, true},
+		{"cache reads count as input", Limits{InputTokensPerMinute: 6000}, `{"usage":{"input_tokens":1,"cache_read_input_tokens":90,"output_tokens":1}}`, false},
+		{"no usage, no refund", Limits{OutputTokensPerMinute: 6000}, `{"type":"message"}`, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			now := time.Unix(1_800_000_000, 0)
+			l := New(replying{tt.reply}, tt.limits)
+			l.now = func() time.Time { return now }
+			l.rpm, l.itpm, l.otpm = newBucket(0, now), newBucket(tt.limits.InputTokensPerMinute, now), newBucket(tt.limits.OutputTokensPerMinute, now)
+			// A bucket of 6000 a minute holds 98 tokens: the call takes
+			// them all, as input (392 bytes of params) or as output.
+			call := backend.Call{MaxTokens: 98, Params: json.RawMessage(`{"p":"` + strings.Repeat("x", 392-8) + `"}`)}
+			if _, err := l.Do(context.Background(), call); err != nil {
+				t.Fatal(err)
+			}
+			l.mu.Lock()
+			_, ok := l.admitLocked(now, 90, 90)
+			l.mu.Unlock()
+			if ok != tt.admit {
+				t.Errorf("a second call admitted at once: %v, want %v", ok, tt.admit)
+			}
+		})
 	}
 }

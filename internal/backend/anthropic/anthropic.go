@@ -311,7 +311,7 @@ func (b *Backend) message(ex *exchange) (json.RawMessage, error) {
 	// decoding it (a decode into even two fields cost more than the rest
 	// of the call); anything else is decoded, for its exact error.
 	if backend.ValidJSON(ex.body) {
-		if typ, id, compact, ok := messageHead(ex.body); ok && typ == "message" && id != "" {
+		if typ, id, compact, ok := messageHead(ex.body); ok && string(typ) == "message" && len(id) > 0 {
 			if compact {
 				return ex.body, nil
 			}
@@ -326,12 +326,13 @@ func (b *Backend) message(ex *exchange) (json.RawMessage, error) {
 }
 
 // messageHead reads the top-level "type" and "id" strings of body, which
-// must be valid JSON, without decoding it, and reports whether body is
+// must be valid JSON, without decoding it (nor copying them: they are
+// slices of body), and reports whether body is
 // already compact (no white space outside strings). ok is false whenever
 // that plain reading could differ from what encoding/json decodes: body is
 // not an object, a key is escaped or matches "type" or "id" only in case,
 // or their values are escaped or not strings.
-func messageHead(body []byte) (typ, id string, compact, ok bool) {
+func messageHead(body []byte) (typ, id []byte, compact, ok bool) {
 	depth := 0
 	compact = true
 	key := false       // at depth 1, the next string is a key
@@ -347,9 +348,9 @@ func messageHead(body []byte) (typ, id string, compact, ok bool) {
 				return false
 			}
 			if string(k) == "type" {
-				typ = string(s)
+				typ = s
 			} else {
-				id = string(s)
+				id = s
 			}
 		}
 		return true
@@ -360,10 +361,10 @@ func messageHead(body []byte) (typ, id string, compact, ok bool) {
 			compact = false
 		case '{', '[':
 			if depth == 0 && c != '{' {
-				return "", "", false, false
+				return nil, nil, false, false
 			}
 			if depth == 1 && pending != nil && !value(nil, false, false) {
-				return "", "", false, false
+				return nil, nil, false, false
 			}
 			depth++
 			key = depth == 1
@@ -385,25 +386,25 @@ func messageHead(body []byte) (typ, id string, compact, ok bool) {
 			i = j
 			switch {
 			case depth == 0:
-				return "", "", false, false
+				return nil, nil, false, false
 			case depth != 1:
 			case key:
 				key = false
 				if escaped || (strings.EqualFold(string(s), "type") && string(s) != "type") || (strings.EqualFold(string(s), "id") && string(s) != "id") {
-					return "", "", false, false
+					return nil, nil, false, false
 				}
 				pending = s
 			case pending != nil:
 				if !value(s, true, escaped) {
-					return "", "", false, false
+					return nil, nil, false, false
 				}
 			}
 		default: // a number or a literal
 			if depth == 0 {
-				return "", "", false, false
+				return nil, nil, false, false
 			}
 			if depth == 1 && pending != nil && !value(nil, false, false) {
-				return "", "", false, false
+				return nil, nil, false, false
 			}
 		}
 	}

@@ -127,7 +127,7 @@ func convert(body []byte, model string, stops []string) ([]byte, error) {
 		text = ch.Message.Refusal
 	}
 	msg := message{
-		ID:      "msg_" + derive(seed),
+		ID:      deriveID("msg_", seed),
 		Type:    "message",
 		Role:    "assistant",
 		Model:   c.Model,
@@ -165,10 +165,12 @@ func convert(body []byte, model string, stops []string) ([]byte, error) {
 		// "stop", and anything unrecognised or missing, is a natural end;
 		// only vLLM says which stop sequence matched.
 		msg.StopReason = "end_turn"
-		var s string
-		if len(ch.StopReason) > 0 && ch.StopReason[0] == '"' && json.Unmarshal(ch.StopReason, &s) == nil && slices.Contains(stops, s) {
-			msg.StopReason = "stop_sequence"
-			msg.StopSequence = &s
+		if len(ch.StopReason) > 0 && ch.StopReason[0] == '"' {
+			var s string // only here, where it is needed: &s escapes
+			if json.Unmarshal(ch.StopReason, &s) == nil && slices.Contains(stops, s) {
+				msg.StopReason = "stop_sequence"
+				msg.StopSequence = &s
+			}
 		}
 	}
 	return msg.appendJSON(make([]byte, 0, 256+len(body))), nil
@@ -501,7 +503,7 @@ func toolUseOf(tc toolCall, i int, seed string, truncated bool) (toolUseBlock, e
 		return b, badUpstream(fmt.Sprintf("decode completion: tool call %d has no function name", i))
 	}
 	if b.ID == "" {
-		b.ID = "toolu_" + derive(seed+"\x00tool_call\x00"+strconv.Itoa(i))
+		b.ID = deriveID("toolu_", seed+"\x00tool_call\x00"+strconv.Itoa(i))
 	}
 	args := tc.Function.Arguments
 	if len(args) > 0 && args[0] == '"' {
@@ -530,10 +532,16 @@ func toolUseOf(tc toolCall, i int, seed string, truncated bool) (toolUseBlock, e
 // derive spells a stable 24-character base62 id from seed, so a message id
 // has Anthropic's shape whatever characters the upstream's id contains.
 func derive(seed string) string {
+	return deriveID("", seed)
+}
+
+// deriveID is prefix followed by derive(seed), made in one allocation.
+func deriveID(prefix, seed string) string {
 	sum := sha256.Sum256([]byte(seed))
-	out := make([]byte, 24)
-	for i := range out {
-		out[i] = base62[sum[i]%62]
+	var buf [32]byte
+	out := append(buf[:0], prefix...)
+	for i := range 24 {
+		out = append(out, base62[sum[i]%62])
 	}
 	return string(out)
 }

@@ -62,9 +62,11 @@ const (
 		WHERE id IN (SELECT id FROM tasks WHERE batch_seq = ? AND backend = ? AND state = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ? + 0)
 		RETURNING id, attempts`
 	qClaimParams = `SELECT id, custom_id, params FROM requests WHERE id IN (SELECT value FROM json_each(?))`
-	qTouchBatch  = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
-	qBatchState  = `SELECT status, expires_at FROM batches WHERE seq = ?`
-	qRetry       = `UPDATE tasks SET state = 0, next_at = ?, last_error = ?, lease_owner = NULL, lease_expires = NULL, upstream = NULL
+	// qClaimParamsRange is qClaimParams for a claim of consecutive ids.
+	qClaimParamsRange = `SELECT id, custom_id, params FROM requests WHERE id >= ? AND id <= ?`
+	qTouchBatch       = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
+	qBatchState       = `SELECT status, expires_at FROM batches WHERE seq = ?`
+	qRetry            = `UPDATE tasks SET state = 0, next_at = ?, last_error = ?, lease_owner = NULL, lease_expires = NULL, upstream = NULL
 		WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
 	qAddCounts = `UPDATE batches SET n_succeeded = n_succeeded + ?, n_errored = n_errored + ?,
 		n_canceled = n_canceled + ?, n_expired = n_expired + ? WHERE seq = ?`
@@ -128,7 +130,7 @@ func chunkLen(rest int, sizes []int) int {
 }
 
 var hotStatements = func() []string {
-	qs := []string{qOpenBatches, qClaim, qClaimParams, qTouchBatch, qBatchState, qRetry, qAddCounts, qEndIfDone, qBatchBySeq, qMaxRequestID, qUsageAdd}
+	qs := []string{qOpenBatches, qClaim, qClaimParams, qClaimParamsRange, qTouchBatch, qBatchState, qRetry, qAddCounts, qEndIfDone, qBatchBySeq, qMaxRequestID, qUsageAdd}
 	for _, n := range chunkSizes {
 		qs = append(qs, qSettle(n), qAddResults(n))
 	}
@@ -1415,6 +1417,8 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 		return nil, err
 	}
 	claim := s.stmt(ctx, tx, qClaim)
+	var id int64
+	var attempt int
 	remaining := p.Limit
 	served := map[int64]bool{}
 	for remaining > 0 && len(batches) > 0 {
@@ -1431,12 +1435,13 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 			}
 			got := 0
 			for rows.Next() {
-				c := store.ClaimedRequest{BatchID: b.id, BatchSeq: b.seq, Betas: b.betas, ExpiresAt: fromMicros(b.expires)}
-				if err := rows.Scan(&c.ID, &c.Attempt); err != nil {
+				// Scanned into id and attempt, not into the request: what
+				// Scan points into escapes, once per claim, not per row.
+				if err := rows.Scan(&id, &attempt); err != nil {
 					rows.Close()
 					return nil, err
 				}
-				out = append(out, c)
+				out = append(out, store.ClaimedRequest{ID: id, Attempt: attempt, BatchID: b.id, BatchSeq: b.seq, Betas: b.betas, ExpiresAt: fromMicros(b.expires)})
 				got++
 			}
 			rows.Close()
@@ -1462,35 +1467,57 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.RequestsClaimPa
 }
 
 // fillParams reads the custom_id and params of claimed requests in one
-// statement.
+// statement. Claimed ids are most often one run of consecutive ids (a
+// batch's requests, claimed in order), read as a range of rowids: the
+// list of ids, parsed by json_each into a temporary index, cost more than
+// reading the rows.
 func (s *Store) fillParams(ctx context.Context, tx *sql.Tx, claimed []store.ClaimedRequest) error {
 	if len(claimed) == 0 {
 		return nil
 	}
-	idx := make(map[int64]int, len(claimed))
-	ids := make([]byte, 0, len(claimed)*8)
-	ids = append(ids, '[')
-	for i, c := range claimed {
-		if i > 0 {
-			ids = append(ids, ',')
-		}
-		ids = strconv.AppendInt(ids, c.ID, 10)
-		idx[c.ID] = i
+	lo, hi := claimed[0].ID, claimed[0].ID
+	for _, c := range claimed[1:] {
+		lo, hi = min(lo, c.ID), max(hi, c.ID)
 	}
-	ids = append(ids, ']')
-	rows, err := s.stmt(ctx, tx, qClaimParams).QueryContext(ctx, string(ids))
+	// A claim holds each id once, so a span as long as the claim is
+	// exactly its ids.
+	var rows *sql.Rows
+	var err error
+	var at func(id int64) int
+	if hi-lo+1 == int64(len(claimed)) {
+		pos := make([]int32, len(claimed))
+		for i, c := range claimed {
+			pos[c.ID-lo] = int32(i)
+		}
+		at = func(id int64) int { return int(pos[id-lo]) }
+		rows, err = s.stmt(ctx, tx, qClaimParamsRange).QueryContext(ctx, lo, hi)
+	} else {
+		idx := make(map[int64]int, len(claimed))
+		ids := make([]byte, 0, len(claimed)*8)
+		ids = append(ids, '[')
+		for i, c := range claimed {
+			if i > 0 {
+				ids = append(ids, ',')
+			}
+			ids = strconv.AppendInt(ids, c.ID, 10)
+			idx[c.ID] = i
+		}
+		ids = append(ids, ']')
+		at = func(id int64) int { return idx[id] }
+		rows, err = s.stmt(ctx, tx, qClaimParams).QueryContext(ctx, string(ids))
+	}
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
+	var id int64
+	var customID string
+	var params []byte
 	for rows.Next() {
-		var id int64
-		var customID string
-		var params []byte
 		if err := rows.Scan(&id, &customID, &params); err != nil {
 			return err
 		}
-		c := &claimed[idx[id]]
+		c := &claimed[at(id)]
 		c.CustomID, c.Params = customID, params
 	}
 	return rows.Err()
@@ -1616,6 +1643,7 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 		n  int
 	}
 	won := make(map[attempt]bool, len(os))
+	var a attempt // scanned into; declared once, as what Scan points into escapes
 	args := make([]any, 0, 1+2*chunkSizes[0])
 	for rest := os; len(rest) > 0; {
 		n := chunkSizes[len(chunkSizes)-1]
@@ -1636,7 +1664,6 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 			return nil, err
 		}
 		for rows.Next() {
-			var a attempt
 			if err := rows.Scan(&a.id, &a.n); err != nil {
 				rows.Close()
 				return nil, err
@@ -1670,7 +1697,7 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 			if len(o.Result) > 0 {
 				result = o.Result
 			}
-			args = append(args, o.RequestID, o.BatchSeq, o.CustomID, o.ResultType, result)
+			args = append(args, o.RequestID, o.BatchSeq, o.CustomID, resultTypeArg(o.ResultType), result)
 		}
 		rest = rest[n:]
 		if _, err := s.stmt(ctx, tx, qAddResults(n)).ExecContext(ctx, args...); err != nil {
@@ -1679,6 +1706,25 @@ func (s *Store) settleOutcomes(ctx context.Context, tx *sql.Tx, owner string, os
 	}
 	return settled, nil
 }
+
+// resultTypeArg is a result type as a statement argument: the known ones
+// boxed once, as boxing a string in an interface allocates, and this runs
+// for every row written.
+func resultTypeArg(typ string) any {
+	switch typ {
+	case store.ResultSucceeded:
+		return argSucceeded
+	case store.ResultErrored:
+		return argErrored
+	case store.ResultCanceled:
+		return argCanceled
+	case store.ResultExpired:
+		return argExpired
+	}
+	return typ
+}
+
+var argSucceeded, argErrored, argCanceled, argExpired any = store.ResultSucceeded, store.ResultErrored, store.ResultCanceled, store.ResultExpired
 
 // RequestsHeartbeat implements store.Store.
 func (s *Store) RequestsHeartbeat(ctx context.Context, p store.RequestsHeartbeatParams) error {
