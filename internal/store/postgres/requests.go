@@ -33,6 +33,9 @@ const (
 	// leaves its share to the batches that filled theirs: a second pass
 	// shares the rest among them, each going on from where its first
 	// stopped (by the index, without reading the first's rows again).
+	// The update finds each picked row by the ctid it was locked at (this
+	// transaction holds the lock, so the row stays there) instead of
+	// descending the primary key again.
 	qClaim = `WITH open AS (
 			SELECT seq, id, expires_at, betas FROM batches
 			WHERE status = 'in_progress' AND expires_at > $3),
@@ -42,9 +45,9 @@ const (
 		quota AS (
 			SELECT ceil($4::float8 / greatest(count(*), 1))::bigint AS n FROM due),
 		pass1 AS (
-			SELECT t.id, t.batch_seq, t.next_at, row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
+			SELECT t.id, t.ctid, t.batch_seq, t.next_at, row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
 			FROM due b CROSS JOIN LATERAL (
-				SELECT id, batch_seq, next_at FROM tasks
+				SELECT id, ctid, batch_seq, next_at FROM tasks
 				WHERE batch_seq = b.seq AND backend = $2 AND state = 0 AND next_at <= $3
 				ORDER BY next_at, id LIMIT (SELECT n FROM quota)
 				FOR UPDATE SKIP LOCKED) t),
@@ -53,19 +56,19 @@ const (
 		more AS (
 			SELECT greatest(0, ceil(($4 - (SELECT count(*) FROM pass1))::float8 / greatest((SELECT count(*) FROM full_), 1)))::bigint AS n),
 		pass2 AS (
-			SELECT t.id, (SELECT n FROM quota) + row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
+			SELECT t.id, t.ctid, (SELECT n FROM quota) + row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
 			FROM full_ l CROSS JOIN LATERAL (
-				SELECT id, batch_seq, next_at FROM tasks
+				SELECT id, ctid, batch_seq, next_at FROM tasks
 				WHERE batch_seq = l.batch_seq AND backend = $2 AND state = 0 AND next_at <= $3 AND (next_at, id) > (l.next_at, l.id)
 				ORDER BY next_at, id LIMIT (SELECT n FROM more)
 				FOR UPDATE SKIP LOCKED) t),
 		offered AS (
-			SELECT id, rank FROM pass1 UNION ALL SELECT id, rank FROM pass2),
+			SELECT id, ctid, rank FROM pass1 UNION ALL SELECT id, ctid, rank FROM pass2),
 		picked AS (
-			SELECT id, rank, random() AS tiebreak FROM offered ORDER BY rank, tiebreak LIMIT $4),
+			SELECT id, ctid, rank, random() AS tiebreak FROM offered ORDER BY rank, tiebreak LIMIT $4),
 		claimed AS (
 			UPDATE tasks t SET state = 1, lease_owner = $1, lease_expires = $5, attempts = t.attempts + 1
-			FROM picked p WHERE t.id = p.id
+			FROM picked p WHERE t.ctid = p.ctid
 			RETURNING t.id, t.batch_seq, t.attempts, p.rank, p.tiebreak)
 		SELECT c.id, c.batch_seq, c.attempts, b.id, b.expires_at, b.betas, r.custom_id, r.params
 		FROM claimed c JOIN open b ON b.seq = c.batch_seq JOIN requests r ON r.id = c.id
