@@ -2,8 +2,10 @@ package dispatch
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,5 +188,61 @@ func TestCompleteFailuresBackOff(t *testing.T) {
 	}
 	if n := logs.count(failed); n != 1 {
 		t.Errorf("%d %q records in all, want 1", n, failed)
+	}
+}
+
+// completerVerbs counts the verbs the completer writes with.
+type completerVerbs struct {
+	store.Store
+	combined, complete atomic.Int64
+}
+
+func (c *completerVerbs) RequestsCompleteAndClaim(ctx context.Context, p store.RequestsCompleteParams, q store.RequestsClaimParams) ([]*store.BatchChange, []store.ClaimedRequest, error) {
+	c.combined.Add(1)
+	return c.Store.RequestsCompleteAndClaim(ctx, p, q)
+}
+
+func (c *completerVerbs) RequestsComplete(ctx context.Context, p store.RequestsCompleteParams) ([]*store.BatchChange, error) {
+	c.complete.Add(1)
+	return c.Store.RequestsComplete(ctx, p)
+}
+
+// TestClaimBeside: with Config.ClaimBeside the completer refills its slots
+// with a claim of its own beside each write instead of one transaction for
+// both, and a batch still settles every request once, the invalid ones
+// (settled at once by the refill that claims them) included.
+func TestClaimBeside(t *testing.T) {
+	t.Parallel()
+	for _, beside := range []bool{false, true} {
+		t.Run(fmt.Sprintf("beside=%v", beside), func(t *testing.T) {
+			t.Parallel()
+			st := newStore(t)
+			verbs := &completerVerbs{Store: st}
+			gate := newGateBackend()
+			gate.release()
+			const invalid = `{"model":"m","messages":[{"role":"user","content":"no max_tokens"}]}`
+			var params []string
+			for i := range 200 {
+				if i%10 == 0 {
+					params = append(params, invalid)
+				} else {
+					params = append(params, prompts(fmt.Sprint("r", i))...)
+				}
+			}
+			d := startDispatcher(t, verbs, gate, Config{Concurrency: 2, ClaimAhead: 4, PollInterval: time.Hour, ClaimBeside: beside})
+			b := publish(t, st, time.Now(), time.Hour, params...)
+			d.Wake()
+			got := waitBatch(t, st, b, "the batch ends", func(b *store.Batch) bool { return b.Status == store.StatusEnded })
+			if want := (store.Counts{Succeeded: 180, Errored: 20}); got.Counts != want {
+				t.Errorf("counts %+v, want %+v", got.Counts, want)
+			}
+			combined, complete := verbs.combined.Load(), verbs.complete.Load()
+			if beside && (combined != 0 || complete == 0) {
+				t.Errorf("beside: %d combined writes and %d completions, want none and some", combined, complete)
+			}
+			if !beside && combined == 0 {
+				t.Error("not beside: no write refilled in its transaction")
+			}
+		})
 	}
 }

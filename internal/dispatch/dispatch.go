@@ -80,6 +80,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// ClaimBeside runs the completer's refill claim in a transaction of
+	// its own beside the completion's, instead of in it: for a store of
+	// many writers (PostgreSQL), where the completion holds its batches'
+	// rows until it commits and the claim need not wait with them.
+	ClaimBeside bool
 	// OnChange, if set, sees every batch change the dispatcher makes (ends
 	// in particular), after it is committed.
 	OnChange func(*store.BatchChange)
@@ -1051,8 +1056,11 @@ func (d *Dispatcher) completeAndRefill(ctx context.Context, complete store.Reque
 		return false
 	}
 	now := d.cfg.Now()
-	changes, claimed, err := d.store.RequestsCompleteAndClaim(ctx, complete,
-		store.RequestsClaimParams{Backend: refill.name, Owner: d.cfg.Owner, Limit: free, Now: now, LeaseUntil: now.Add(d.cfg.Lease)})
+	claim := store.RequestsClaimParams{Backend: refill.name, Owner: d.cfg.Owner, Limit: free, Now: now, LeaseUntil: now.Add(d.cfg.Lease)}
+	if d.cfg.ClaimBeside {
+		return d.completeBesideClaim(ctx, complete, refill, free, claim)
+	}
+	changes, claimed, err := d.store.RequestsCompleteAndClaim(ctx, complete, claim)
 	// The group's own slots are released by write's deferred release.
 	d.unreserve(refill, free-len(claimed))
 	if err != nil {
@@ -1066,6 +1074,38 @@ func (d *Dispatcher) completeAndRefill(ctx context.Context, complete store.Reque
 	for _, c := range claimed {
 		d.dispatch(refill, c)
 	}
+	return true
+}
+
+// completeBesideClaim is completeAndRefill for Config.ClaimBeside: the
+// refill's claim (free slots reserved on refill) runs in a transaction of
+// its own while the outcomes are written, so that it neither waits for the
+// completion nor holds its batches' rows longer, and what it claims is
+// dispatched as soon as it returns, even if the write then fails (write
+// writes alone next).
+func (d *Dispatcher) completeBesideClaim(ctx context.Context, complete store.RequestsCompleteParams, refill *lane, free int, claim store.RequestsClaimParams) bool {
+	done := make(chan struct{})
+	go func() {
+		// Inside the caller's gate, which waits for done.
+		defer close(done)
+		claimed, err := d.store.RequestsClaim(ctx, claim)
+		d.unreserve(refill, free-len(claimed))
+		if err != nil {
+			// The claim loop claims for the slots instead, and logs
+			// its own failures.
+			d.log.Debug("claim beside completion failed", "err", err)
+		}
+		for _, c := range claimed {
+			d.dispatch(refill, c)
+		}
+	}()
+	changes, err := d.store.RequestsComplete(ctx, complete)
+	<-done
+	if err != nil {
+		d.log.Debug("completion beside claim failed", "err", err, "outcomes", len(complete.Outcomes))
+		return false
+	}
+	d.emit(changes...)
 	return true
 }
 

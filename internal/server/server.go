@@ -218,6 +218,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	dc.Owner, dc.Lease, dc.Leader = cfg.Owner, cfg.Lease, elector
 	dc.Logger = cfg.Logger
 	dc.Now = cfg.Now
+	// A store of many writers (one that notifies its processes) claims
+	// beside a completion rather than inside it.
+	_, dc.ClaimBeside = unwrap(st).(store.Notifier)
 	// Every change the dispatcher commits may have written webhook events
 	// and moves progress: the event streams are woken (the API is built
 	// below; wakeStreams is set before anything runs).

@@ -51,3 +51,10 @@ func (s *Store) ClaimHeld(ctx context.Context, p store.RequestsClaimParams) (cla
 	}
 	return claimed, func() { tx.Rollback(ctx) }, nil
 }
+
+// Setting reads a server setting as the pool's connections see it.
+func (s *Store) Setting(ctx context.Context, name string) (string, error) {
+	var v string
+	err := s.pool.QueryRow(ctx, `SELECT current_setting($1)`, name).Scan(&v)
+	return v, err
+}

@@ -33,6 +33,9 @@ const (
 	// leaves its share to the batches that filled theirs: a second pass
 	// shares the rest among them, each going on from where its first
 	// stopped (by the index, without reading the first's rows again).
+	// The update finds each picked row by the ctid it was locked at (this
+	// transaction holds the lock, so the row stays there) instead of
+	// descending the primary key again.
 	qClaim = `WITH open AS (
 			SELECT seq, id, expires_at, betas FROM batches
 			WHERE status = 'in_progress' AND expires_at > $3),
@@ -42,9 +45,9 @@ const (
 		quota AS (
 			SELECT ceil($4::float8 / greatest(count(*), 1))::bigint AS n FROM due),
 		pass1 AS (
-			SELECT t.id, t.batch_seq, t.next_at, row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
+			SELECT t.id, t.ctid, t.batch_seq, t.next_at, row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
 			FROM due b CROSS JOIN LATERAL (
-				SELECT id, batch_seq, next_at FROM tasks
+				SELECT id, ctid, batch_seq, next_at FROM tasks
 				WHERE batch_seq = b.seq AND backend = $2 AND state = 0 AND next_at <= $3
 				ORDER BY next_at, id LIMIT (SELECT n FROM quota)
 				FOR UPDATE SKIP LOCKED) t),
@@ -53,19 +56,19 @@ const (
 		more AS (
 			SELECT greatest(0, ceil(($4 - (SELECT count(*) FROM pass1))::float8 / greatest((SELECT count(*) FROM full_), 1)))::bigint AS n),
 		pass2 AS (
-			SELECT t.id, (SELECT n FROM quota) + row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
+			SELECT t.id, t.ctid, (SELECT n FROM quota) + row_number() OVER (PARTITION BY t.batch_seq ORDER BY t.next_at, t.id) AS rank
 			FROM full_ l CROSS JOIN LATERAL (
-				SELECT id, batch_seq, next_at FROM tasks
+				SELECT id, ctid, batch_seq, next_at FROM tasks
 				WHERE batch_seq = l.batch_seq AND backend = $2 AND state = 0 AND next_at <= $3 AND (next_at, id) > (l.next_at, l.id)
 				ORDER BY next_at, id LIMIT (SELECT n FROM more)
 				FOR UPDATE SKIP LOCKED) t),
 		offered AS (
-			SELECT id, rank FROM pass1 UNION ALL SELECT id, rank FROM pass2),
+			SELECT id, ctid, rank FROM pass1 UNION ALL SELECT id, ctid, rank FROM pass2),
 		picked AS (
-			SELECT id, rank, random() AS tiebreak FROM offered ORDER BY rank, tiebreak LIMIT $4),
+			SELECT id, ctid, rank, random() AS tiebreak FROM offered ORDER BY rank, tiebreak LIMIT $4),
 		claimed AS (
 			UPDATE tasks t SET state = 1, lease_owner = $1, lease_expires = $5, attempts = t.attempts + 1
-			FROM picked p WHERE t.id = p.id
+			FROM picked p WHERE t.ctid = p.ctid
 			RETURNING t.id, t.batch_seq, t.attempts, p.rank, p.tiebreak)
 		SELECT c.id, c.batch_seq, c.attempts, b.id, b.expires_at, b.betas, r.custom_id, r.params
 		FROM claimed c JOIN open b ON b.seq = c.batch_seq JOIN requests r ON r.id = c.id
@@ -91,46 +94,53 @@ const (
 	// 'ended' for those it ended. One call may hold a stale attempt of a
 	// request beside its current one (a dispatcher whose lease lapsed
 	// claimed it again), or the same attempt twice: only the attempt that
-	// won writes, once (DISTINCT ON).
-	// The results' bytes appear only in the INSERT and the retry's UPDATE:
-	// a join that carried them would copy every row for its rechecks.
+	// won writes, once (a DELETE deletes a row once, whichever of the
+	// outcomes joined to it it returns).
+	// The task's delete returns what the rest writes (result, usage), so
+	// that the outcomes are read once, not joined again to what won.
 	// "state <> 0" (running: a task is 0 or 1) rather than "state = 1",
 	// which would let the planner read the tasks by tasks_running: its
 	// statistics cannot know how many of them this owner holds, and taking
 	// them for a handful it compared each with each outcome. By id, each
 	// outcome is one probe of the primary key.
-	qComplete = `WITH won AS (
-			DELETE FROM tasks t USING unnest($2::bigint[], $3::integer[], $4::bigint[], $8::bigint[]) AS u(id, attempt, batch_seq, retry_at)
-			WHERE t.id = u.id AND t.state <> 0 AND t.lease_owner = $1 AND t.attempts = u.attempt
+	// qCompleteRetry is the same for a group with retries in it; the
+	// group without (nearly every group) skips their statement and check.
+	qComplete      = `WITH ` + qCompleteWon + `, ` + qCompleteRest
+	qCompleteRetry = `WITH ` + qCompleteWonRetry + `, ` + qCompleteRetried + `, ` + qCompleteRest
+
+	qCompleteOutcomes = `unnest($2::bigint[], $3::integer[], $4::bigint[], $5::text[], $6::text[], $7::bytea[], $8::bigint[],
+			$10::text[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
+			AS u(id, attempt, batch_seq, custom_id, result_type, result, retry_at, model, i, o, w5, w1, r)`
+	qCompleteGuard     = `t.id = u.id AND t.state <> 0 AND t.lease_owner = $1 AND t.attempts = u.attempt`
+	qCompleteReturning = `RETURNING t.id, t.batch_seq, u.custom_id, u.result_type, u.result, u.model, u.i, u.o, u.w5, u.w1, u.r`
+	qCompleteWon       = `won AS (
+			DELETE FROM tasks t USING ` + qCompleteOutcomes + `
+			WHERE ` + qCompleteGuard + `
+			` + qCompleteReturning + `)`
+	qCompleteWonRetry = `won AS (
+			DELETE FROM tasks t USING ` + qCompleteOutcomes + `
+			WHERE ` + qCompleteGuard + `
 			AND (u.retry_at = 0 OR NOT EXISTS (SELECT 1 FROM batches b
-				WHERE b.seq = u.batch_seq AND b.status = 'in_progress' AND u.retry_at < b.expires_at))
-			RETURNING t.id, t.attempts),
-		retried AS (
+				WHERE b.seq = t.batch_seq AND b.status = 'in_progress' AND u.retry_at < b.expires_at))
+			` + qCompleteReturning + `)`
+	qCompleteRetried = `retried AS (
 			UPDATE tasks t SET state = 0, next_at = u.retry_at, last_error = u.result,
 				lease_owner = NULL, lease_expires = NULL, upstream = NULL
 			FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $8::bigint[], $7::bytea[]) AS u(id, attempt, batch_seq, retry_at, result),
 				batches b
 			WHERE u.retry_at > 0 AND b.seq = u.batch_seq AND b.status = 'in_progress' AND u.retry_at < b.expires_at
-			AND t.id = u.id AND t.state <> 0 AND t.lease_owner = $1 AND t.attempts = u.attempt),
-		written AS (
+			AND ` + qCompleteGuard + `)`
+	qCompleteRest = `written AS (
 			INSERT INTO results (id, batch_seq, custom_id, result_type, result)
-			SELECT DISTINCT ON (o.id) o.id, o.batch_seq, o.custom_id, o.result_type, o.result
-			FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::text[], $6::text[], $7::bytea[])
-				AS o(id, attempt, batch_seq, custom_id, result_type, result)
-			JOIN won ON won.id = o.id AND won.attempts = o.attempt
-			RETURNING batch_seq, result_type),
+			SELECT id, batch_seq, custom_id, result_type, result FROM won),
 		used AS (
-			SELECT b.seq, b.workspace, b.id, x.model, sum(x.i) AS i, sum(x.o) AS o, sum(x.w5) AS w5, sum(x.w1) AS w1, sum(x.r) AS r
-			FROM (SELECT DISTINCT ON (x.id) x.* FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $10::text[],
-					$11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) AS x(id, attempt, batch_seq, model, i, o, w5, w1, r)
-				JOIN won ON won.id = x.id AND won.attempts = x.attempt
-				WHERE x.model <> '') x
-			JOIN batches b ON b.seq = x.batch_seq
-			GROUP BY b.seq, b.workspace, b.id, x.model),
+			SELECT batch_seq, model, sum(i) AS i, sum(o) AS o, sum(w5) AS w5, sum(w1) AS w1, sum(r) AS r
+			FROM won WHERE model <> '' GROUP BY batch_seq, model),
 		usage AS (
 			INSERT INTO batch_usage (batch_seq, workspace, batch_id, model, day,
 				input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens)
-			SELECT seq, workspace, id, model, $16, i, o, w5, w1, r FROM used ORDER BY seq, model
+			SELECT b.seq, b.workspace, b.id, x.model, $16, x.i, x.o, x.w5, x.w1, x.r
+			FROM used x JOIN batches b ON b.seq = x.batch_seq ORDER BY b.seq, x.model
 			ON CONFLICT (batch_seq, model, day) DO UPDATE SET
 				input_tokens = batch_usage.input_tokens + excluded.input_tokens,
 				output_tokens = batch_usage.output_tokens + excluded.output_tokens,
@@ -143,7 +153,7 @@ const (
 				count(*) FILTER (WHERE result_type = 'errored') AS d_errored,
 				count(*) FILTER (WHERE result_type = 'canceled') AS d_canceled,
 				count(*) FILTER (WHERE result_type = 'expired') AS d_expired
-			FROM written GROUP BY batch_seq)
+			FROM won GROUP BY batch_seq)
 		UPDATE batches b SET n_succeeded = b.n_succeeded + d_succeeded, n_errored = b.n_errored + d_errored,
 			n_canceled = b.n_canceled + d_canceled, n_expired = b.n_expired + d_expired,
 			status = CASE WHEN ` + qDone + ` THEN 'ended' ELSE b.status END,
@@ -324,6 +334,7 @@ func completeAndClaimTx(ctx context.Context, tx pgx.Tx, c store.RequestsComplete
 		n := len(c.Outcomes)
 		ids, attempts, seqs, retryAt := make([]int64, n), make([]int32, n), make([]int64, n), make([]int64, n)
 		customIDs, types, results := make([]string, n), make([]string, n), make([][]byte, n)
+		retries := false
 		for i, o := range c.Outcomes {
 			ids[i], attempts[i], seqs[i], customIDs[i], types[i] = o.RequestID, int32(o.Attempt), o.BatchSeq, o.CustomID, o.ResultType
 			if len(o.Result) > 0 {
@@ -331,6 +342,7 @@ func completeAndClaimTx(ctx context.Context, tx pgx.Tx, c store.RequestsComplete
 			}
 			if o.Retry {
 				retryAt[i] = max(micros(o.RetryAt), 1)
+				retries = true
 			}
 		}
 		// The usage of each outcome, summed in SQL over those that win.
@@ -348,7 +360,11 @@ func completeAndClaimTx(ctx context.Context, tx pgx.Tx, c store.RequestsComplete
 		day := store.UsageDay(c.Now)
 		locks := slices.Compact(slices.Sorted(slices.Values(seqs)))
 		b.Queue(qLockBatches, locks)
-		b.Queue(qComplete, c.Owner, ids, attempts, seqs, customIDs, types, results, retryAt, micros(c.Now),
+		q := qComplete
+		if retries {
+			q = qCompleteRetry
+		}
+		b.Queue(q, c.Owner, ids, attempts, seqs, customIDs, types, results, retryAt, micros(c.Now),
 			models, in, out, w5, w1, rd, micros(day))
 	}
 	if p.Limit > 0 {
