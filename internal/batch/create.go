@@ -266,8 +266,18 @@ func expectDelim(dec *jsontext.Decoder, want jsontext.Kind, field, msg string) e
 // readRequest reads one {custom_id, params} element in a single pass.
 func readRequest(dec *jsontext.Decoder, i int) (store.NewRequest, error) {
 	var req store.NewRequest
-	if err := expectDelim(dec, '{', fmt.Sprintf("requests.%d", i), "Input should be a valid dictionary"); err != nil {
-		return req, err
+	// Not expectDelim: the field's name is formatted only for an error, not
+	// for every request.
+	switch dec.PeekKind() {
+	case '{':
+		if _, err := dec.ReadToken(); err != nil {
+			return req, syntaxError(err)
+		}
+	case 0:
+		_, err := dec.ReadToken() // Peek failed: let ReadToken report why.
+		return req, syntaxError(err)
+	default:
+		return req, invalid("requests.%d: Input should be a valid dictionary", i)
 	}
 	var haveID, haveParams bool
 	for dec.PeekKind() != '}' {
