@@ -7,20 +7,19 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/batchd/batchd/internal/backend/backendtest"
 	"github.com/batchd/batchd/internal/store/postgres/pgtest"
 )
 
@@ -359,74 +358,6 @@ func TestClusterProcLeaderKilledDuringExpiry(t *testing.T) {
 	}
 }
 
-// procUpstream is a Messages API upstream in the test process that
-// records when each call starts and the most calls it had at once, and
-// answers 429 above capacity (0: no cap). Every call takes the latency,
-// a throttled one too, so the peak is what the cluster sent at once.
-type procUpstream struct {
-	URL      string
-	capacity int64
-	latency  time.Duration
-	inFlight atomic.Int64
-	peak     atomic.Int64
-	rejected atomic.Int64
-	mu       sync.Mutex
-	starts   []time.Time
-}
-
-func newProcUpstream(t *testing.T, capacity int, latency time.Duration) *procUpstream {
-	t.Helper()
-	u := &procUpstream{capacity: int64(capacity), latency: latency}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.mu.Lock()
-		u.starts = append(u.starts, time.Now())
-		u.mu.Unlock()
-		n := u.inFlight.Add(1)
-		defer u.inFlight.Add(-1)
-		for p := u.peak.Load(); n > p && !u.peak.CompareAndSwap(p, n); p = u.peak.Load() {
-		}
-		io.Copy(io.Discard, r.Body)
-		select {
-		case <-time.After(u.latency):
-		case <-r.Context().Done():
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		if u.capacity > 0 && n > u.capacity {
-			u.rejected.Add(1)
-			w.Header().Set("retry-after", "1")
-			w.WriteHeader(http.StatusTooManyRequests)
-			fmt.Fprint(w, `{"type":"error","error":{"type":"rate_limit_error","message":"too many concurrent calls"}}`)
-			return
-		}
-		fmt.Fprint(w, `{"id":"msg_proc","type":"message","role":"assistant","model":"claude-sim","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}`)
-	}))
-	t.Cleanup(srv.Close)
-	u.URL = srv.URL
-	return u
-}
-
-// startsAfter counts the calls that started after t.
-func (u *procUpstream) startsAfter(t time.Time) (n int, last time.Time) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for _, s := range u.starts {
-		if s.After(t) {
-			n++
-		}
-		if s.After(last) {
-			last = s
-		}
-	}
-	return n, last
-}
-
-func (u *procUpstream) calls() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.starts)
-}
-
 // writeConfig writes a backends file with one backend, named name, that
 // serves every model.
 func writeConfig(t *testing.T, name, backendTOML string) string {
@@ -441,7 +372,7 @@ func writeConfig(t *testing.T, name, backendTOML string) string {
 
 // upstreamConfig is a backends file sending every model to u with
 // max_concurrency c.
-func upstreamConfig(t *testing.T, u *procUpstream, c int) string {
+func upstreamConfig(t *testing.T, u *backendtest.Upstream, c int) string {
 	return writeConfig(t, "up", fmt.Sprintf("kind = \"anthropic\"\nbase_url = %q\napi_key_env = \"PROC_UPSTREAM_KEY\"\nmax_concurrency = %d", u.URL, c))
 }
 
@@ -452,14 +383,14 @@ func upstreamConfig(t *testing.T, u *procUpstream, c int) string {
 func TestClusterProcCancelStopsOtherProcess(t *testing.T) {
 	t.Parallel()
 	const n = 2000 // 8 at a time, 100 ms each: 25 s uncanceled
-	up := newProcUpstream(t, 0, 100*time.Millisecond)
+	up := backendtest.NewUpstream(t, 0, 100*time.Millisecond)
 	c := newProcCluster(t)
 	// A starts first: a process that starts reroutes the pending requests
 	// to its own backends.
 	a := c.add("--lease", "2s", "--config", writeConfig(t, "a-sim", `kind = "sim"`))
 	bp := c.add("--lease", "2s", "--config", upstreamConfig(t, up, 8))
 	b := createBatch(t, bp.URL, bodyReader(n, func(i int) string { return "hello " + strconv.Itoa(i) }))
-	waitFor(t, time.Minute, "B to send", func() bool { return up.calls() >= 24 })
+	waitFor(t, time.Minute, "B to send", func() bool { return up.Calls() >= 24 })
 	res, err := http.Post(a.URL+"/v1/messages/batches/"+b.ID+"/cancel", "application/json", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -471,15 +402,15 @@ func TestClusterProcCancelStopsOtherProcess(t *testing.T) {
 		t.Fatalf("cancel through A: %d %s", res.StatusCode, raw)
 	}
 	end := waitEnded(t, a.URL, b.ID, time.Minute)
-	after, last := up.startsAfter(canceled)
-	late, _ := up.startsAfter(canceled.Add(time.Second))
-	t.Logf("%d calls in all, %d started after the cancel returned, the last %v after it", up.calls(), after, last.Sub(canceled).Round(time.Millisecond))
+	after, last := up.StartsAfter(canceled)
+	late, _ := up.StartsAfter(canceled.Add(time.Second))
+	t.Logf("%d calls in all, %d started after the cancel returned, the last %v after it", up.Calls(), after, last.Sub(canceled).Round(time.Millisecond))
 	if late > 0 {
 		t.Fatalf("%d upstream calls started more than 1 s after the cancel returned", late)
 	}
 	tally := checkExactlyOnce(t, bp.URL, end, n)
-	if tally["canceled"] == 0 || tally["succeeded"] == 0 || tally["succeeded"] != int64(up.calls()) {
-		t.Fatalf("results %v after %d upstream calls", tally, up.calls())
+	if tally["canceled"] == 0 || tally["succeeded"] == 0 || tally["succeeded"] != int64(up.Calls()) {
+		t.Fatalf("results %v after %d upstream calls", tally, up.Calls())
 	}
 }
 
@@ -517,7 +448,7 @@ func backendShare(t *testing.T, url, name string) int {
 func TestClusterProcConcurrencyLimit(t *testing.T) {
 	t.Parallel()
 	const limit, n = 12, 1500
-	up := newProcUpstream(t, limit, 30*time.Millisecond)
+	up := backendtest.NewUpstream(t, limit, 30*time.Millisecond)
 	c := newProcCluster(t)
 	cfg := upstreamConfig(t, up, limit)
 	for range 3 {
@@ -536,8 +467,8 @@ func TestClusterProcConcurrencyLimit(t *testing.T) {
 	})
 	b := createBatch(t, c.members[0].URL, bodyReader(n, func(i int) string { return "hello " + strconv.Itoa(i) }))
 	end := waitEnded(t, c.members[2].URL, b.ID, 2*time.Minute)
-	t.Logf("peak %d calls at once (limit %d), %d answered 429, %d calls", up.peak.Load(), limit, up.rejected.Load(), up.calls())
-	if p := up.peak.Load(); p > limit {
+	t.Logf("peak %d calls at once (limit %d), %d answered 429, %d calls", up.Peak(), limit, up.Rejected(), up.Calls())
+	if p := up.Peak(); p > limit {
 		t.Fatalf("the upstream saw %d calls at once from the cluster, above the limit %d", p, limit)
 	}
 	if tally := checkExactlyOnce(t, c.members[1].URL, end, n); tally["succeeded"] != n {

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batchd/batchd/internal/backend/backendtest"
 	"github.com/batchd/batchd/internal/server"
 )
 
@@ -47,7 +48,7 @@ func backendShares(t *testing.T, ts *testServer) (max, share map[string]int) {
 func TestBackendsShowClusterShare(t *testing.T) {
 	t.Parallel()
 	const c = 10
-	up := newCappedUpstream(t, c, time.Millisecond)
+	up := backendtest.NewUpstream(t, c, time.Millisecond)
 	t.Run("alone", func(t *testing.T) {
 		t.Parallel()
 		ts := newTestServer(t, withConfig(withCappedUpstream(up, c, "sk-alone")))

@@ -2,11 +2,7 @@ package server_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,68 +11,15 @@ import (
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 
+	"github.com/batchd/batchd/internal/backend/backendtest"
 	"github.com/batchd/batchd/internal/config"
 	"github.com/batchd/batchd/internal/server"
 )
 
-// cappedUpstream is a Messages API upstream that answers 429 to any call
-// above capacity in flight, as a concurrency-capped API does, and records
-// the most calls it ever had in flight (the throttled ones included) and
-// the calls of each API key (each test process has its own).
-type cappedUpstream struct {
-	URL      string
-	capacity int64
-	latency  time.Duration
-	inFlight atomic.Int64
-	peak     atomic.Int64
-	rejected atomic.Int64
-	mu       sync.Mutex
-	byKey    map[string]int
-}
-
-func newCappedUpstream(t *testing.T, capacity int, latency time.Duration) *cappedUpstream {
-	t.Helper()
-	u := &cappedUpstream{capacity: int64(capacity), latency: latency, byKey: map[string]int{}}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := u.inFlight.Add(1)
-		defer u.inFlight.Add(-1)
-		for p := u.peak.Load(); n > p && !u.peak.CompareAndSwap(p, n); p = u.peak.Load() {
-		}
-		body, _ := io.ReadAll(r.Body)
-		// Every call takes the latency, a throttled one too: the upstream
-		// holds what it is offered, so the peak is what the cluster sent
-		// at once.
-		select {
-		case <-time.After(u.latency):
-		case <-r.Context().Done():
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		if n > u.capacity {
-			u.rejected.Add(1)
-			w.Header().Set("retry-after", "1")
-			w.WriteHeader(http.StatusTooManyRequests)
-			fmt.Fprint(w, `{"type":"error","error":{"type":"rate_limit_error","message":"too many concurrent calls"}}`)
-			return
-		}
-		u.mu.Lock()
-		u.byKey[r.Header.Get("x-api-key")]++
-		u.mu.Unlock()
-		var p struct {
-			Model string `json:"model"`
-		}
-		json.Unmarshal(body, &p)
-		fmt.Fprintf(w, `{"id":"msg_capped","type":"message","role":"assistant","model":%q,"content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}`, p.Model)
-	}))
-	t.Cleanup(srv.Close)
-	u.URL = srv.URL
-	return u
-}
-
 // withCappedUpstream routes every model to u through an anthropic backend
 // whose ceiling is the server's --concurrency, c; key is the process's API
 // key, so that the upstream tells the processes apart.
-func withCappedUpstream(u *cappedUpstream, c int, key string) func(*server.Config) {
+func withCappedUpstream(u *backendtest.Upstream, c int, key string) func(*server.Config) {
 	return func(cfg *server.Config) {
 		cfg.Backends = &config.Config{
 			Backends: []config.Backend{{Name: "up", Kind: config.KindAnthropic, BaseURL: u.URL, APIKeyEnv: "UP_KEY"}},
@@ -94,7 +37,7 @@ func withCappedUpstream(u *cappedUpstream, c int, key string) func(*server.Confi
 func TestClusterConcurrencyHoldsAcrossProcesses(t *testing.T) {
 	t.Parallel()
 	const c, n = 8, 400
-	up := newCappedUpstream(t, c, 40*time.Millisecond)
+	up := backendtest.NewUpstream(t, c, 40*time.Millisecond)
 	url := clusterURL(t)
 	var procs []*testServer
 	for _, key := range []string{"sk-a", "sk-b", "sk-c"} {
@@ -105,10 +48,8 @@ func TestClusterConcurrencyHoldsAcrossProcesses(t *testing.T) {
 	if rc := got.RequestCounts; rc.Succeeded != n {
 		t.Fatalf("counts %+v, want %d succeeded", rc, n)
 	}
-	up.mu.Lock()
-	t.Logf("peak %d in flight (cap %d), %d throttled, calls by process %v", up.peak.Load(), c, up.rejected.Load(), up.byKey)
-	up.mu.Unlock()
-	if p := up.peak.Load(); p > c {
+	t.Logf("peak %d in flight (cap %d), %d throttled, calls by process %v", up.Peak(), c, up.Rejected(), up.ByKey())
+	if p := up.Peak(); p > c {
 		t.Fatalf("the upstream saw %d calls in flight from the cluster, above its concurrency %d", p, c)
 	}
 }
@@ -119,7 +60,7 @@ func TestClusterConcurrencyHoldsAcrossProcesses(t *testing.T) {
 func TestClusterDeadProcessShareGoesToOthers(t *testing.T) {
 	t.Parallel()
 	const c = 8
-	up := newCappedUpstream(t, c, time.Millisecond)
+	up := backendtest.NewUpstream(t, c, time.Millisecond)
 	url := clusterURL(t)
 	var procs []*testServer
 	for _, key := range []string{"sk-a", "sk-b", "sk-c"} {
@@ -158,7 +99,7 @@ func TestClusterDeadProcessShareGoesToOthers(t *testing.T) {
 	if got := waitEnded(t, procs[2].Client, bt.ID, 60*time.Second); got.RequestCounts.Succeeded != 50 {
 		t.Fatalf("counts %+v", got.RequestCounts)
 	}
-	if p := up.peak.Load(); p > c {
+	if p := up.Peak(); p > c {
 		t.Fatalf("peak %d in flight above %d", p, c)
 	}
 }
