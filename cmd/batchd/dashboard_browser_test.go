@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,23 +137,7 @@ func TestDashboardBrowser(t *testing.T) {
 func loadHeavy(t *testing.T, url, key string) string {
 	t.Helper()
 	start := time.Now()
-	post := func(body io.Reader) string {
-		req, _ := http.NewRequest("POST", url+"/v1/messages/batches", body)
-		req.Header.Set("x-api-key", key)
-		req.Header.Set("content-type", "application/json")
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		raw, _ := io.ReadAll(res.Body)
-		if res.StatusCode != 200 {
-			t.Fatalf("create: %d %s", res.StatusCode, raw)
-		}
-		var b batchJSON
-		json.Unmarshal(raw, &b)
-		return b.ID
-	}
+	post := func(body io.Reader) string { return createBatchKey(t, url, key, body).ID }
 	// Every 50th request errs, so the errored filter has work to do.
 	big := post(bodyReader(100_000, func(i int) string {
 		if i%50 == 49 {
@@ -169,36 +152,13 @@ func loadHeavy(t *testing.T, url, key string) string {
 		if len(small)%90 == 0 {
 			// Stay under --max-in-progress (100).
 			for _, id := range small[len(small)-90:] {
-				waitEndedKey(t, url, key, id, 5*time.Minute)
+				waitEndedEvery(t, url, key, id, 5*time.Minute, 50*time.Millisecond)
 			}
 		}
 	}
 	for _, id := range append(small, big) {
-		waitEndedKey(t, url, key, id, 10*time.Minute)
+		waitEndedEvery(t, url, key, id, 10*time.Minute, 50*time.Millisecond)
 	}
 	t.Logf("loaded 1,000 batches and a 100,000-request batch in %s", time.Since(start).Round(time.Second))
 	return big
-}
-
-func waitEndedKey(t *testing.T, url, key, id string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		req, _ := http.NewRequest("GET", url+"/v1/messages/batches/"+id, nil)
-		req.Header.Set("x-api-key", key)
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var b batchJSON
-		json.NewDecoder(res.Body).Decode(&b)
-		res.Body.Close()
-		if b.ProcessingStatus == "ended" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("batch %s not ended after %s: %+v", id, timeout, b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -105,7 +105,7 @@ func BenchmarkHTTPBackendCPU(b *testing.B) {
 				bt := createBatch(b, p.URL, bodyReader(n, func(i int) string { return "q " + strconv.Itoa(i) }))
 				// Polled every 100 ms: at 5 ms the benchmark's own GETs
 				// were ~3% of the CPU it reports.
-				end := waitEndedEvery(b, p.URL, bt.ID, 10*time.Minute, 100*time.Millisecond)
+				end := waitEndedEvery(b, p.URL, "", bt.ID, 10*time.Minute, 100*time.Millisecond)
 				elapsed := time.Since(t0)
 				if end.RequestCounts.Succeeded != int64(n) {
 					b.Fatalf("counts %+v", end.RequestCounts)

@@ -138,10 +138,33 @@ type batchJSON struct {
 
 func getBatch(tb testing.TB, url, id string) batchJSON {
 	tb.Helper()
-	res, err := http.Get(url + "/v1/messages/batches/" + id)
+	return getBatchKey(tb, url, "", id)
+}
+
+// apiRequest is a request to the server with key as its x-api-key (none
+// when empty, for a server in open mode).
+func apiRequest(tb testing.TB, method, url, key string, body io.Reader) *http.Response {
+	tb.Helper()
+	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if key != "" {
+		req.Header.Set("x-api-key", key)
+	}
+	if body != nil {
+		req.Header.Set("content-type", "application/json")
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return res
+}
+
+func getBatchKey(tb testing.TB, url, key, id string) batchJSON {
+	tb.Helper()
+	res := apiRequest(tb, "GET", url+"/v1/messages/batches/"+id, key, nil)
 	defer res.Body.Close()
 	var b batchJSON
 	if err := json.NewDecoder(res.Body).Decode(&b); err != nil {
@@ -152,10 +175,12 @@ func getBatch(tb testing.TB, url, id string) batchJSON {
 
 func createBatch(tb testing.TB, url string, body io.Reader) batchJSON {
 	tb.Helper()
-	res, err := http.Post(url+"/v1/messages/batches", "application/json", body)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	return createBatchKey(tb, url, "", body)
+}
+
+func createBatchKey(tb testing.TB, url, key string, body io.Reader) batchJSON {
+	tb.Helper()
+	res := apiRequest(tb, "POST", url+"/v1/messages/batches", key, body)
 	defer res.Body.Close()
 	raw, _ := io.ReadAll(res.Body)
 	if res.StatusCode != 200 {
@@ -171,17 +196,17 @@ func createBatch(tb testing.TB, url string, body io.Reader) batchJSON {
 // waitEnded polls until the batch ends.
 func waitEnded(tb testing.TB, url, id string, timeout time.Duration) batchJSON {
 	tb.Helper()
-	return waitEndedEvery(tb, url, id, timeout, 5*time.Millisecond)
+	return waitEndedEvery(tb, url, "", id, timeout, 5*time.Millisecond)
 }
 
-// waitEndedEvery polls every interval until the batch ends: a benchmark of
-// the server's CPU per request polls seldom, so that its own GETs are not
-// what it measures.
-func waitEndedEvery(tb testing.TB, url, id string, timeout, every time.Duration) batchJSON {
+// waitEndedEvery polls every interval, as key, until the batch ends: a
+// benchmark of the server's CPU per request polls seldom, so that its own
+// GETs are not what it measures.
+func waitEndedEvery(tb testing.TB, url, key, id string, timeout, every time.Duration) batchJSON {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		b := getBatch(tb, url, id)
+		b := getBatchKey(tb, url, key, id)
 		if b.ProcessingStatus == "ended" {
 			return b
 		}
