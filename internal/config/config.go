@@ -133,9 +133,8 @@ type Price struct {
 
 // cost is p in the cost package's form.
 func (p Price) cost() cost.Price {
-	c := cost.Price{Input: p.Input, Output: p.Output}
-	derived := c.Complete()
-	c.CacheWrite5m, c.CacheWrite1h, c.CacheRead = derived.CacheWrite5m, derived.CacheWrite1h, derived.CacheRead
+	// Cache prices left out follow the input price; a zero given is kept.
+	c := cost.Price{Input: p.Input, Output: p.Output}.Complete()
 	if p.CacheWrite5m != nil {
 		c.CacheWrite5m = *p.CacheWrite5m
 	}
