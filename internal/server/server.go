@@ -300,6 +300,10 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 			for _, d := range delegators {
 				d.Ended(n.BatchSeq)
 			}
+		case store.NotifyDelivery:
+			// A freed endpoint slot: nothing but the deliverer cares.
+			deliverer.Wake()
+			return
 		case store.NotifyResync:
 			// Anything may have been missed: what polling would find
 			// later is looked for now.

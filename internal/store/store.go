@@ -694,6 +694,10 @@ const (
 	NotifyEnded NotifyKind = "ended"
 	// NotifyEvent: events (and their webhook deliveries) were recorded.
 	NotifyEvent NotifyKind = "event"
+	// NotifyDelivery: a delivery attempt ended, freeing its endpoint's
+	// slot, while the endpoint has more deliveries due: a deliverer held
+	// back by the endpoint's cap may claim one now.
+	NotifyDelivery NotifyKind = "delivery"
 	// NotifyResync: the listener (re)connected. Anything may have been
 	// missed while it was not listening: wake everything.
 	NotifyResync NotifyKind = "resync"

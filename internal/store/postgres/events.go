@@ -85,6 +85,11 @@ const (
 	// qDeliveryRecord: only the lease holder's current attempt is recorded.
 	qDeliveryRecord = `UPDATE deliveries SET state = $1, attempts = $2, next_at = $3, lease_owner = NULL, lease_expires = NULL
 		WHERE id = $4 AND state = 1 AND lease_owner = $5 AND attempts = $6 RETURNING endpoint_id`
+	// qDeliveryFreed wakes the deliverers of every process when a record
+	// frees a slot of an endpoint that has more deliveries due: one held
+	// back by the endpoint's cap would otherwise wait for its next poll.
+	qDeliveryFreed = `SELECT pg_notify(` + qChannel + `, '` + string(store.NotifyDelivery) + `')
+		WHERE EXISTS (SELECT 1 FROM deliveries WHERE endpoint_id = $1 AND state = 0 AND next_at <= $2)`
 	qAttemptInsert = `INSERT INTO delivery_attempts (delivery_id, endpoint_id, attempt, at, status, error_class, duration_us, response, error, truncated)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
 	// The endpoint's row is written only when its health changes: a row
@@ -446,7 +451,9 @@ func (s *Store) DeliveryRecord(ctx context.Context, p store.DeliveryRecordParams
 		}
 		if p.Disable != "" {
 			_, err = tx.Exec(ctx, qEndpointDisable, p.Disable, micros(p.Now), endpoint)
+			return err
 		}
+		_, err = tx.Exec(ctx, qDeliveryFreed, endpoint, micros(p.Now))
 		return err
 	})
 }

@@ -75,7 +75,7 @@ func parseNotification(payload string) (store.Notification, bool) {
 			return n, false
 		}
 		n.BatchSeq = v
-	case store.NotifyEvent:
+	case store.NotifyEvent, store.NotifyDelivery:
 	default:
 		return n, false
 	}

@@ -212,3 +212,55 @@ func BenchmarkCancelHeard(b *testing.B) {
 	b.ReportMetric(float64(per.Microseconds())/1000, "ms/cancel")
 	b.ReportMetric(per.Seconds()/time.Second.Seconds(), "ratio_to_1s")
 }
+
+// TestNotifyDeliveryFreed: a delivery recorded while its endpoint has more
+// deliveries due wakes the other processes' deliverers (before, one held
+// back by the endpoint's cap waited for its next poll); with nothing more
+// due it notifies nobody.
+func TestNotifyDeliveryFreed(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t) + "&search_path=" + pgtest.Schema(t)
+	ctx := context.Background()
+	a, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	b, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ch := listen(t, b)
+	ep := &store.WebhookEndpoint{ID: "whep_1", Workspace: "w", URL: "https://one.example/", Secret: "s", CreatedAt: time.Now()}
+	if err := a.WebhookEndpointCreate(ctx, ep); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 { // a message_batch.created delivery each
+		bt := newBatch(t, a, fmt.Sprintf("msgbatch_%d", i), 1)
+		if n := next(t, ch); n.Kind != store.NotifyCreated || n.BatchSeq != bt.Seq {
+			t.Fatalf("after publish: %+v, want created of %d", n, bt.Seq)
+		}
+	}
+	deliver := func() {
+		t.Helper()
+		now := time.Now()
+		ds, err := a.DeliveriesClaim(ctx, store.DeliveriesClaimParams{Owner: "d", Limit: 10, PerEndpoint: 1, Now: now, LeaseUntil: now.Add(time.Minute)})
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("claim: %d deliveries, %v; want 1", len(ds), err)
+		}
+		if err := a.DeliveryRecord(ctx, store.DeliveryRecordParams{ID: ds[0].ID, Owner: "d", Attempt: ds[0].Attempt, Now: time.Now(),
+			Record: store.AttemptRecord{Status: 200}, State: store.DeliverySucceeded}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliver()
+	if n := next(t, ch); n.Kind != store.NotifyDelivery {
+		t.Fatalf("after a delivery with another due: %+v, want delivery", n)
+	}
+	deliver()
+	last := newBatch(t, a, "msgbatch_last", 1)
+	if n := next(t, ch); n.Kind != store.NotifyCreated || n.BatchSeq != last.Seq {
+		t.Fatalf("after the last delivery and a publish: %+v, want only created of %d", n, last.Seq)
+	}
+}
