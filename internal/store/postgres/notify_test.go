@@ -44,6 +44,22 @@ func listen(t *testing.T, st *postgres.Store) <-chan store.Notification {
 	return ch
 }
 
+// twoProcesses opens two stores on one new schema, as two processes of a
+// cluster would.
+func twoProcesses(t *testing.T) (a, b *postgres.Store) {
+	t.Helper()
+	url := pgtest.URL(t) + "&search_path=" + pgtest.Schema(t)
+	open := func() *postgres.Store {
+		st, err := postgres.Open(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	return open(), open()
+}
+
 func newBatch(t *testing.T, st store.Store, id string, requests int) *store.Batch {
 	t.Helper()
 	ctx := context.Background()
@@ -70,18 +86,8 @@ func newBatch(t *testing.T, st store.Store, id string, requests int) *store.Batc
 // canceling, ended, each with its batch.
 func TestNotifyOnCommit(t *testing.T) {
 	t.Parallel()
-	url := pgtest.URL(t) + "&search_path=" + pgtest.Schema(t)
 	ctx := context.Background()
-	a, err := postgres.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	b, err := postgres.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	a, b := twoProcesses(t)
 	ch := listen(t, b)
 
 	bt := newBatch(t, a, "msgbatch_1", 2)
@@ -219,18 +225,8 @@ func BenchmarkCancelHeard(b *testing.B) {
 // due it notifies nobody.
 func TestNotifyDeliveryFreed(t *testing.T) {
 	t.Parallel()
-	url := pgtest.URL(t) + "&search_path=" + pgtest.Schema(t)
 	ctx := context.Background()
-	a, err := postgres.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	b, err := postgres.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	a, b := twoProcesses(t)
 	ch := listen(t, b)
 	ep := &store.WebhookEndpoint{ID: "whep_1", Workspace: "w", URL: "https://one.example/", Secret: "s", CreatedAt: time.Now()}
 	if err := a.WebhookEndpointCreate(ctx, ep); err != nil {
