@@ -11,6 +11,8 @@ import (
 	"github.com/batchd/batchd/internal/store"
 )
 
+// A batch's counts, end and reads: prepared once at Open (see prepare), as
+// every completion and every GET of a batch runs them.
 const (
 	qAddCounts = `UPDATE batches SET n_succeeded = n_succeeded + ?, n_errored = n_errored + ?,
 		n_canceled = n_canceled + ?, n_expired = n_expired + ? WHERE seq = ?`
