@@ -20,7 +20,9 @@ func TestStopKeepsLeasesOfRequestsInFlight(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)
 	gate := newGateBackend()
-	const lease = 300 * time.Millisecond
+	// A second, heartbeats every third of it: a loaded machine would have
+	// to hold the heartbeat back for over 600 ms to fail this wrongly.
+	const lease = time.Second
 	d := startDispatcher(t, st, gate, Config{Concurrency: 1, ClaimAhead: 1, PollInterval: 5 * time.Millisecond, Lease: lease})
 	b := publish(t, st, time.Now(), time.Hour, prompts("a0")...)
 	d.Wake()
@@ -35,7 +37,7 @@ func TestStopKeepsLeasesOfRequestsInFlight(t *testing.T) {
 		d.Stop(ctx)
 	}()
 	// a0 runs on for several leases into the stop.
-	time.Sleep(4 * lease)
+	time.Sleep(3 * lease)
 	ctx := context.Background()
 	now := time.Now()
 	if _, err := st.RequestsRescue(ctx, store.RequestsRescueParams{Now: now}); err != nil {
