@@ -465,16 +465,23 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		defer close(completed)
 		d.complete(runCtx)
 	}()
-	wg.Add(4)
+	// Heartbeats go on through a graceful stop, until the outcomes of the
+	// requests that ran in it are written: a request in flight whose lease
+	// lapsed would be rescued and sent again by another process, and the
+	// outcome it then has here refused.
+	beatCtx, stopBeats := context.WithCancel(runCtx)
+	beats := make(chan struct{})
+	go func() { defer close(beats); d.heartbeatLoop(beatCtx) }()
+	wg.Add(3)
 	go func() { defer wg.Done(); d.cancelLoop(ctx) }()
 	go func() { defer wg.Done(); d.claimLoop(ctx) }()
-	go func() { defer wg.Done(); d.heartbeatLoop(ctx) }()
 	go func() { defer wg.Done(); d.sweepLoop(ctx) }()
 	go func() {
 		wg.Wait()
 		d.shutGate()
 		// Claiming has stopped: drain the queues so workers finish what
-		// is running and exit; queued requests stay leased and are rescued.
+		// is running and exit; queued requests stay leased (renewed with
+		// those running) until Stop lets them go.
 		for _, l := range d.lanes {
 			if l.queue != nil {
 				l.queue.close()
@@ -483,6 +490,8 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		workers.Wait()
 		close(d.outcomes)
 		<-completed
+		stopBeats()
+		<-beats
 		abandon()
 		close(d.done)
 	}()
@@ -742,7 +751,8 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 			return
 		}
 		if stopCtx.Err() != nil {
-			// Stopping: leave queued requests leased; they are rescued.
+			// Stopping: leave queued requests leased; Stop lets them go
+			// once nothing runs.
 			d.release(l, 1)
 			continue
 		}

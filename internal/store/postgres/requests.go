@@ -172,17 +172,22 @@ const (
 
 	// Rescue: lost requests (lease lapsed)
 	// not handed to an upstream batch. Those of canceling batches settle
-	// canceled; the others go back to pending.
-	qCancelingBatches = `SELECT seq FROM batches WHERE status = 'canceling' ORDER BY seq FOR NO KEY UPDATE`
-	qRescueCanceled   = `WITH lost AS (
+	// canceled; the others go back to pending. The batches of the lost
+	// requests are locked first, as every transition locks batches before
+	// tasks, and only their requests are rescued: a cancel that began
+	// beside the rescue and had not seen a request moved back to pending
+	// (its settling of the pending ones would skip it as still running)
+	// would leave it pending in a canceling batch, where nothing claims it.
+	qLostBatches    = `SELECT DISTINCT batch_seq FROM tasks WHERE state = 1 AND upstream IS NULL AND lease_expires < $1 ORDER BY 1`
+	qRescueCanceled = `WITH lost AS (
 			DELETE FROM tasks t USING requests r, batches b
-			WHERE r.id = t.id AND b.seq = t.batch_seq AND b.status = 'canceling'
+			WHERE r.id = t.id AND b.seq = t.batch_seq AND b.status = 'canceling' AND t.batch_seq = ANY($2)
 			AND t.state = 1 AND t.upstream IS NULL AND t.lease_expires < $1
 			RETURNING t.id, t.batch_seq, r.custom_id)
 		INSERT INTO results (id, batch_seq, custom_id, result_type, result)
 		SELECT id, batch_seq, custom_id, 'canceled', NULL FROM lost RETURNING batch_seq`
 	qRescuePending = `UPDATE tasks SET state = 0, lease_owner = NULL, lease_expires = NULL
-		WHERE state = 1 AND upstream IS NULL AND lease_expires < $1`
+		WHERE state = 1 AND upstream IS NULL AND lease_expires < $1 AND batch_seq = ANY($2)`
 
 	// The inner min per batch is one index seek on tasks_pending.
 	qNextDue = `SELECT min((SELECT min(t.next_at) FROM tasks t WHERE t.batch_seq = b.seq AND t.backend = $1 AND t.state = 0))
@@ -440,16 +445,20 @@ func (s *Store) RequestsRescue(ctx context.Context, p store.RequestsRescueParams
 	var out []*store.BatchChange
 	err := s.tx(ctx, "rescue requests", func(tx pgx.Tx) error {
 		out = nil
-		// The canceling batches first, as every transition locks batches
-		// before tasks.
-		if _, err := tx.Exec(ctx, qCancelingBatches); err != nil {
+		// The batches first, as every transition locks batches before
+		// tasks.
+		lost, err := querySeqs(ctx, tx, qLostBatches, micros(p.Now))
+		if err != nil || len(lost) == 0 {
 			return err
 		}
-		seqs, err := querySeqs(ctx, tx, qRescueCanceled, micros(p.Now))
+		if err := lockBatches(ctx, tx, lost); err != nil {
+			return err
+		}
+		seqs, err := querySeqs(ctx, tx, qRescueCanceled, micros(p.Now), lost)
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, qRescuePending, micros(p.Now)); err != nil {
+		if _, err := tx.Exec(ctx, qRescuePending, micros(p.Now), lost); err != nil {
 			return err
 		}
 		deltas := map[int64]int64{}
