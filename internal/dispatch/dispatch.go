@@ -399,6 +399,19 @@ func unsentOutcome(c store.ClaimedRequest, typ string) store.Outcome {
 	return store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: typ}
 }
 
+// giveBack is the outcome that returns a claimed request, never sent, to
+// pending at now: a retry due at once that settles it as canceled if its
+// batch can no longer retry (it began canceling). One that must not be
+// sent any more settles as unsent.
+func (d *Dispatcher) giveBack(c store.ClaimedRequest, now time.Time) store.Outcome {
+	if typ := d.unsent(c); typ != "" {
+		return unsentOutcome(c, typ)
+	}
+	o := unsentOutcome(c, store.ResultCanceled)
+	o.Retry, o.RetryAt = true, now
+	return o
+}
+
 // unsent is the result type for a claimed request that must not be sent
 // any more, or "" if it may be sent.
 func (d *Dispatcher) unsent(c store.ClaimedRequest) string {
@@ -622,9 +635,9 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 				if free == 0 {
 					break
 				}
-				claimed, err := d.store.RequestsClaim(ctx, store.RequestsClaimParams{
-					Backend: l.name, Owner: d.cfg.Owner, Limit: free, Now: d.cfg.Now(), LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
-				})
+				now := d.cfg.Now()
+				claim := store.RequestsClaimParams{Backend: l.name, Owner: d.cfg.Owner, Limit: free, Now: now, LeaseUntil: now.Add(d.cfg.Lease)}
+				claimed, err := d.store.RequestsClaim(ctx, claim)
 				if err != nil {
 					d.unreserve(l, free)
 					if ctx.Err() != nil {
@@ -637,7 +650,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 				claimFails.succeeded(d.log, time.Now())
 				d.unreserve(l, free-len(claimed))
 				for _, c := range claimed {
-					d.dispatch(l, c)
+					d.dispatch(l, c, claim.LeaseUntil)
 				}
 				if len(claimed) < free {
 					drained, l.drained = true, true
@@ -705,9 +718,10 @@ func (d *Dispatcher) nextDue(ctx context.Context) time.Duration {
 	return wait
 }
 
-// dispatch hands one claimed request to its lane's workers, or settles it
-// at once when its params are invalid or no backend serves its model.
-func (d *Dispatcher) dispatch(l *lane, c store.ClaimedRequest) {
+// dispatch hands one claimed request, leased until until, to its lane's
+// workers, or settles it at once when its params are invalid or no backend
+// serves its model.
+func (d *Dispatcher) dispatch(l *lane, c store.ClaimedRequest, until time.Time) {
 	if typ := d.unsent(c); typ != "" {
 		// Its batch was canceled or expired while the claim ran.
 		d.outcomes <- laneOutcome{unsentOutcome(c, typ), l}
@@ -728,7 +742,7 @@ func (d *Dispatcher) dispatch(l *lane, c store.ClaimedRequest) {
 		d.outcomes <- laneOutcome{d.outcome(c, nil, err), l}
 		return
 	}
-	l.queue.push(job{ClaimedRequest: c, model: model, maxTokens: maxTokens, lease: d.leases.claimed(d.cfg.Now())})
+	l.queue.push(job{ClaimedRequest: c, model: model, maxTokens: maxTokens, lease: d.leases.claimed(until)})
 }
 
 // job is a claimed request on its way to a backend, with what checkParams
@@ -737,7 +751,7 @@ type job struct {
 	store.ClaimedRequest
 	model     string
 	maxTokens int64
-	lease     time.Time // the claim's lease (an upper bound: see leaseWatch)
+	lease     jobLease
 }
 
 // work runs requests from its lane's queue until the queue closes. runCtx
@@ -756,12 +770,14 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 			d.release(l, 1)
 			continue
 		}
-		if d.leases.lapsed(c.lease, d.cfg.Now()) {
-			// Its lease lapsed while it waited here (the process stalled
-			// past it): it is rescued and claimed again, perhaps already
-			// sent by another process. Let it go unsent.
-			d.log.Debug("request's lease lapsed before it was sent; left for the rescue", "batch_seq", c.BatchSeq, "request_id", c.ID, "attempt", c.Attempt)
-			d.release(l, 1)
+		if now := d.cfg.Now(); d.leases.lapsed(c.lease, now) {
+			// Its lease may have lapsed while it waited here (the process
+			// stalled, or its claim took most of the lease): it may be
+			// rescued and claimed again, perhaps sent by another process
+			// already. It is given back unsent: if the lease still held it
+			// goes back to pending; if not, the attempt guard ignores this.
+			d.log.Debug("request's lease may have lapsed before it was sent; given back", "batch_seq", c.BatchSeq, "request_id", c.ID, "attempt", c.Attempt)
+			d.outcomes <- laneOutcome{d.giveBack(c.ClaimedRequest, now), l}
 			continue
 		}
 		if typ := d.unsent(c.ClaimedRequest); typ != "" {
@@ -1082,7 +1098,7 @@ func (d *Dispatcher) completeAndRefill(ctx context.Context, complete store.Reque
 	}
 	d.emit(changes...)
 	for _, c := range claimed {
-		d.dispatch(refill, c)
+		d.dispatch(refill, c, claim.LeaseUntil)
 	}
 	return true
 }
@@ -1106,7 +1122,7 @@ func (d *Dispatcher) completeBesideClaim(ctx context.Context, complete store.Req
 			d.log.Debug("claim beside completion failed", "err", err)
 		}
 		for _, c := range claimed {
-			d.dispatch(refill, c)
+			d.dispatch(refill, c, claim.LeaseUntil)
 		}
 	}()
 	changes, err := d.store.RequestsComplete(ctx, complete)

@@ -283,7 +283,8 @@ type Outcome struct {
 	// Retry asks for another attempt at RetryAt instead. ResultType and
 	// Result then hold the errored result to settle with if the batch can no
 	// longer retry (canceling, or expired before RetryAt) or, later, when the
-	// batch expires while the request waits.
+	// batch expires while the request waits. A retry with no Result (a
+	// request given back unsent) keeps the error of the last attempt made.
 	Retry   bool
 	RetryAt time.Time
 	// Usage, when set, is what a succeeded Result's message reports, read

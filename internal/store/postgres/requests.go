@@ -124,7 +124,7 @@ const (
 				WHERE b.seq = t.batch_seq AND b.status = 'in_progress' AND u.retry_at < b.expires_at))
 			` + qCompleteReturning + `)`
 	qCompleteRetried = `retried AS (
-			UPDATE tasks t SET state = 0, next_at = u.retry_at, last_error = u.result,
+			UPDATE tasks t SET state = 0, next_at = u.retry_at, last_error = COALESCE(u.result, t.last_error),
 				lease_owner = NULL, lease_expires = NULL, upstream = NULL
 			FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $8::bigint[], $7::bytea[]) AS u(id, attempt, batch_seq, retry_at, result),
 				batches b

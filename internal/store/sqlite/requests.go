@@ -30,7 +30,7 @@ const (
 	qClaimParamsRange = `SELECT id, custom_id, params FROM requests WHERE id >= ? AND id <= ?`
 	qTouchBatch       = `UPDATE batches SET last_claimed_at = ? WHERE seq = ?`
 	qBatchState       = `SELECT status, expires_at FROM batches WHERE seq = ?`
-	qRetry            = `UPDATE tasks SET state = 0, next_at = ?, last_error = ?, lease_owner = NULL, lease_expires = NULL, upstream = NULL
+	qRetry            = `UPDATE tasks SET state = 0, next_at = ?, last_error = COALESCE(?, last_error), lease_owner = NULL, lease_expires = NULL, upstream = NULL
 		WHERE id = ? AND state = 1 AND lease_owner = ? AND attempts = ?`
 )
 
@@ -331,7 +331,13 @@ func (s *Store) completeTx(ctx context.Context, tx *sql.Tx, p store.RequestsComp
 	for _, o := range p.Outcomes {
 		st := states[o.BatchSeq]
 		if o.Retry && st.retryable && micros(o.RetryAt) < st.expires {
-			if _, err := retryStmt.ExecContext(ctx, micros(o.RetryAt), []byte(o.Result), o.RequestID, p.Owner, o.Attempt); err != nil {
+			// A retry without a result (a request given back unsent) keeps
+			// the error of the last attempt that was made.
+			var lastError any
+			if len(o.Result) > 0 {
+				lastError = []byte(o.Result)
+			}
+			if _, err := retryStmt.ExecContext(ctx, micros(o.RetryAt), lastError, o.RequestID, p.Owner, o.Attempt); err != nil {
 				return nil, err
 			}
 			continue

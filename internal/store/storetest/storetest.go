@@ -361,6 +361,37 @@ func testBatches(t *testing.T, newStore NewStore) {
 			t.Fatal("an ended batch expired again")
 		}
 	})
+	run(t, "GiveBackKeepsLastError", newStore, func(t *testing.T, b *bundle) {
+		// A request failed once and waits to retry; its next attempt is
+		// claimed and given back unsent (a retry with no result: the
+		// dispatcher could not be sure its lease still held). It goes back
+		// to pending, and still ends with the error of the attempt that
+		// was made if its batch expires.
+		bt := b.batch(t, "w", 1, t0)
+		c := b.claim(t, "o", 1, t0)
+		b.complete(t, "o", t0, store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, CustomID: c[0].CustomID, Attempt: c[0].Attempt,
+			Retry: true, RetryAt: t0.Add(time.Second), ResultType: store.ResultErrored, Result: json.RawMessage(`{"type":"errored","error":"first"}`)})
+		c = b.claim(t, "o", 1, t0.Add(time.Second))
+		if len(c) != 1 {
+			t.Fatalf("claimed %d for the retry", len(c))
+		}
+		back := t0.Add(2 * time.Second)
+		b.complete(t, "o", back, store.Outcome{RequestID: c[0].ID, BatchSeq: bt.Seq, CustomID: c[0].CustomID, Attempt: c[0].Attempt,
+			Retry: true, RetryAt: back, ResultType: store.ResultCanceled})
+		if again := b.claim(t, "o", 1, back); len(again) != 1 || again[0].Attempt != c[0].Attempt+1 {
+			t.Fatalf("after the give-back claimed %+v, want the request again as attempt %d", again, c[0].Attempt+1)
+		}
+		if _, err := b.st.RequestsRescue(b.ctx, store.RequestsRescueParams{Now: back.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.st.BatchesExpire(b.ctx, store.BatchesExpireParams{Now: bt.ExpiresAt, Lead: b.lead(t)}); err != nil {
+			t.Fatal(err)
+		}
+		res := b.results(t, bt)
+		if len(res) != 1 || res[0].ResultType != store.ResultErrored || string(res[0].Result) != `{"type":"errored","error":"first"}` {
+			t.Fatalf("results %+v, want the first attempt's error", res)
+		}
+	})
 	run(t, "ExpireRescuedUnansweredIsExpired", newStore, func(t *testing.T, b *bundle) {
 		// A process died holding both requests (claimed ahead, or in
 		// flight with the answer lost); their leases lapse and they are
