@@ -165,12 +165,16 @@ type Dispatcher struct {
 	senders  sync.WaitGroup
 
 	withdrawals map[int64]*withdrawal // by batch seq; guarded by mu
-	leases      *leaseWatch
+	// stopping: Stop began, and every call still waiting inside a backend
+	// is withdrawn (guarded by mu).
+	stopping bool
+	leases   *leaseWatch
 }
 
 // withdrawal withdraws the calls of one batch that wait inside a backend
-// (for its rate limits) once the batch is canceled or expires: a worker has
-// handed them over, but they are not sent yet.
+// (for its rate limits) once the batch is canceled or expires, or the
+// dispatcher stops: a worker has handed them over, but they are not sent
+// yet.
 type withdrawal struct {
 	ch      chan struct{}
 	expires time.Time
@@ -365,6 +369,22 @@ func (d *Dispatcher) settleUnsent() {
 	}
 }
 
+// withdrawAll withdraws every call waiting inside a backend, at the start
+// of a stop: a graceful stop lets the calls in flight finish, and sends no
+// more. Without it, calls waiting for a rate limit went out one by one for
+// as long as the stop lasted.
+func (d *Dispatcher) withdrawAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopping = true
+	for _, w := range d.withdrawals {
+		if !w.closed {
+			close(w.ch)
+			w.closed = true
+		}
+	}
+}
+
 // watch returns the channel that withdraws c's call, closed already if its
 // batch is canceling or expired; unwatch must follow the call.
 func (d *Dispatcher) watch(c store.ClaimedRequest) <-chan struct{} {
@@ -375,7 +395,7 @@ func (d *Dispatcher) watch(c store.ClaimedRequest) <-chan struct{} {
 		w = &withdrawal{ch: make(chan struct{}), expires: c.ExpiresAt}
 		d.withdrawals[c.BatchSeq] = w
 		_, canceling := d.canceling[c.BatchSeq]
-		if canceling || !d.cfg.Now().Before(c.ExpiresAt) {
+		if canceling || d.stopping || !d.cfg.Now().Before(c.ExpiresAt) {
 			close(w.ch)
 			w.closed = true
 		}
@@ -519,6 +539,7 @@ func (d *Dispatcher) Stop(ctx context.Context) {
 			return
 		}
 		d.cancel()
+		d.withdrawAll()
 		select {
 		case <-d.done:
 		case <-ctx.Done():
@@ -801,8 +822,16 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 		}
 		if errors.Is(err, backend.ErrWithdrawn) {
 			// It waited in the backend for its rate limits, and its batch
-			// was canceled or expired meanwhile: it was never sent.
-			o := unsentOutcome(c.ClaimedRequest, cmp.Or(d.unsent(c.ClaimedRequest), store.ResultCanceled))
+			// was canceled or expired meanwhile, or the dispatcher began
+			// to stop: it was never sent.
+			typ := d.unsent(c.ClaimedRequest)
+			if typ == "" && stopCtx.Err() != nil {
+				// Stopping: left leased, as a queued request is; Stop
+				// lets it go once nothing runs.
+				d.release(l, 1)
+				continue
+			}
+			o := unsentOutcome(c.ClaimedRequest, cmp.Or(typ, store.ResultCanceled))
 			l.metrics.Settled(o.ResultType)
 			d.outcomes <- laneOutcome{o, l}
 			continue

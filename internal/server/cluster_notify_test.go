@@ -244,3 +244,57 @@ func TestDelegateFindsCancelWithoutWakeUp(t *testing.T) {
 		return getRaw(t, up.URL, ups[0].ID).CancelInitiatedAt != nil
 	})
 }
+
+// TestStopSendsNothingWaitingForRateLimit: B is stopping, two calls in
+// flight holding the stop open while the rest of its workers wait in the
+// limiter for the requests-per-minute budget. Those were never sent: the
+// stop withdraws them at once, sends nothing more, ends when the calls in
+// flight answer, and leaves the withdrawn requests to run again (A, of the
+// same cluster, runs them). Before, the waiting calls went out one by one
+// as the budget let them, for the whole shutdown timeout, which then
+// abandoned the calls still in flight.
+func TestStopSendsNothingWaitingForRateLimit(t *testing.T) {
+	t.Parallel()
+	url := clusterURL(t)
+	up := &slowUpstream{hold: 4 * time.Second}
+	upSrv := httptest.NewServer(up)
+	t.Cleanup(upSrv.Close)
+	backends := func(c *server.Config) {
+		c.Backends = &config.Config{
+			// 60 a minute: one call every ~1 s, so most workers wait in
+			// the limiter.
+			Backends: []config.Backend{{Name: "up", Kind: config.KindOpenAI, BaseURL: upSrv.URL + "/v1", Concurrency: 4, RequestsPerMinute: 60}},
+			Routes:   []config.Route{{Model: "*", Backend: "up"}},
+		}
+	}
+	b := clusterServer(t, url, backends)
+	const n = 10
+	bt := sdkBatch(t, b.Client, requests(n, "r")...)
+	waitFor(t, 30*time.Second, "B to send two", func() bool {
+		_, sent := up.sentAfter(time.Time{})
+		return sent >= 2
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stopping := time.Now()
+	if err := b.Srv.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(stopping)
+	after, sent := up.sentAfter(stopping.Add(time.Second))
+	if after > 0 {
+		t.Errorf("B sent %d calls more than 1s into its stop (%d in all)", after, sent)
+	}
+	if took > 20*time.Second {
+		t.Errorf("the stop took %v: it waited for the rate limit, not for the calls in flight", took.Round(time.Millisecond))
+	}
+	// What B withdrew runs again, once, on another process.
+	a := clusterServer(t, url, backends)
+	got := waitEnded(t, a.Client, bt.ID, 90*time.Second)
+	if c := got.RequestCounts; c.Succeeded != n {
+		t.Errorf("counts %+v, want all %d succeeded", c, n)
+	}
+	if _, all := up.sentAfter(time.Time{}); all != n {
+		t.Errorf("the upstream got %d calls for %d requests", all, n)
+	}
+}
