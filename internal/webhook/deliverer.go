@@ -227,7 +227,7 @@ func (d *Deliverer) loop(ctx context.Context) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					d.deliver(context.WithoutCancel(ctx), del)
+					d.deliver(context.WithoutCancel(ctx), ctx, del)
 					d.mu.Lock()
 					d.inFlight--
 					d.mu.Unlock()
@@ -261,8 +261,17 @@ func nextWait(due, claimed, now time.Time, poll time.Duration) time.Duration {
 	return min(poll, max(due.Sub(now), 5*time.Millisecond))
 }
 
-// deliver makes one attempt and records what follows from it.
-func (d *Deliverer) deliver(ctx context.Context, del *store.Delivery) {
+// Failed records are retried after a delay that doubles from
+// recordBackoffMin up to recordBackoffMax.
+const (
+	recordBackoffMin = 50 * time.Millisecond
+	recordBackoffMax = 5 * time.Second
+)
+
+// deliver makes one attempt and records what follows from it. It runs
+// under ctx, which Stop does not cancel, so that an attempt in flight ends
+// and is recorded; stop ends when Stop begins.
+func (d *Deliverer) deliver(ctx, stop context.Context, del *store.Delivery) {
 	ep := del.Endpoint
 	now := d.cfg.Now()
 	body, err := Payload(del.Event, d.cfg.BaseURL)
@@ -304,8 +313,21 @@ func (d *Deliverer) deliver(ctx context.Context, del *store.Delivery) {
 			rec.Disable = "failing continuously since " + ep.FailingSince.UTC().Format(time.RFC3339)
 		}
 	}
-	if err := d.cfg.Store.DeliveryRecord(ctx, rec); err != nil && !errors.Is(err, store.ErrConflict) {
+	// The outcome is only in memory: keep trying rather than drop it. A
+	// delivery dropped in flight would stay leased for as long as this
+	// process lives, since the heartbeat renews every lease of its owner:
+	// never sent again, and holding one of its endpoint's slots. Once Stop
+	// begins, a failed record is left: the heartbeat ends with the
+	// deliverer, the lease lapses and the delivery is sent again.
+	for wait := recordBackoffMin; ; wait = min(2*wait, recordBackoffMax) {
+		err := d.cfg.Store.DeliveryRecord(ctx, rec)
+		if err == nil || errors.Is(err, store.ErrConflict) {
+			break // recorded, or no longer ours
+		}
 		d.log.Error("record delivery", "delivery", del.ID, "err", err)
+		if !sleep(stop, wait) {
+			break
+		}
 	}
 	if d.cfg.OnAttempt != nil {
 		outcome := "failed"
@@ -316,6 +338,18 @@ func (d *Deliverer) deliver(ctx context.Context, del *store.Delivery) {
 			outcome = "gave_up"
 		}
 		d.cfg.OnAttempt(outcome, res.Duration)
+	}
+}
+
+// sleep waits for d, false if ctx ends first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
