@@ -153,7 +153,10 @@ func (a *API) batchEvents(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer a.hub.unsubscribe(sub)
-	return a.stream(w, r, sub, after, []progress{{"progress", b.ID, b.Status, b.Counts}})
+	// A batch that has ended has nothing more to tell: its stream ends once
+	// it has carried what the client missed (with Last-Event-ID at or past
+	// the ended event, nothing), instead of staying open for good.
+	return a.stream(w, r, sub, after, []progress{{"progress", b.ID, b.Status, b.Counts}}, b.Status == store.StatusEnded)
 }
 
 // workspaceEvents streams the workspace's events from now on (or after
@@ -170,14 +173,15 @@ func (a *API) workspaceEvents(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer a.hub.unsubscribe(sub)
-	return a.stream(w, r, sub, after, nil)
+	return a.stream(w, r, sub, after, nil, false)
 }
 
 // stream writes a subscriber's events after after, in order, and its
 // progress, until the client goes away (or a batch stream's batch ends or
 // is deleted). It first reads what it missed from the store (history, or
-// what it fell behind on), then takes what the hub fans out.
-func (a *API) stream(w http.ResponseWriter, r *http.Request, sub *subscriber, after int64, snap []progress) error {
+// what it fell behind on), then takes what the hub fans out; with over, it
+// ends after that first read.
+func (a *API) stream(w http.ResponseWriter, r *http.Request, sub *subscriber, after int64, snap []progress, over bool) error {
 	s, err := startSSE(w)
 	if err != nil {
 		return err
@@ -221,6 +225,9 @@ func (a *API) stream(w http.ResponseWriter, r *http.Request, sub *subscriber, af
 				if len(events) < hubPage {
 					break
 				}
+			}
+			if over {
+				return nil
 			}
 			catchUp = false
 		}
