@@ -12,6 +12,7 @@ import (
 
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/faultstore"
+	"github.com/batchd/batchd/internal/store/postgres/pgtest"
 	"github.com/batchd/batchd/internal/store/sqlite"
 	"github.com/batchd/batchd/internal/webhook"
 )
@@ -26,14 +27,33 @@ type engine struct {
 	got map[string]int
 }
 
-func newEngine(t *testing.T, cfg webhook.DelivererConfig) *engine {
+// drivers are the stores the engine tests run on: SQLite always,
+// PostgreSQL when BATCHD_TEST_DATABASE_URL names one.
+var drivers = map[string]func(t *testing.T) store.Store{
+	"sqlite": func(t *testing.T) store.Store {
+		st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "batchd.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	},
+	"postgres": func(t *testing.T) store.Store { return pgtest.NewStore(t) },
+}
+
+// onEachDriver runs f as a parallel subtest per driver.
+func onEachDriver(t *testing.T, f func(t *testing.T, newStore func(t *testing.T) store.Store)) {
+	for name, newStore := range drivers {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t, newStore)
+		})
+	}
+}
+
+func newEngine(t *testing.T, sq store.Store, cfg webhook.DelivererConfig) *engine {
 	t.Helper()
 	ctx := context.Background()
-	sq, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "batchd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sq.Close() })
 	e := &engine{st: faultstore.New(sq), got: map[string]int{}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.mu.Lock()
@@ -107,7 +127,11 @@ func (e *engine) waitSettled(t *testing.T, what string) {
 // another event.
 func TestRecordFailureDoesNotStrandDelivery(t *testing.T) {
 	t.Parallel()
-	e := newEngine(t, webhook.DelivererConfig{Lease: 300 * time.Millisecond, PerEndpoint: 1, PollInterval: 20 * time.Millisecond})
+	onEachDriver(t, testRecordFailureDoesNotStrandDelivery)
+}
+
+func testRecordFailureDoesNotStrandDelivery(t *testing.T, newStore func(t *testing.T) store.Store) {
+	e := newEngine(t, newStore(t), webhook.DelivererConfig{Lease: 300 * time.Millisecond, PerEndpoint: 1, PollInterval: 20 * time.Millisecond})
 	e.st.FailAfter("DeliveryRecord", 0, 1, nil) // the first record fails, once
 	ctx := context.Background()
 	first, _, err := e.st.EventTestInsert(ctx, "w", e.ep.ID, time.Now())
@@ -131,7 +155,11 @@ func TestRecordFailureDoesNotStrandDelivery(t *testing.T) {
 // not past Stop, which must not wait out its timeout for it.
 func TestStopEndsRecordRetries(t *testing.T) {
 	t.Parallel()
-	e := newEngine(t, webhook.DelivererConfig{Lease: time.Minute, PollInterval: 20 * time.Millisecond})
+	onEachDriver(t, testStopEndsRecordRetries)
+}
+
+func testStopEndsRecordRetries(t *testing.T, newStore func(t *testing.T) store.Store) {
+	e := newEngine(t, newStore(t), webhook.DelivererConfig{Lease: time.Minute, PollInterval: 20 * time.Millisecond})
 	e.st.Fail("DeliveryRecord", nil)
 	if _, _, err := e.st.EventTestInsert(context.Background(), "w", e.ep.ID, time.Now()); err != nil {
 		t.Fatal(err)
