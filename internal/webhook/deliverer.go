@@ -288,7 +288,9 @@ func (d *Deliverer) deliver(ctx, stop context.Context, del *store.Delivery) {
 	}
 	if err != nil {
 		// Our own failure (a secret that no longer opens, say): log it as
-		// an attempt so the operator sees it, and retry on schedule.
+		// an attempt so the operator sees it. Its causes do not pass by
+		// themselves, so it is final (ClassInvalid); a resend or recover
+		// tries again once the operator has mended it.
 		d.log.Error("prepare delivery", "delivery", del.ID, "endpoint", ep.ID, "err", err)
 		res = Result{ErrorClass: ClassInvalid, Error: err.Error()}
 	}
