@@ -451,6 +451,7 @@ type builder struct {
 func (b *builder) add(ctx context.Context, claimed []store.ClaimedRequest) {
 	d := b.d
 	var settle []store.Outcome
+	defer func() { d.write(ctx, settle) }()
 	for _, c := range claimed {
 		if typ := d.unsent(c); typ != "" {
 			settle = append(settle, outcome(c, typ, nil))
@@ -470,21 +471,28 @@ func (b *builder) add(ctx context.Context, claimed []store.ClaimedRequest) {
 		if g == nil {
 			f, err := os.CreateTemp("", "batchd-upstream-*.json")
 			if err != nil {
-				d.log.Error("spool upstream batch", "err", err) // the leases lapse; claimed again later
+				// Given back, not dropped: the heartbeat would renew its
+				// lease for as long as this process lives.
+				d.log.Error("spool upstream batch", "err", err)
+				settle = append(settle, d.giveBack(c)...)
 				continue
 			}
 			g = &group{body: f, size: int64(len(bodyHead) + len(bodyTail))}
 			b.open[c.BatchSeq] = g
 		}
 		if err := appendItem(g.body, c, len(g.reqs) == 0); err != nil {
+			// The file may now end in part of an item: the whole group is
+			// given back rather than sent broken.
 			d.log.Error("spool upstream batch", "err", err)
+			delete(b.open, c.BatchSeq)
+			b.discard(ctx, g)
+			settle = append(settle, d.giveBack(c)...)
 			continue
 		}
 		g.size += n
 		c.Params = nil
 		g.reqs = append(g.reqs, c)
 	}
-	d.write(ctx, settle)
 }
 
 // flush sends every open group.
@@ -493,6 +501,13 @@ func (b *builder) flush(ctx context.Context) {
 		delete(b.open, seq)
 		b.send(ctx, g)
 	}
+}
+
+// discard gives back the requests of a group that is not sent.
+func (b *builder) discard(ctx context.Context, g *group) {
+	g.body.Close()
+	os.Remove(g.body.Name())
+	b.d.write(ctx, b.d.giveBack(g.reqs...))
 }
 
 // send records the group's intent, then creates it upstream.
@@ -515,12 +530,33 @@ func (b *builder) send(ctx context.Context, g *group) {
 		LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
 	})
 	if err != nil {
-		// The leases lapse and the requests are rescued and claimed again.
+		// Given back to be claimed again: left alone, their leases would
+		// be renewed by the heartbeat for as long as this process lives.
 		d.log.Error("record upstream batch failed", "err", err, "requests", len(ids))
+		d.write(ctx, d.giveBack(g.reqs...))
 		return
 	}
 	g.ub = ub
 	d.send(ctx, g)
+}
+
+// giveBack is the outcome that returns claimed requests, never sent, to
+// pending now (guarded by their attempt, so one whose lease lapsed and
+// was claimed again is left alone): a retry due at once that settles as
+// canceled if the batch can no longer retry. One that must not be sent any
+// more settles as unsent.
+func (d *Delegator) giveBack(reqs ...store.ClaimedRequest) []store.Outcome {
+	out := make([]store.Outcome, 0, len(reqs))
+	for _, c := range reqs {
+		if typ := d.unsent(c); typ != "" {
+			out = append(out, outcome(c, typ, nil))
+			continue
+		}
+		o := outcome(c, store.ResultCanceled, nil)
+		o.Retry, o.RetryAt = true, d.cfg.Now()
+		out = append(out, o)
+	}
+	return out
 }
 
 // unsent is the result type of a claimed request that must not be sent any

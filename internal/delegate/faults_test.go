@@ -1,0 +1,211 @@
+package delegate_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/batchd/batchd/internal/batch"
+	"github.com/batchd/batchd/internal/delegate"
+	"github.com/batchd/batchd/internal/store"
+	"github.com/batchd/batchd/internal/store/faultstore"
+	"github.com/batchd/batchd/internal/store/sqlite"
+)
+
+// fakeUpstream is a Message Batches API whose batches end as soon as they
+// are created, every request succeeding; it counts what it was sent.
+type fakeUpstream struct {
+	mu       sync.Mutex
+	batches  map[string][]string // id → custom_ids
+	received map[string]int      // custom_id → times sent
+	canceled map[string]bool
+	n        int
+}
+
+func newFakeUpstream(t *testing.T) (*fakeUpstream, *httptest.Server) {
+	f := &fakeUpstream{batches: map[string][]string{}, received: map[string]int{}, canceled: map[string]bool{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/messages/batches", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Requests []struct {
+				CustomID string `json:"custom_id"`
+			} `json:"requests"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		f.mu.Lock()
+		f.n++
+		id := fmt.Sprintf("msgbatch_up%d", f.n)
+		for _, rq := range body.Requests {
+			f.batches[id] = append(f.batches[id], rq.CustomID)
+			f.received[rq.CustomID]++
+		}
+		f.mu.Unlock()
+		fmt.Fprintf(w, `{"id":%q,"type":"message_batch","processing_status":"in_progress"}`, id)
+	})
+	mux.HandleFunc("GET /v1/messages/batches/{id}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		_, ok := f.batches[r.PathValue("id")]
+		f.mu.Unlock()
+		if !ok {
+			http.Error(w, `{"type":"error","error":{"type":"not_found_error","message":"no"}}`, http.StatusNotFound)
+			return
+		}
+		fmt.Fprintf(w, `{"id":%q,"type":"message_batch","processing_status":"ended"}`, r.PathValue("id"))
+	})
+	mux.HandleFunc("POST /v1/messages/batches/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.canceled[r.PathValue("id")] = true
+		f.mu.Unlock()
+		fmt.Fprintf(w, `{"id":%q,"type":"message_batch","processing_status":"canceling"}`, r.PathValue("id"))
+	})
+	mux.HandleFunc("GET /v1/messages/batches/{id}/results", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		ids := f.batches[r.PathValue("id")]
+		f.mu.Unlock()
+		bw := bufio.NewWriter(w)
+		for _, cid := range ids {
+			fmt.Fprintf(bw, `{"custom_id":%q,"result":{"type":"succeeded","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}}}`+"\n", cid)
+		}
+		bw.Flush()
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return f, srv
+}
+
+// sentTwice lists the custom_ids the upstream received more than once.
+func (f *fakeUpstream) sentTwice() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for id, n := range f.received {
+		if n > 1 {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func (f *fakeUpstream) total() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.received)
+}
+
+type harness struct {
+	fs    *faultstore.Store
+	svc   *batch.Service
+	d     *delegate.Delegator
+	up    *fakeUpstream
+	ended chan int64 // seqs of batches the delegator ended
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "batchd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h := &harness{fs: faultstore.New(st), ended: make(chan int64, 100)}
+	var srv *httptest.Server
+	h.up, srv = newFakeUpstream(t)
+	h.svc = batch.NewService(h.fs, batch.Config{Route: func(string) string { return "up" }})
+	h.d, err = delegate.New(h.fs, delegate.Config{
+		Name: "up", BaseURL: srv.URL, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
+		ClaimInterval: 20 * time.Millisecond, Lease: 3 * time.Second, Owner: "test-owner",
+		OnChange: func(ch *store.BatchChange) {
+			if ch.Ended {
+				h.ended <- ch.Batch.Seq
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func (h *harness) start(t *testing.T) {
+	t.Helper()
+	if err := h.d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.d.Stop(context.Background()) })
+}
+
+func (h *harness) create(t *testing.T, n int) *store.Batch {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString(`{"requests":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"custom_id":"c%d","params":{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}}`, i)
+	}
+	b.WriteString(`]}`)
+	bt, err := h.svc.Create(context.Background(), "w", nil, strings.NewReader(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.d.Wake()
+	return bt
+}
+
+// waitEnded waits (generously) for the delegator to end batch b, then
+// checks one succeeded result per request and that the upstream was sent
+// each request once.
+func (h *harness) waitEnded(t *testing.T, b *store.Batch, n int) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case seq := <-h.ended:
+			if seq != b.Seq {
+				continue
+			}
+		case <-timeout:
+			got, _ := h.fs.Store.BatchGet(context.Background(), store.BatchGetParams{Workspace: "w", ID: b.ID})
+			t.Fatalf("batch did not end: %+v; upstream holds %d requests", got, h.up.total())
+		}
+		break
+	}
+	got, err := h.fs.Store.BatchGet(context.Background(), store.BatchGetParams{Workspace: "w", ID: b.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Counts.Succeeded != int64(n) {
+		t.Fatalf("counts %+v, want %d succeeded", got.Counts, n)
+	}
+	res, err := h.fs.Store.ResultsList(context.Background(), store.ResultsListParams{BatchSeq: b.Seq, Limit: 10 * n})
+	if err != nil || len(res) != n {
+		t.Fatalf("%d results, want %d: %v", len(res), n, err)
+	}
+	if twice := h.up.sentTwice(); len(twice) > 0 {
+		t.Fatalf("the upstream was sent %v more than once", twice)
+	}
+}
+
+// A failed record of an upstream batch's intent gives its requests back:
+// they are claimed again and delegated, instead of staying leased (and
+// renewed by the heartbeat) by a delegator that forgot them.
+func TestInsertFailureGivesRequestsBack(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.fs.FailAfter("UpstreamBatchInsert", 0, 1, nil)
+	h.start(t)
+	b := h.create(t, 5)
+	h.waitEnded(t, b, 5)
+}
