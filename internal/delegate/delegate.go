@@ -340,7 +340,7 @@ func (d *Delegator) resume(ctx context.Context) error {
 			d.Canceled(ub.BatchSeq)
 		}
 		d.log.Info("resuming upstream batch", "upstream_id", ub.UpstreamID)
-		d.goPoll(ctx, ub)
+		d.goPoll(ctx, ub, true)
 	}
 	return nil
 }
@@ -586,12 +586,16 @@ func (d *Delegator) send(ctx context.Context, g *group) {
 		b, err := d.up.create(cctx, g.body, g.size, g.reqs[0].Betas)
 		cancel()
 		if err == nil {
+			recorded := true
 			if err := d.started(ctx, g.ub, b.ID); err != nil {
-				d.log.Error("record upstream batch id failed; its requests will be sent again after a restart", "upstream_id", b.ID, "err", err)
-				return
+				// Polled all the same, recording it again meanwhile: its
+				// requests are only sent again if this process stops
+				// before the id is recorded.
+				d.log.Error("record upstream batch id failed; polling it unrecorded", "upstream_id", b.ID, "err", err)
+				g.ub.UpstreamID, recorded = b.ID, false
 			}
 			d.log.Info("created upstream batch", "upstream_id", b.ID, "requests", len(g.reqs))
-			d.goPoll(ctx, g.ub)
+			d.goPoll(ctx, g.ub, recorded)
 			return
 		}
 		be := backend.AsError(err)
@@ -623,7 +627,9 @@ func (d *Delegator) started(ctx context.Context, ub *store.UpstreamBatch, upstre
 	return err
 }
 
-func (d *Delegator) goPoll(ctx context.Context, ub *store.UpstreamBatch) {
+// goPoll polls ub in a goroutine of its own, unless one polls it already;
+// recorded is false when ub's upstream id is not yet recorded in the store.
+func (d *Delegator) goPoll(ctx context.Context, ub *store.UpstreamBatch, recorded bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.polling[ub.ID] {
@@ -634,16 +640,25 @@ func (d *Delegator) goPoll(ctx context.Context, ub *store.UpstreamBatch) {
 	go func() {
 		defer d.wg.Done()
 		defer func() { d.mu.Lock(); delete(d.polling, ub.ID); d.mu.Unlock() }()
-		d.poll(ctx, ub)
+		d.poll(ctx, ub, recorded)
 	}()
 }
 
 // poll waits for an upstream batch to end, forwarding a cancel as soon as
 // our batch is canceling, then writes its results back.
-func (d *Delegator) poll(ctx context.Context, ub *store.UpstreamBatch) {
+func (d *Delegator) poll(ctx context.Context, ub *store.UpstreamBatch, recorded bool) {
 	wait := d.cfg.PollInterval
 	cancelSent := false
 	for {
+		if !recorded {
+			// ErrConflict: recorded after all, or the row is gone (then
+			// its requests are no longer held here, and nothing polled
+			// is written).
+			err := d.st.UpstreamBatchStart(ctx, store.UpstreamBatchStartParams{ID: ub.ID, UpstreamID: ub.UpstreamID})
+			if recorded = err == nil || errors.Is(err, store.ErrConflict); !recorded && ctx.Err() == nil {
+				d.log.Warn("record upstream batch id failed", "upstream_id", ub.UpstreamID, "err", err)
+			}
+		}
 		canceling, kick := d.isCanceling(ub.BatchSeq)
 		if canceling && !cancelSent {
 			if _, err := d.up.cancel(ctx, ub.UpstreamID); err != nil {

@@ -209,3 +209,15 @@ func TestInsertFailureGivesRequestsBack(t *testing.T) {
 	b := h.create(t, 5)
 	h.waitEnded(t, b, 5)
 }
+
+// An upstream batch whose id could not be recorded at once is polled all
+// the same: its results are written while the process lives, instead of
+// its requests hanging until a restart sends them again.
+func TestStartRecordFailureStillCollects(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.fs.FailAfter("UpstreamBatchStart", 0, 5, nil)
+	h.start(t)
+	b := h.create(t, 5)
+	h.waitEnded(t, b, 5)
+}
