@@ -661,7 +661,10 @@ func (d *Delegator) poll(ctx context.Context, ub *store.UpstreamBatch, recorded 
 		}
 		canceling, kick := d.isCanceling(ub.BatchSeq)
 		if canceling && !cancelSent {
-			if _, err := d.up.cancel(ctx, ub.UpstreamID); err != nil {
+			cctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+			_, err := d.up.cancel(cctx, ub.UpstreamID)
+			cancel()
+			if err != nil {
 				d.log.Warn("forward cancel failed", "upstream_id", ub.UpstreamID, "err", err)
 			} else {
 				cancelSent = true
@@ -669,7 +672,12 @@ func (d *Delegator) poll(ctx context.Context, ub *store.UpstreamBatch, recorded 
 				d.log.Info("forwarded cancel", "upstream_id", ub.UpstreamID)
 			}
 		}
-		b, err := d.up.get(ctx, ub.UpstreamID)
+		// Bounded like every upstream call: a connection that never
+		// answers would hold this upstream batch for as long as the
+		// process lives.
+		gctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+		b, err := d.up.get(gctx, ub.UpstreamID)
+		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return

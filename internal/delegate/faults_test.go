@@ -28,10 +28,16 @@ type fakeUpstream struct {
 	received map[string]int      // custom_id → times sent
 	canceled map[string]bool
 	n        int
+	// hold keeps batches in progress until they are canceled; gone makes
+	// every batch answer 404; hangGets is how many GETs of a batch hang
+	// until the caller gives up.
+	hold, gone bool
+	hangGets   int
+	created    chan struct{} // one send per batch created
 }
 
 func newFakeUpstream(t *testing.T) (*fakeUpstream, *httptest.Server) {
-	f := &fakeUpstream{batches: map[string][]string{}, received: map[string]int{}, canceled: map[string]bool{}}
+	f := &fakeUpstream{batches: map[string][]string{}, received: map[string]int{}, canceled: map[string]bool{}, created: make(chan struct{}, 100)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/messages/batches", func(w http.ResponseWriter, r *http.Request) {
 		var body struct {
@@ -52,11 +58,26 @@ func newFakeUpstream(t *testing.T) (*fakeUpstream, *httptest.Server) {
 		}
 		f.mu.Unlock()
 		fmt.Fprintf(w, `{"id":%q,"type":"message_batch","processing_status":"in_progress"}`, id)
+		f.created <- struct{}{}
 	})
 	mux.HandleFunc("GET /v1/messages/batches/{id}", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		_, ok := f.batches[r.PathValue("id")]
+		ok = ok && !f.gone
+		inProgress := f.hold && !f.canceled[r.PathValue("id")]
+		hang := f.hangGets > 0
+		if hang {
+			f.hangGets--
+		}
 		f.mu.Unlock()
+		if hang {
+			<-r.Context().Done()
+			return
+		}
+		if inProgress {
+			fmt.Fprintf(w, `{"id":%q,"type":"message_batch","processing_status":"in_progress"}`, r.PathValue("id"))
+			return
+		}
 		if !ok {
 			http.Error(w, `{"type":"error","error":{"type":"not_found_error","message":"no"}}`, http.StatusNotFound)
 			return
@@ -72,9 +93,14 @@ func newFakeUpstream(t *testing.T) (*fakeUpstream, *httptest.Server) {
 	mux.HandleFunc("GET /v1/messages/batches/{id}/results", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		ids := f.batches[r.PathValue("id")]
+		canceled := f.canceled[r.PathValue("id")]
 		f.mu.Unlock()
 		bw := bufio.NewWriter(w)
 		for _, cid := range ids {
+			if canceled {
+				fmt.Fprintf(bw, `{"custom_id":%q,"result":{"type":"canceled"}}`+"\n", cid)
+				continue
+			}
 			fmt.Fprintf(bw, `{"custom_id":%q,"result":{"type":"succeeded","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}}}`+"\n", cid)
 		}
 		bw.Flush()
@@ -111,7 +137,7 @@ type harness struct {
 	ended chan int64 // seqs of batches the delegator ended
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, tweak ...func(*fakeUpstream, *delegate.Config)) *harness {
 	t.Helper()
 	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "batchd.db"))
 	if err != nil {
@@ -121,8 +147,9 @@ func newHarness(t *testing.T) *harness {
 	h := &harness{fs: faultstore.New(st), ended: make(chan int64, 100)}
 	var srv *httptest.Server
 	h.up, srv = newFakeUpstream(t)
-	h.svc = batch.NewService(h.fs, batch.Config{Route: func(string) string { return "up" }})
-	h.d, err = delegate.New(h.fs, delegate.Config{
+	h.svc = batch.NewService(h.fs, batch.Config{Route: func(string) string { return "up" },
+		OnCanceled: func(seq int64) { h.d.Canceled(seq) }})
+	cfg := delegate.Config{
 		Name: "up", BaseURL: srv.URL, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
 		ClaimInterval: 20 * time.Millisecond, Lease: 3 * time.Second, Owner: "test-owner",
 		OnChange: func(ch *store.BatchChange) {
@@ -130,7 +157,11 @@ func newHarness(t *testing.T) *harness {
 				h.ended <- ch.Batch.Seq
 			}
 		},
-	})
+	}
+	for _, f := range tweak {
+		f(h.up, &cfg)
+	}
+	h.d, err = delegate.New(h.fs, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,6 +200,22 @@ func (h *harness) create(t *testing.T, n int) *store.Batch {
 // each request once.
 func (h *harness) waitEnded(t *testing.T, b *store.Batch, n int) {
 	t.Helper()
+	got := h.waitEnd(t, b)
+	if got.Counts.Succeeded != int64(n) {
+		t.Fatalf("counts %+v, want %d succeeded", got.Counts, n)
+	}
+	res, err := h.fs.Store.ResultsList(context.Background(), store.ResultsListParams{BatchSeq: b.Seq, Limit: 10 * n})
+	if err != nil || len(res) != n {
+		t.Fatalf("%d results, want %d: %v", len(res), n, err)
+	}
+	if twice := h.up.sentTwice(); len(twice) > 0 {
+		t.Fatalf("the upstream was sent %v more than once", twice)
+	}
+}
+
+// waitEnd waits (generously) for the delegator to end batch b.
+func (h *harness) waitEnd(t *testing.T, b *store.Batch) *store.Batch {
+	t.Helper()
 	timeout := time.After(30 * time.Second)
 	for {
 		select {
@@ -186,16 +233,7 @@ func (h *harness) waitEnded(t *testing.T, b *store.Batch, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Counts.Succeeded != int64(n) {
-		t.Fatalf("counts %+v, want %d succeeded", got.Counts, n)
-	}
-	res, err := h.fs.Store.ResultsList(context.Background(), store.ResultsListParams{BatchSeq: b.Seq, Limit: 10 * n})
-	if err != nil || len(res) != n {
-		t.Fatalf("%d results, want %d: %v", len(res), n, err)
-	}
-	if twice := h.up.sentTwice(); len(twice) > 0 {
-		t.Fatalf("the upstream was sent %v more than once", twice)
-	}
+	return got
 }
 
 // A failed record of an upstream batch's intent gives its requests back:
@@ -220,4 +258,41 @@ func TestStartRecordFailureStillCollects(t *testing.T) {
 	h.start(t)
 	b := h.create(t, 5)
 	h.waitEnded(t, b, 5)
+}
+
+// The plain path: every request delegated once, one result each.
+func TestDelegates(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(t)
+	b := h.create(t, 7)
+	h.waitEnded(t, b, 7)
+}
+
+// A cancel of our batch is forwarded to its running upstream batch, whose
+// canceled results end ours.
+func TestCancelForwarded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, func(f *fakeUpstream, _ *delegate.Config) { f.hold = true })
+	h.start(t)
+	b := h.create(t, 4)
+	<-h.up.created
+	if _, err := h.svc.Cancel(context.Background(), "w", b.ID); err != nil {
+		t.Fatal(err)
+	}
+	got := h.waitEnd(t, b)
+	if got.Counts.Canceled != 4 || len(h.up.canceled) != 1 {
+		t.Fatalf("counts %+v, upstream cancels %v", got.Counts, h.up.canceled)
+	}
+}
+
+// A poll that gets no answer is given up after Config.Timeout, as every
+// upstream call is, and polled again: it does not hold the upstream
+// batch's results back for ever.
+func TestHungPollTimesOut(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, func(f *fakeUpstream, c *delegate.Config) { f.hangGets = 1; c.Timeout = 200 * time.Millisecond })
+	h.start(t)
+	b := h.create(t, 3)
+	h.waitEnded(t, b, 3)
 }
