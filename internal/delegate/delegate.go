@@ -683,8 +683,13 @@ func (d *Delegator) poll(ctx context.Context, ub *store.UpstreamBatch, recorded 
 			return
 		case err != nil && backend.AsError(err).Type == backend.ErrNotFound:
 			// Deleted upstream, or another key's: nothing will ever come.
-			d.finish(ctx, ub, nil, nil)
-			return
+			// A failure to list its requests is tried again, not left
+			// holding them.
+			if err := d.finish(ctx, ub, nil, nil); err == nil || ctx.Err() != nil {
+				return
+			} else {
+				d.log.Error("settle the requests of an upstream batch gone upstream failed", "upstream_id", ub.UpstreamID, "err", err)
+			}
 		case err != nil:
 			d.log.Warn("poll upstream batch failed", "upstream_id", ub.UpstreamID, "err", err)
 		case b.ProcessingStatus == "ended":
@@ -771,13 +776,12 @@ func (d *Delegator) collect(ctx context.Context, ub *store.UpstreamBatch) error 
 
 // finish settles reqs with how (nil: errored, missing from the upstream's
 // results) and forgets the upstream batch. reqs nil means every request
-// still unsettled.
-func (d *Delegator) finish(ctx context.Context, ub *store.UpstreamBatch, reqs []store.ClaimedRequest, how func(store.ClaimedRequest) store.Outcome) {
+// still unsettled; only listing them can fail it.
+func (d *Delegator) finish(ctx context.Context, ub *store.UpstreamBatch, reqs []store.ClaimedRequest, how func(store.ClaimedRequest) store.Outcome) error {
 	if reqs == nil {
 		var err error
 		if reqs, err = d.st.UpstreamBatchRequests(ctx, ub.ID); err != nil {
-			d.log.Error("finish upstream batch failed", "err", err)
-			return
+			return fmt.Errorf("finish upstream batch: %w", err)
 		}
 	}
 	if how == nil {
@@ -794,6 +798,7 @@ func (d *Delegator) finish(ctx context.Context, ub *store.UpstreamBatch, reqs []
 	if err := d.st.UpstreamBatchDelete(ctx, ub.ID); err != nil && ctx.Err() == nil {
 		d.log.Error("forget upstream batch failed", "err", err)
 	}
+	return nil
 }
 
 func (d *Delegator) writeOnce(ctx context.Context, outcomes []store.Outcome) error {

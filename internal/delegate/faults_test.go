@@ -296,3 +296,16 @@ func TestHungPollTimesOut(t *testing.T) {
 	b := h.create(t, 3)
 	h.waitEnded(t, b, 3)
 }
+
+// An upstream batch gone upstream (404) settles its requests errored, even
+// when the store fails the first time they are listed.
+func TestGoneUpstreamSettlesAfterStoreFault(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, func(f *fakeUpstream, _ *delegate.Config) { f.gone = true })
+	h.fs.FailAfter("UpstreamBatchRequests", 0, 1, nil)
+	h.start(t)
+	b := h.create(t, 3)
+	if got := h.waitEnd(t, b); got.Counts.Errored != 3 {
+		t.Fatalf("counts %+v, want 3 errored", got.Counts)
+	}
+}
