@@ -346,8 +346,9 @@ func (d *Delegator) resume(ctx context.Context) error {
 }
 
 // Stop stops claiming and polling and waits, until ctx ends, for the
-// goroutines to return. Upstream batches go on upstream; the next Start
-// resumes them.
+// goroutines to return (a create on its way among them), renewing the
+// leases of its upstream batches meanwhile. Upstream batches go on
+// upstream; the next Start resumes them.
 func (d *Delegator) Stop(ctx context.Context) {
 	if d.cancel == nil {
 		return
@@ -355,12 +356,26 @@ func (d *Delegator) Stop(ctx context.Context) {
 	d.cancel()
 	done := make(chan struct{})
 	go func() { d.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		// Stopped cleanly: the upstream batches go on upstream, and the
-		// next leader adopts them at once instead of after the lease.
-		d.st.UpstreamBatchesHeartbeat(context.WithoutCancel(ctx), store.UpstreamBatchesHeartbeatParams{Owner: d.owner})
-	case <-ctx.Done():
+	// The leases are renewed while a create on its way finishes: lapsed,
+	// the leader would take its upstream batch over as never created and
+	// send its requests again.
+	beat := time.NewTicker(d.cfg.Lease / 3)
+	defer beat.Stop()
+	for stopping := true; stopping; {
+		select {
+		case <-done:
+			// Stopped cleanly: the upstream batches go on upstream, and
+			// the next leader adopts them at once instead of after the
+			// lease.
+			d.st.UpstreamBatchesHeartbeat(context.WithoutCancel(ctx), store.UpstreamBatchesHeartbeatParams{Owner: d.owner})
+			stopping = false
+		case <-ctx.Done():
+			stopping = false
+		case <-beat.C:
+			if err := d.st.UpstreamBatchesHeartbeat(ctx, store.UpstreamBatchesHeartbeatParams{Owner: d.owner, LeaseUntil: d.cfg.Now().Add(d.cfg.Lease)}); err != nil && ctx.Err() == nil {
+				d.log.Error("heartbeat failed", "err", err)
+			}
+		}
 	}
 	if d.ownLeader {
 		d.cfg.Leader.Release(context.WithoutCancel(ctx))

@@ -15,6 +15,7 @@ import (
 
 	"github.com/batchd/batchd/internal/batch"
 	"github.com/batchd/batchd/internal/delegate"
+	"github.com/batchd/batchd/internal/leader"
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/faultstore"
 	"github.com/batchd/batchd/internal/store/sqlite"
@@ -34,6 +35,9 @@ type fakeUpstream struct {
 	hold, gone bool
 	hangGets   int
 	created    chan struct{} // one send per batch created
+	// block, when set, holds the first create's answer until it is
+	// closed, after sending on arrived.
+	block, arrived chan struct{}
 }
 
 func newFakeUpstream(t *testing.T) (*fakeUpstream, *httptest.Server) {
@@ -56,7 +60,13 @@ func newFakeUpstream(t *testing.T) (*fakeUpstream, *httptest.Server) {
 			f.batches[id] = append(f.batches[id], rq.CustomID)
 			f.received[rq.CustomID]++
 		}
+		block := f.block
+		f.block = nil
 		f.mu.Unlock()
+		if block != nil {
+			f.arrived <- struct{}{}
+			<-block
+		}
 		fmt.Fprintf(w, `{"id":%q,"type":"message_batch","processing_status":"in_progress"}`, id)
 		f.created <- struct{}{}
 	})
@@ -130,6 +140,7 @@ func (f *fakeUpstream) total() int {
 }
 
 type harness struct {
+	url   string
 	fs    *faultstore.Store
 	svc   *batch.Service
 	d     *delegate.Delegator
@@ -147,6 +158,7 @@ func newHarness(t *testing.T, tweak ...func(*fakeUpstream, *delegate.Config)) *h
 	h := &harness{fs: faultstore.New(st), ended: make(chan int64, 100)}
 	var srv *httptest.Server
 	h.up, srv = newFakeUpstream(t)
+	h.url = srv.URL
 	h.svc = batch.NewService(h.fs, batch.Config{Route: func(string) string { return "up" },
 		OnCanceled: func(seq int64) { h.d.Canceled(seq) }})
 	cfg := delegate.Config{
@@ -281,6 +293,8 @@ func TestCancelForwarded(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := h.waitEnd(t, b)
+	h.up.mu.Lock()
+	defer h.up.mu.Unlock()
 	if got.Counts.Canceled != 4 || len(h.up.canceled) != 1 {
 		t.Fatalf("counts %+v, upstream cancels %v", got.Counts, h.up.canceled)
 	}
@@ -308,4 +322,108 @@ func TestGoneUpstreamSettlesAfterStoreFault(t *testing.T) {
 	if got := h.waitEnd(t, b); got.Counts.Errored != 3 {
 		t.Fatalf("counts %+v, want 3 errored", got.Counts)
 	}
+}
+
+// A delegator that stops while its upstream batch runs leaves it to the
+// next one (another process), which adopts it and writes its results: each
+// request sent upstream once, one result each.
+func TestAdoptedAfterStop(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, func(f *fakeUpstream, _ *delegate.Config) { f.hold = true })
+	h.start(t)
+	b := h.create(t, 6)
+	<-h.up.created
+	// Wait until the upstream id is recorded, then stop.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		ubs, err := h.fs.Store.UpstreamBatchesList(context.Background(), "up")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ubs) == 1 && ubs[0].UpstreamID != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("upstream id not recorded: %+v", ubs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.d.Stop(context.Background())
+	h.up.mu.Lock()
+	h.up.hold = false
+	h.up.mu.Unlock()
+
+	d2, err := delegate.New(h.fs, delegate.Config{
+		Name: "up", BaseURL: h.url, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
+		ClaimInterval: 20 * time.Millisecond, Lease: 3 * time.Second, Owner: "second-owner",
+		OnChange: func(ch *store.BatchChange) {
+			if ch.Ended {
+				h.ended <- ch.Batch.Seq
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Stop(context.Background())
+	h.waitEnded(t, b, 6)
+}
+
+// A graceful stop lets a create on its way finish, and goes on renewing
+// the lease of its upstream batch meanwhile: the leader (another process)
+// does not take the batch over as never created and send its requests
+// upstream a second time.
+func TestStopKeepsLeaseOfCreateInFlight(t *testing.T) {
+	t.Parallel()
+	const lease = 300 * time.Millisecond
+	release := make(chan struct{})
+	h := newHarness(t, func(f *fakeUpstream, c *delegate.Config) {
+		f.hold, f.block, f.arrived = true, release, make(chan struct{}, 1)
+		c.Lease = lease
+	})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the upstream closes, which waits for its handlers
+	mk := func(owner string) *delegate.Delegator {
+		d, err := delegate.New(h.fs, delegate.Config{
+			Name: "up", BaseURL: h.url, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
+			ClaimInterval: 20 * time.Millisecond, Lease: lease, Owner: owner,
+			Leader: leader.New(h.fs, leader.Config{Owner: owner, Lease: lease}),
+			OnChange: func(ch *store.BatchChange) {
+				if ch.Ended {
+					h.ended <- ch.Batch.Seq
+				}
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	a := mk("process-a")
+	h.d = a
+	b := h.create(t, 6)
+	<-h.up.arrived // a's create is on its way
+	stopped := make(chan struct{})
+	go func() { a.Stop(context.Background()); close(stopped) }()
+	other := mk("process-b") // the next leader, once a's leadership lapses
+	defer other.Stop(context.Background())
+	// Long past a's leases, unless they are renewed: the other process has
+	// had every chance to take the batch over and send it again.
+	select {
+	case <-h.up.created: // the blocked create's own signal comes after release
+		t.Fatal("a second upstream batch was created while the first create was on its way")
+	case <-time.After(20 * lease):
+	}
+	unblock()
+	<-stopped
+	h.up.mu.Lock()
+	h.up.hold = false
+	h.up.mu.Unlock()
+	h.waitEnded(t, b, 6)
 }
