@@ -18,6 +18,7 @@ import (
 	"github.com/batchd/batchd/internal/leader"
 	"github.com/batchd/batchd/internal/store"
 	"github.com/batchd/batchd/internal/store/faultstore"
+	"github.com/batchd/batchd/internal/store/postgres/pgtest"
 	"github.com/batchd/batchd/internal/store/sqlite"
 )
 
@@ -139,6 +140,30 @@ func (f *fakeUpstream) total() int {
 	return len(f.received)
 }
 
+// opener opens a fresh store for t, closed when t ends.
+type opener func(t *testing.T) store.Store
+
+// eachStore runs fn on SQLite and, when BATCHD_TEST_DATABASE_URL is set,
+// on PostgreSQL.
+func eachStore(t *testing.T, fn func(t *testing.T, open opener)) {
+	t.Parallel()
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		fn(t, func(t *testing.T) store.Store {
+			st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "batchd.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		fn(t, func(t *testing.T) store.Store { return pgtest.NewStore(t) })
+	})
+}
+
 type harness struct {
 	url   string
 	fs    *faultstore.Store
@@ -148,17 +173,13 @@ type harness struct {
 	ended chan int64 // seqs of batches the delegator ended
 }
 
-func newHarness(t *testing.T, tweak ...func(*fakeUpstream, *delegate.Config)) *harness {
+func newHarness(t *testing.T, open opener, tweak ...func(*fakeUpstream, *delegate.Config)) *harness {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "batchd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	h := &harness{fs: faultstore.New(st), ended: make(chan int64, 100)}
+	h := &harness{fs: faultstore.New(open(t)), ended: make(chan int64, 100)}
 	var srv *httptest.Server
 	h.up, srv = newFakeUpstream(t)
 	h.url = srv.URL
+	var err error
 	h.svc = batch.NewService(h.fs, batch.Config{Route: func(string) string { return "up" },
 		OnCanceled: func(seq int64) { h.d.Canceled(seq) }})
 	cfg := delegate.Config{
@@ -252,145 +273,115 @@ func (h *harness) waitEnd(t *testing.T, b *store.Batch) *store.Batch {
 // they are claimed again and delegated, instead of staying leased (and
 // renewed by the heartbeat) by a delegator that forgot them.
 func TestInsertFailureGivesRequestsBack(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	h.fs.FailAfter("UpstreamBatchInsert", 0, 1, nil)
-	h.start(t)
-	b := h.create(t, 5)
-	h.waitEnded(t, b, 5)
+	eachStore(t, func(t *testing.T, open opener) {
+		h := newHarness(t, open)
+		h.fs.FailAfter("UpstreamBatchInsert", 0, 1, nil)
+		h.start(t)
+		b := h.create(t, 5)
+		h.waitEnded(t, b, 5)
+	})
 }
 
 // An upstream batch whose id could not be recorded at once is polled all
 // the same: its results are written while the process lives, instead of
 // its requests hanging until a restart sends them again.
 func TestStartRecordFailureStillCollects(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	h.fs.FailAfter("UpstreamBatchStart", 0, 5, nil)
-	h.start(t)
-	b := h.create(t, 5)
-	h.waitEnded(t, b, 5)
+	eachStore(t, func(t *testing.T, open opener) {
+		h := newHarness(t, open)
+		h.fs.FailAfter("UpstreamBatchStart", 0, 5, nil)
+		h.start(t)
+		b := h.create(t, 5)
+		h.waitEnded(t, b, 5)
+	})
 }
 
 // The plain path: every request delegated once, one result each.
 func TestDelegates(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	h.start(t)
-	b := h.create(t, 7)
-	h.waitEnded(t, b, 7)
+	eachStore(t, func(t *testing.T, open opener) {
+		h := newHarness(t, open)
+		h.start(t)
+		b := h.create(t, 7)
+		h.waitEnded(t, b, 7)
+	})
 }
 
 // A cancel of our batch is forwarded to its running upstream batch, whose
 // canceled results end ours.
 func TestCancelForwarded(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, func(f *fakeUpstream, _ *delegate.Config) { f.hold = true })
-	h.start(t)
-	b := h.create(t, 4)
-	<-h.up.created
-	if _, err := h.svc.Cancel(context.Background(), "w", b.ID); err != nil {
-		t.Fatal(err)
-	}
-	got := h.waitEnd(t, b)
-	h.up.mu.Lock()
-	defer h.up.mu.Unlock()
-	if got.Counts.Canceled != 4 || len(h.up.canceled) != 1 {
-		t.Fatalf("counts %+v, upstream cancels %v", got.Counts, h.up.canceled)
-	}
+	eachStore(t, func(t *testing.T, open opener) {
+		h := newHarness(t, open, func(f *fakeUpstream, _ *delegate.Config) { f.hold = true })
+		h.start(t)
+		b := h.create(t, 4)
+		<-h.up.created
+		if _, err := h.svc.Cancel(context.Background(), "w", b.ID); err != nil {
+			t.Fatal(err)
+		}
+		got := h.waitEnd(t, b)
+		h.up.mu.Lock()
+		defer h.up.mu.Unlock()
+		if got.Counts.Canceled != 4 || len(h.up.canceled) != 1 {
+			t.Fatalf("counts %+v, upstream cancels %v", got.Counts, h.up.canceled)
+		}
+	})
 }
 
 // A poll that gets no answer is given up after Config.Timeout, as every
 // upstream call is, and polled again: it does not hold the upstream
 // batch's results back for ever.
 func TestHungPollTimesOut(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, func(f *fakeUpstream, c *delegate.Config) { f.hangGets = 1; c.Timeout = 200 * time.Millisecond })
-	h.start(t)
-	b := h.create(t, 3)
-	h.waitEnded(t, b, 3)
+	eachStore(t, func(t *testing.T, open opener) {
+		h := newHarness(t, open, func(f *fakeUpstream, c *delegate.Config) { f.hangGets = 1; c.Timeout = 200 * time.Millisecond })
+		h.start(t)
+		b := h.create(t, 3)
+		h.waitEnded(t, b, 3)
+	})
 }
 
 // An upstream batch gone upstream (404) settles its requests errored, even
 // when the store fails the first time they are listed.
 func TestGoneUpstreamSettlesAfterStoreFault(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, func(f *fakeUpstream, _ *delegate.Config) { f.gone = true })
-	h.fs.FailAfter("UpstreamBatchRequests", 0, 1, nil)
-	h.start(t)
-	b := h.create(t, 3)
-	if got := h.waitEnd(t, b); got.Counts.Errored != 3 {
-		t.Fatalf("counts %+v, want 3 errored", got.Counts)
-	}
+	eachStore(t, func(t *testing.T, open opener) {
+		h := newHarness(t, open, func(f *fakeUpstream, _ *delegate.Config) { f.gone = true })
+		h.fs.FailAfter("UpstreamBatchRequests", 0, 1, nil)
+		h.start(t)
+		b := h.create(t, 3)
+		if got := h.waitEnd(t, b); got.Counts.Errored != 3 {
+			t.Fatalf("counts %+v, want 3 errored", got.Counts)
+		}
+	})
 }
 
 // A delegator that stops while its upstream batch runs leaves it to the
 // next one (another process), which adopts it and writes its results: each
 // request sent upstream once, one result each.
 func TestAdoptedAfterStop(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, func(f *fakeUpstream, _ *delegate.Config) { f.hold = true })
-	h.start(t)
-	b := h.create(t, 6)
-	<-h.up.created
-	// Wait until the upstream id is recorded, then stop.
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		ubs, err := h.fs.Store.UpstreamBatchesList(context.Background(), "up")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ubs) == 1 && ubs[0].UpstreamID != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("upstream id not recorded: %+v", ubs)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	h.d.Stop(context.Background())
-	h.up.mu.Lock()
-	h.up.hold = false
-	h.up.mu.Unlock()
-
-	d2, err := delegate.New(h.fs, delegate.Config{
-		Name: "up", BaseURL: h.url, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
-		ClaimInterval: 20 * time.Millisecond, Lease: 3 * time.Second, Owner: "second-owner",
-		OnChange: func(ch *store.BatchChange) {
-			if ch.Ended {
-				h.ended <- ch.Batch.Seq
+	eachStore(t, func(t *testing.T, open opener) {
+		h := newHarness(t, open, func(f *fakeUpstream, _ *delegate.Config) { f.hold = true })
+		h.start(t)
+		b := h.create(t, 6)
+		<-h.up.created
+		// Wait until the upstream id is recorded, then stop.
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			ubs, err := h.fs.Store.UpstreamBatchesList(context.Background(), "up")
+			if err != nil {
+				t.Fatal(err)
 			}
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d2.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer d2.Stop(context.Background())
-	h.waitEnded(t, b, 6)
-}
+			if len(ubs) == 1 && ubs[0].UpstreamID != "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("upstream id not recorded: %+v", ubs)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		h.d.Stop(context.Background())
+		h.up.mu.Lock()
+		h.up.hold = false
+		h.up.mu.Unlock()
 
-// A graceful stop lets a create on its way finish, and goes on renewing
-// the lease of its upstream batch meanwhile: the leader (another process)
-// does not take the batch over as never created and send its requests
-// upstream a second time.
-func TestStopKeepsLeaseOfCreateInFlight(t *testing.T) {
-	t.Parallel()
-	const lease = 300 * time.Millisecond
-	release := make(chan struct{})
-	h := newHarness(t, func(f *fakeUpstream, c *delegate.Config) {
-		f.hold, f.block, f.arrived = true, release, make(chan struct{}, 1)
-		c.Lease = lease
-	})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock) // before the upstream closes, which waits for its handlers
-	mk := func(owner string) *delegate.Delegator {
-		d, err := delegate.New(h.fs, delegate.Config{
+		d2, err := delegate.New(h.fs, delegate.Config{
 			Name: "up", BaseURL: h.url, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
-			ClaimInterval: 20 * time.Millisecond, Lease: lease, Owner: owner,
-			Leader: leader.New(h.fs, leader.Config{Owner: owner, Lease: lease}),
+			ClaimInterval: 20 * time.Millisecond, Lease: 3 * time.Second, Owner: "second-owner",
 			OnChange: func(ch *store.BatchChange) {
 				if ch.Ended {
 					h.ended <- ch.Batch.Seq
@@ -400,30 +391,68 @@ func TestStopKeepsLeaseOfCreateInFlight(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := d.Start(context.Background()); err != nil {
+		if err := d2.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		return d
-	}
-	a := mk("process-a")
-	h.d = a
-	b := h.create(t, 6)
-	<-h.up.arrived // a's create is on its way
-	stopped := make(chan struct{})
-	go func() { a.Stop(context.Background()); close(stopped) }()
-	other := mk("process-b") // the next leader, once a's leadership lapses
-	defer other.Stop(context.Background())
-	// Long past a's leases, unless they are renewed: the other process has
-	// had every chance to take the batch over and send it again.
-	select {
-	case <-h.up.created: // the blocked create's own signal comes after release
-		t.Fatal("a second upstream batch was created while the first create was on its way")
-	case <-time.After(20 * lease):
-	}
-	unblock()
-	<-stopped
-	h.up.mu.Lock()
-	h.up.hold = false
-	h.up.mu.Unlock()
-	h.waitEnded(t, b, 6)
+		defer d2.Stop(context.Background())
+		h.waitEnded(t, b, 6)
+	})
+}
+
+// A graceful stop lets a create on its way finish, and goes on renewing
+// the lease of its upstream batch meanwhile: the leader (another process)
+// does not take the batch over as never created and send its requests
+// upstream a second time.
+func TestStopKeepsLeaseOfCreateInFlight(t *testing.T) {
+	eachStore(t, func(t *testing.T, open opener) {
+		const lease = 300 * time.Millisecond
+		release := make(chan struct{})
+		h := newHarness(t, open, func(f *fakeUpstream, c *delegate.Config) {
+			f.hold, f.block, f.arrived = true, release, make(chan struct{}, 1)
+			c.Lease = lease
+		})
+		var once sync.Once
+		unblock := func() { once.Do(func() { close(release) }) }
+		t.Cleanup(unblock) // before the upstream closes, which waits for its handlers
+		mk := func(owner string) *delegate.Delegator {
+			d, err := delegate.New(h.fs, delegate.Config{
+				Name: "up", BaseURL: h.url, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
+				ClaimInterval: 20 * time.Millisecond, Lease: lease, Owner: owner,
+				Leader: leader.New(h.fs, leader.Config{Owner: owner, Lease: lease}),
+				OnChange: func(ch *store.BatchChange) {
+					if ch.Ended {
+						h.ended <- ch.Batch.Seq
+					}
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		a := mk("process-a")
+		h.d = a
+		b := h.create(t, 6)
+		<-h.up.arrived // a's create is on its way
+		stopped := make(chan struct{})
+		go func() { a.Stop(context.Background()); close(stopped) }()
+		other := mk("process-b") // the next leader, once a's leadership lapses
+		defer other.Stop(context.Background())
+		// Long past a's leases, unless they are renewed: the other process has
+		// had every chance to take the batch over and send it again.
+		select {
+		case <-h.up.created: // the blocked create's own signal comes after release
+			t.Fatal("a second upstream batch was created while the first create was on its way")
+		case <-time.After(20 * lease):
+		}
+		unblock()
+		<-stopped
+		h.up.mu.Lock()
+		h.up.hold = false
+		h.up.mu.Unlock()
+		h.waitEnded(t, b, 6)
+	})
 }
