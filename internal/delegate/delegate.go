@@ -178,8 +178,9 @@ type Delegator struct {
 	polling   map[int64]bool // upstream batches polled here, by local id
 	ownLeader bool           // cfg.Leader was made by New: released at Stop
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	stopOnce sync.Once
 }
 
 // New returns the delegator for cfg. It fails on an unusable base URL or a
@@ -257,6 +258,7 @@ func (d *Delegator) Start(ctx context.Context) error {
 		return fmt.Errorf("start delegator %s: %w", d.cfg.Name, err)
 	}
 	d.cancel = cancel
+	live.add(d.st, d.owner, 1)
 	d.wg.Add(2)
 	go func() { defer d.wg.Done(); d.claimLoop(ctx) }()
 	go func() { defer d.wg.Done(); d.leaseLoop(ctx) }()
@@ -349,7 +351,9 @@ func (d *Delegator) resume(ctx context.Context) error {
 // goroutines to return (a create on its way among them), renewing the
 // leases of its upstream batches meanwhile. Upstream batches go on
 // upstream; the next Start resumes them.
-func (d *Delegator) Stop(ctx context.Context) {
+func (d *Delegator) Stop(ctx context.Context) { d.stopOnce.Do(func() { d.stop(ctx) }) }
+
+func (d *Delegator) stop(ctx context.Context) {
 	if d.cancel == nil {
 		return
 	}
@@ -366,10 +370,17 @@ func (d *Delegator) Stop(ctx context.Context) {
 		case <-done:
 			// Stopped cleanly: the upstream batches go on upstream, and
 			// the next leader adopts them at once instead of after the
-			// lease.
-			d.st.UpstreamBatchesHeartbeat(context.WithoutCancel(ctx), store.UpstreamBatchesHeartbeatParams{Owner: d.owner})
+			// lease. The release is of every upstream batch the owner
+			// holds, whatever its backend, so only the owner's last
+			// delegator to stop makes it: another's may still be
+			// creating one.
+			if live.add(d.st, d.owner, -1) == 0 {
+				d.st.UpstreamBatchesHeartbeat(context.WithoutCancel(ctx), store.UpstreamBatchesHeartbeatParams{Owner: d.owner})
+			}
 			stopping = false
 		case <-ctx.Done():
+			// Still counted: a create of its own may still be on its
+			// way, so no other delegator's stop releases the leases.
 			stopping = false
 		case <-beat.C:
 			if err := d.st.UpstreamBatchesHeartbeat(ctx, store.UpstreamBatchesHeartbeatParams{Owner: d.owner, LeaseUntil: d.cfg.Now().Add(d.cfg.Lease)}); err != nil && ctx.Err() == nil {
@@ -380,6 +391,36 @@ func (d *Delegator) Stop(ctx context.Context) {
 	if d.ownLeader {
 		d.cfg.Leader.Release(context.WithoutCancel(ctx))
 	}
+}
+
+// live counts the started delegators of each store and owner in this
+// process (the server gives all of its delegators one owner).
+var live = &liveDelegators{n: map[liveKey]int{}}
+
+type liveDelegators struct {
+	mu sync.Mutex
+	n  map[liveKey]int
+}
+
+// liveKey is a store (every driver and wrapper is a pointer, so
+// comparable) and an owner.
+type liveKey struct {
+	st    store.Store
+	owner string
+}
+
+// add adds delta to the count of st and owner and returns the new count.
+func (l *liveDelegators) add(st store.Store, owner string, delta int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := liveKey{st, owner}
+	n := l.n[k] + delta
+	if n <= 0 {
+		delete(l.n, k)
+		return 0
+	}
+	l.n[k] = n
+	return n
 }
 
 func (d *Delegator) emit(changes ...*store.BatchChange) {

@@ -456,3 +456,61 @@ func TestStopKeepsLeaseOfCreateInFlight(t *testing.T) {
 		h.waitEnded(t, b, 6)
 	})
 }
+
+// Two anthropic-batch backends run in one process under one owner. The
+// first to stop must not hand the other's upstream batches to the leader
+// (another process) while the other still creates one: the leader would
+// take it over as never created and send its requests upstream again.
+func TestStopLeavesOtherBackendsLeases(t *testing.T) {
+	eachStore(t, func(t *testing.T, open opener) {
+		release := make(chan struct{})
+		h := newHarness(t, open, func(f *fakeUpstream, _ *delegate.Config) {
+			f.hold, f.block, f.arrived = true, release, make(chan struct{}, 1)
+		})
+		var once sync.Once
+		unblock := func() { once.Do(func() { close(release) }) }
+		t.Cleanup(unblock)
+		// This process leads chores of another name, so that the other
+		// process is the leader that adopts.
+		mine := leader.New(h.fs, leader.Config{Name: "not-the-chores", Owner: "process-a"})
+		mk := func(backend, owner string, lease time.Duration, el *leader.Elector) *delegate.Delegator {
+			d, err := delegate.New(h.fs, delegate.Config{
+				Name: backend, BaseURL: h.url, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
+				ClaimInterval: 20 * time.Millisecond, Lease: lease, Owner: owner, Leader: el,
+				OnChange: func(ch *store.BatchChange) {
+					if ch.Ended {
+						h.ended <- ch.Batch.Seq
+					}
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		// Long leases here, so that only a stop's release of them lets the
+		// other process adopt while the test watches.
+		y := mk("up", "process-a", time.Minute, mine)
+		x := mk("other-backend", "process-a", time.Minute, mine)
+		h.d = y
+		b := h.create(t, 4)
+		<-h.up.arrived // y's create is on its way
+		z := mk("up", "process-b", 300*time.Millisecond, leader.New(h.fs, leader.Config{Owner: "process-b", Lease: 300 * time.Millisecond}))
+		defer z.Stop(context.Background())
+		x.Stop(context.Background())
+		select {
+		case <-h.up.created: // the blocked create's own signal comes after release
+			t.Fatal("a second upstream batch was created while the first create was on its way")
+		case <-time.After(3 * time.Second):
+		}
+		unblock()
+		y.Stop(context.Background())
+		h.up.mu.Lock()
+		h.up.hold = false
+		h.up.mu.Unlock()
+		h.waitEnded(t, b, 4)
+	})
+}
