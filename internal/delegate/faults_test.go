@@ -35,6 +35,10 @@ type fakeUpstream struct {
 	// until the caller gives up.
 	hold, gone bool
 	hangGets   int
+	// cutResults is how many results lines the next results download
+	// sends before its connection breaks (0: none is cut).
+	cutResults int
+	downloads  int           // results downloads begun
 	created    chan struct{} // one send per batch created
 	// block, when set, holds the first create's answer until it is
 	// closed, after sending on arrived.
@@ -105,9 +109,16 @@ func newFakeUpstream(t *testing.T) (*fakeUpstream, *httptest.Server) {
 		f.mu.Lock()
 		ids := f.batches[r.PathValue("id")]
 		canceled := f.canceled[r.PathValue("id")]
+		cut := f.cutResults
+		f.cutResults = 0
+		f.downloads++
 		f.mu.Unlock()
 		bw := bufio.NewWriter(w)
-		for _, cid := range ids {
+		for i, cid := range ids {
+			if cut > 0 && i == cut {
+				bw.Flush()
+				panic(http.ErrAbortHandler)
+			}
 			if canceled {
 				fmt.Fprintf(bw, `{"custom_id":%q,"result":{"type":"canceled"}}`+"\n", cid)
 				continue
@@ -512,5 +523,21 @@ func TestStopLeavesOtherBackendsLeases(t *testing.T) {
 		h.up.hold = false
 		h.up.mu.Unlock()
 		h.waitEnded(t, b, 4)
+	})
+}
+
+// A results download cut midway is read again: what was written stays
+// written, the rest follows, each request with one result.
+func TestResultsCutMidway(t *testing.T) {
+	eachStore(t, func(t *testing.T, open opener) {
+		h := newHarness(t, open, func(f *fakeUpstream, _ *delegate.Config) { f.cutResults = 700 })
+		h.start(t)
+		b := h.create(t, 1200)
+		h.waitEnded(t, b, 1200)
+		h.up.mu.Lock()
+		defer h.up.mu.Unlock()
+		if h.up.downloads < 2 {
+			t.Fatalf("%d results downloads: the cut did not happen", h.up.downloads)
+		}
 	})
 }
