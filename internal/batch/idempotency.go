@@ -70,8 +70,9 @@ func (s *Service) Idempotent(ctx context.Context, workspace, key string, body io
 	io.Copy(io.Discard, hb)
 	// If recording fails the batch still exists and is the answer; a
 	// resend with this key then waits for the reservation to lapse rather
-	// than creating the batch twice.
-	_ = s.store.IdempotencyRecord(ctx, store.IdempotencyRecordParams{
+	// than creating the batch twice. A fresh context: a client that went
+	// away as the batch was made is the very one that resends.
+	_ = s.store.IdempotencyRecord(context.WithoutCancel(ctx), store.IdempotencyRecordParams{
 		Workspace: workspace, Key: key, BodyHash: hex.EncodeToString(hb.h.Sum(nil)), BatchID: b.ID,
 	})
 	return b, nil

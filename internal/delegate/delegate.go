@@ -178,8 +178,9 @@ type Delegator struct {
 	polling   map[int64]bool // upstream batches polled here, by local id
 	ownLeader bool           // cfg.Leader was made by New: released at Stop
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	stopOnce sync.Once
 }
 
 // New returns the delegator for cfg. It fails on an unusable base URL or a
@@ -257,6 +258,7 @@ func (d *Delegator) Start(ctx context.Context) error {
 		return fmt.Errorf("start delegator %s: %w", d.cfg.Name, err)
 	}
 	d.cancel = cancel
+	live.add(d.st, d.owner, 1)
 	d.wg.Add(2)
 	go func() { defer d.wg.Done(); d.claimLoop(ctx) }()
 	go func() { defer d.wg.Done(); d.leaseLoop(ctx) }()
@@ -340,31 +342,85 @@ func (d *Delegator) resume(ctx context.Context) error {
 			d.Canceled(ub.BatchSeq)
 		}
 		d.log.Info("resuming upstream batch", "upstream_id", ub.UpstreamID)
-		d.goPoll(ctx, ub)
+		d.goPoll(ctx, ub, true)
 	}
 	return nil
 }
 
 // Stop stops claiming and polling and waits, until ctx ends, for the
-// goroutines to return. Upstream batches go on upstream; the next Start
-// resumes them.
-func (d *Delegator) Stop(ctx context.Context) {
+// goroutines to return (a create on its way among them), renewing the
+// leases of its upstream batches meanwhile. Upstream batches go on
+// upstream; the next Start resumes them.
+func (d *Delegator) Stop(ctx context.Context) { d.stopOnce.Do(func() { d.stop(ctx) }) }
+
+func (d *Delegator) stop(ctx context.Context) {
 	if d.cancel == nil {
 		return
 	}
 	d.cancel()
 	done := make(chan struct{})
 	go func() { d.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		// Stopped cleanly: the upstream batches go on upstream, and the
-		// next leader adopts them at once instead of after the lease.
-		d.st.UpstreamBatchesHeartbeat(context.WithoutCancel(ctx), store.UpstreamBatchesHeartbeatParams{Owner: d.owner})
-	case <-ctx.Done():
+	// The leases are renewed while a create on its way finishes: lapsed,
+	// the leader would take its upstream batch over as never created and
+	// send its requests again.
+	beat := time.NewTicker(d.cfg.Lease / 3)
+	defer beat.Stop()
+	for stopping := true; stopping; {
+		select {
+		case <-done:
+			// Stopped cleanly: the upstream batches go on upstream, and
+			// the next leader adopts them at once instead of after the
+			// lease. The release is of every upstream batch the owner
+			// holds, whatever its backend, so only the owner's last
+			// delegator to stop makes it: another's may still be
+			// creating one.
+			if live.add(d.st, d.owner, -1) == 0 {
+				d.st.UpstreamBatchesHeartbeat(context.WithoutCancel(ctx), store.UpstreamBatchesHeartbeatParams{Owner: d.owner})
+			}
+			stopping = false
+		case <-ctx.Done():
+			// Still counted: a create of its own may still be on its
+			// way, so no other delegator's stop releases the leases.
+			stopping = false
+		case <-beat.C:
+			if err := d.st.UpstreamBatchesHeartbeat(ctx, store.UpstreamBatchesHeartbeatParams{Owner: d.owner, LeaseUntil: d.cfg.Now().Add(d.cfg.Lease)}); err != nil && ctx.Err() == nil {
+				d.log.Error("heartbeat failed", "err", err)
+			}
+		}
 	}
 	if d.ownLeader {
 		d.cfg.Leader.Release(context.WithoutCancel(ctx))
 	}
+}
+
+// live counts the started delegators of each store and owner in this
+// process (the server gives all of its delegators one owner).
+var live = &liveDelegators{n: map[liveKey]int{}}
+
+type liveDelegators struct {
+	mu sync.Mutex
+	n  map[liveKey]int
+}
+
+// liveKey is a store (every driver and wrapper is a pointer, so
+// comparable) and an owner.
+type liveKey struct {
+	st    store.Store
+	owner string
+}
+
+// add adds delta to the count of st and owner and returns the new count.
+func (l *liveDelegators) add(st store.Store, owner string, delta int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := liveKey{st, owner}
+	n := l.n[k] + delta
+	if n <= 0 {
+		delete(l.n, k)
+		return 0
+	}
+	l.n[k] = n
+	return n
 }
 
 func (d *Delegator) emit(changes ...*store.BatchChange) {
@@ -451,6 +507,7 @@ type builder struct {
 func (b *builder) add(ctx context.Context, claimed []store.ClaimedRequest) {
 	d := b.d
 	var settle []store.Outcome
+	defer func() { d.write(ctx, settle) }()
 	for _, c := range claimed {
 		if typ := d.unsent(c); typ != "" {
 			settle = append(settle, outcome(c, typ, nil))
@@ -470,21 +527,28 @@ func (b *builder) add(ctx context.Context, claimed []store.ClaimedRequest) {
 		if g == nil {
 			f, err := os.CreateTemp("", "batchd-upstream-*.json")
 			if err != nil {
-				d.log.Error("spool upstream batch", "err", err) // the leases lapse; claimed again later
+				// Given back, not dropped: the heartbeat would renew its
+				// lease for as long as this process lives.
+				d.log.Error("spool upstream batch", "err", err)
+				settle = append(settle, d.giveBack(c)...)
 				continue
 			}
 			g = &group{body: f, size: int64(len(bodyHead) + len(bodyTail))}
 			b.open[c.BatchSeq] = g
 		}
 		if err := appendItem(g.body, c, len(g.reqs) == 0); err != nil {
+			// The file may now end in part of an item: the whole group is
+			// given back rather than sent broken.
 			d.log.Error("spool upstream batch", "err", err)
+			delete(b.open, c.BatchSeq)
+			b.discard(ctx, g)
+			settle = append(settle, d.giveBack(c)...)
 			continue
 		}
 		g.size += n
 		c.Params = nil
 		g.reqs = append(g.reqs, c)
 	}
-	d.write(ctx, settle)
 }
 
 // flush sends every open group.
@@ -493,6 +557,13 @@ func (b *builder) flush(ctx context.Context) {
 		delete(b.open, seq)
 		b.send(ctx, g)
 	}
+}
+
+// discard gives back the requests of a group that is not sent.
+func (b *builder) discard(ctx context.Context, g *group) {
+	g.body.Close()
+	os.Remove(g.body.Name())
+	b.d.write(ctx, b.d.giveBack(g.reqs...))
 }
 
 // send records the group's intent, then creates it upstream.
@@ -515,12 +586,33 @@ func (b *builder) send(ctx context.Context, g *group) {
 		LeaseUntil: d.cfg.Now().Add(d.cfg.Lease),
 	})
 	if err != nil {
-		// The leases lapse and the requests are rescued and claimed again.
+		// Given back to be claimed again: left alone, their leases would
+		// be renewed by the heartbeat for as long as this process lives.
 		d.log.Error("record upstream batch failed", "err", err, "requests", len(ids))
+		d.write(ctx, d.giveBack(g.reqs...))
 		return
 	}
 	g.ub = ub
 	d.send(ctx, g)
+}
+
+// giveBack is the outcome that returns claimed requests, never sent, to
+// pending now (guarded by their attempt, so one whose lease lapsed and
+// was claimed again is left alone): a retry due at once that settles as
+// canceled if the batch can no longer retry. One that must not be sent any
+// more settles as unsent.
+func (d *Delegator) giveBack(reqs ...store.ClaimedRequest) []store.Outcome {
+	out := make([]store.Outcome, 0, len(reqs))
+	for _, c := range reqs {
+		if typ := d.unsent(c); typ != "" {
+			out = append(out, outcome(c, typ, nil))
+			continue
+		}
+		o := outcome(c, store.ResultCanceled, nil)
+		o.Retry, o.RetryAt = true, d.cfg.Now()
+		out = append(out, o)
+	}
+	return out
 }
 
 // unsent is the result type of a claimed request that must not be sent any
@@ -550,12 +642,16 @@ func (d *Delegator) send(ctx context.Context, g *group) {
 		b, err := d.up.create(cctx, g.body, g.size, g.reqs[0].Betas)
 		cancel()
 		if err == nil {
+			recorded := true
 			if err := d.started(ctx, g.ub, b.ID); err != nil {
-				d.log.Error("record upstream batch id failed; its requests will be sent again after a restart", "upstream_id", b.ID, "err", err)
-				return
+				// Polled all the same, recording it again meanwhile: its
+				// requests are only sent again if this process stops
+				// before the id is recorded.
+				d.log.Error("record upstream batch id failed; polling it unrecorded", "upstream_id", b.ID, "err", err)
+				g.ub.UpstreamID, recorded = b.ID, false
 			}
 			d.log.Info("created upstream batch", "upstream_id", b.ID, "requests", len(g.reqs))
-			d.goPoll(ctx, g.ub)
+			d.goPoll(ctx, g.ub, recorded)
 			return
 		}
 		be := backend.AsError(err)
@@ -587,7 +683,9 @@ func (d *Delegator) started(ctx context.Context, ub *store.UpstreamBatch, upstre
 	return err
 }
 
-func (d *Delegator) goPoll(ctx context.Context, ub *store.UpstreamBatch) {
+// goPoll polls ub in a goroutine of its own, unless one polls it already;
+// recorded is false when ub's upstream id is not yet recorded in the store.
+func (d *Delegator) goPoll(ctx context.Context, ub *store.UpstreamBatch, recorded bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.polling[ub.ID] {
@@ -598,19 +696,31 @@ func (d *Delegator) goPoll(ctx context.Context, ub *store.UpstreamBatch) {
 	go func() {
 		defer d.wg.Done()
 		defer func() { d.mu.Lock(); delete(d.polling, ub.ID); d.mu.Unlock() }()
-		d.poll(ctx, ub)
+		d.poll(ctx, ub, recorded)
 	}()
 }
 
 // poll waits for an upstream batch to end, forwarding a cancel as soon as
 // our batch is canceling, then writes its results back.
-func (d *Delegator) poll(ctx context.Context, ub *store.UpstreamBatch) {
+func (d *Delegator) poll(ctx context.Context, ub *store.UpstreamBatch, recorded bool) {
 	wait := d.cfg.PollInterval
 	cancelSent := false
 	for {
+		if !recorded {
+			// ErrConflict: recorded after all, or the row is gone (then
+			// its requests are no longer held here, and nothing polled
+			// is written).
+			err := d.st.UpstreamBatchStart(ctx, store.UpstreamBatchStartParams{ID: ub.ID, UpstreamID: ub.UpstreamID})
+			if recorded = err == nil || errors.Is(err, store.ErrConflict); !recorded && ctx.Err() == nil {
+				d.log.Warn("record upstream batch id failed", "upstream_id", ub.UpstreamID, "err", err)
+			}
+		}
 		canceling, kick := d.isCanceling(ub.BatchSeq)
 		if canceling && !cancelSent {
-			if _, err := d.up.cancel(ctx, ub.UpstreamID); err != nil {
+			cctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+			_, err := d.up.cancel(cctx, ub.UpstreamID)
+			cancel()
+			if err != nil {
 				d.log.Warn("forward cancel failed", "upstream_id", ub.UpstreamID, "err", err)
 			} else {
 				cancelSent = true
@@ -618,14 +728,24 @@ func (d *Delegator) poll(ctx context.Context, ub *store.UpstreamBatch) {
 				d.log.Info("forwarded cancel", "upstream_id", ub.UpstreamID)
 			}
 		}
-		b, err := d.up.get(ctx, ub.UpstreamID)
+		// Bounded like every upstream call: a connection that never
+		// answers would hold this upstream batch for as long as the
+		// process lives.
+		gctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+		b, err := d.up.get(gctx, ub.UpstreamID)
+		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil && backend.AsError(err).Type == backend.ErrNotFound:
 			// Deleted upstream, or another key's: nothing will ever come.
-			d.finish(ctx, ub, nil, nil)
-			return
+			// A failure to list its requests is tried again, not left
+			// holding them.
+			if err := d.finish(ctx, ub, nil, nil); err == nil || ctx.Err() != nil {
+				return
+			} else {
+				d.log.Error("settle the requests of an upstream batch gone upstream failed", "upstream_id", ub.UpstreamID, "err", err)
+			}
 		case err != nil:
 			d.log.Warn("poll upstream batch failed", "upstream_id", ub.UpstreamID, "err", err)
 		case b.ProcessingStatus == "ended":
@@ -712,13 +832,12 @@ func (d *Delegator) collect(ctx context.Context, ub *store.UpstreamBatch) error 
 
 // finish settles reqs with how (nil: errored, missing from the upstream's
 // results) and forgets the upstream batch. reqs nil means every request
-// still unsettled.
-func (d *Delegator) finish(ctx context.Context, ub *store.UpstreamBatch, reqs []store.ClaimedRequest, how func(store.ClaimedRequest) store.Outcome) {
+// still unsettled; only listing them can fail it.
+func (d *Delegator) finish(ctx context.Context, ub *store.UpstreamBatch, reqs []store.ClaimedRequest, how func(store.ClaimedRequest) store.Outcome) error {
 	if reqs == nil {
 		var err error
 		if reqs, err = d.st.UpstreamBatchRequests(ctx, ub.ID); err != nil {
-			d.log.Error("finish upstream batch failed", "err", err)
-			return
+			return fmt.Errorf("finish upstream batch: %w", err)
 		}
 	}
 	if how == nil {
@@ -735,6 +854,7 @@ func (d *Delegator) finish(ctx context.Context, ub *store.UpstreamBatch, reqs []
 	if err := d.st.UpstreamBatchDelete(ctx, ub.ID); err != nil && ctx.Err() == nil {
 		d.log.Error("forget upstream batch failed", "err", err)
 	}
+	return nil
 }
 
 func (d *Delegator) writeOnce(ctx context.Context, outcomes []store.Outcome) error {
