@@ -258,7 +258,6 @@ func (d *Delegator) Start(ctx context.Context) error {
 		return fmt.Errorf("start delegator %s: %w", d.cfg.Name, err)
 	}
 	d.cancel = cancel
-	live.add(d.st, d.owner, 1)
 	d.wg.Add(2)
 	go func() { defer d.wg.Done(); d.claimLoop(ctx) }()
 	go func() { defer d.wg.Done(); d.leaseLoop(ctx) }()
@@ -274,7 +273,7 @@ func (d *Delegator) leaseLoop(ctx context.Context) {
 		if err := d.st.RequestsHeartbeat(ctx, store.RequestsHeartbeatParams{Owner: d.owner, LeaseUntil: until, Now: now}); err != nil && ctx.Err() == nil {
 			d.log.Error("heartbeat failed", "err", err)
 		}
-		if err := d.st.UpstreamBatchesHeartbeat(ctx, store.UpstreamBatchesHeartbeatParams{Owner: d.owner, LeaseUntil: until}); err != nil && ctx.Err() == nil {
+		if err := d.st.UpstreamBatchesHeartbeat(ctx, store.UpstreamBatchesHeartbeatParams{Owner: d.owner, Backend: d.cfg.Name, LeaseUntil: until}); err != nil && ctx.Err() == nil {
 			d.log.Error("heartbeat failed", "err", err)
 		}
 		if err := d.resume(ctx); err != nil && ctx.Err() == nil {
@@ -370,20 +369,16 @@ func (d *Delegator) stop(ctx context.Context) {
 		case <-done:
 			// Stopped cleanly: the upstream batches go on upstream, and
 			// the next leader adopts them at once instead of after the
-			// lease. The release is of every upstream batch the owner
-			// holds, whatever its backend, so only the owner's last
-			// delegator to stop makes it: another's may still be
-			// creating one.
-			if live.add(d.st, d.owner, -1) == 0 {
-				d.st.UpstreamBatchesHeartbeat(context.WithoutCancel(ctx), store.UpstreamBatchesHeartbeatParams{Owner: d.owner})
-			}
+			// lease. Only this backend's: the process's other delegators
+			// share its owner, and one may still be creating one.
+			d.st.UpstreamBatchesHeartbeat(context.WithoutCancel(ctx), store.UpstreamBatchesHeartbeatParams{Owner: d.owner, Backend: d.cfg.Name})
 			stopping = false
 		case <-ctx.Done():
-			// Still counted: a create of its own may still be on its
-			// way, so no other delegator's stop releases the leases.
+			// Out of time: a create may still be on its way, so the
+			// leases are left to lapse rather than let go.
 			stopping = false
 		case <-beat.C:
-			if err := d.st.UpstreamBatchesHeartbeat(ctx, store.UpstreamBatchesHeartbeatParams{Owner: d.owner, LeaseUntil: d.cfg.Now().Add(d.cfg.Lease)}); err != nil && ctx.Err() == nil {
+			if err := d.st.UpstreamBatchesHeartbeat(ctx, store.UpstreamBatchesHeartbeatParams{Owner: d.owner, Backend: d.cfg.Name, LeaseUntil: d.cfg.Now().Add(d.cfg.Lease)}); err != nil && ctx.Err() == nil {
 				d.log.Error("heartbeat failed", "err", err)
 			}
 		}
@@ -391,36 +386,6 @@ func (d *Delegator) stop(ctx context.Context) {
 	if d.ownLeader {
 		d.cfg.Leader.Release(context.WithoutCancel(ctx))
 	}
-}
-
-// live counts the started delegators of each store and owner in this
-// process (the server gives all of its delegators one owner).
-var live = &liveDelegators{n: map[liveKey]int{}}
-
-type liveDelegators struct {
-	mu sync.Mutex
-	n  map[liveKey]int
-}
-
-// liveKey is a store (every driver and wrapper is a pointer, so
-// comparable) and an owner.
-type liveKey struct {
-	st    store.Store
-	owner string
-}
-
-// add adds delta to the count of st and owner and returns the new count.
-func (l *liveDelegators) add(st store.Store, owner string, delta int) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	k := liveKey{st, owner}
-	n := l.n[k] + delta
-	if n <= 0 {
-		delete(l.n, k)
-		return 0
-	}
-	l.n[k] = n
-	return n
 }
 
 func (d *Delegator) emit(changes ...*store.BatchChange) {

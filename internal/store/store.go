@@ -468,9 +468,14 @@ type UpstreamBatchInsertParams struct {
 }
 
 // UpstreamBatchesHeartbeatParams extends the lease of every upstream batch
-// Owner holds.
+// Owner holds for Backend (every backend's when empty). A zero LeaseUntil
+// lets them go at once.
 type UpstreamBatchesHeartbeatParams struct {
-	Owner      string
+	Owner string
+	// Backend scopes the heartbeat to one backend's upstream batches: the
+	// delegators of one process share its owner, and one that stops must
+	// not let go of another's.
+	Backend    string
 	LeaseUntil time.Time
 }
 

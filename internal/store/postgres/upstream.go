@@ -39,7 +39,7 @@ const (
 		WHERE upstream = $1 AND state = 1`
 	qUpstreamDelete = `DELETE FROM upstream_batches WHERE id = $1`
 
-	qUpstreamHeartbeat = `UPDATE upstream_batches SET lease_expires = $1 WHERE owner = $2`
+	qUpstreamHeartbeat = `UPDATE upstream_batches SET lease_expires = $1 WHERE owner = $2 AND ($3 = '' OR backend = $3)`
 	// Adopt: only a lapsed lease changes hands, with the requests it holds.
 	qUpstreamAdopt = `UPDATE upstream_batches SET owner = $1, lease_expires = $2
 		WHERE id = $3 AND lease_expires < $4 RETURNING id`
@@ -81,7 +81,7 @@ func (s *Store) UpstreamBatchStart(ctx context.Context, p store.UpstreamBatchSta
 
 // UpstreamBatchesHeartbeat implements store.Store.
 func (s *Store) UpstreamBatchesHeartbeat(ctx context.Context, p store.UpstreamBatchesHeartbeatParams) error {
-	_, err := s.execAffected(ctx, "heartbeat upstream batches", qUpstreamHeartbeat, micros(p.LeaseUntil), p.Owner)
+	_, err := s.execAffected(ctx, "heartbeat upstream batches", qUpstreamHeartbeat, micros(p.LeaseUntil), p.Owner, p.Backend)
 	return err
 }
 

@@ -59,8 +59,8 @@ func (s *Store) UpstreamBatchStart(ctx context.Context, p store.UpstreamBatchSta
 
 // UpstreamBatchesHeartbeat implements store.Store.
 func (s *Store) UpstreamBatchesHeartbeat(ctx context.Context, p store.UpstreamBatchesHeartbeatParams) error {
-	_, err := s.execAffected(ctx, "heartbeat upstream batches", `UPDATE upstream_batches SET lease_expires = ? WHERE owner = ?`,
-		micros(p.LeaseUntil), p.Owner)
+	_, err := s.execAffected(ctx, "heartbeat upstream batches", `UPDATE upstream_batches SET lease_expires = ? WHERE owner = ? AND (? = '' OR backend = ?)`,
+		micros(p.LeaseUntil), p.Owner, p.Backend, p.Backend)
 	return err
 }
 

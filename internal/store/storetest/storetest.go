@@ -975,6 +975,28 @@ func testUpstreamBatches(t *testing.T, newStore NewStore) {
 	// A delegator that dies leaves its upstream batches to the leader's
 	// delegator once their lease lapses, never before; the adopter then
 	// writes their results and the dead owner cannot.
+	// The delegators of one process share its owner: one that stops lets
+	// go of its own backend's upstream batches only, not of another's
+	// that may still be creating one.
+	run(t, "HeartbeatByBackend", newStore, func(t *testing.T, b *bundle) {
+		bt := b.batch(t, "w", 2, t0)
+		c := b.claim(t, "o", 2, t0)
+		for i, be := range []string{"a", "b"} {
+			if _, err := b.st.UpstreamBatchInsert(b.ctx, store.UpstreamBatchInsertParams{Backend: be, Owner: "o", BatchSeq: bt.Seq,
+				RequestIDs: []int64{c[i].ID}, Now: t0, LeaseUntil: t0.Add(time.Minute)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.st.UpstreamBatchesHeartbeat(b.ctx, store.UpstreamBatchesHeartbeatParams{Owner: "o", Backend: "a"}); err != nil {
+			t.Fatal(err)
+		}
+		for be, want := range map[string]time.Time{"a": time.UnixMicro(0).UTC(), "b": t0.Add(time.Minute)} {
+			list, err := b.st.UpstreamBatchesList(b.ctx, be)
+			if err != nil || len(list) != 1 || !list[0].LeaseExpires.Equal(want) {
+				t.Fatalf("backend %s lists %+v (%v), want its lease until %s", be, list, err, want)
+			}
+		}
+	})
 	run(t, "AdoptOnlyLapsed", newStore, func(t *testing.T, b *bundle) {
 		bt := b.batch(t, "w", 2, t0)
 		c := b.claim(t, "dead", 2, t0)
