@@ -280,40 +280,49 @@ func (h *harness) waitEnd(t *testing.T, b *store.Batch) *store.Batch {
 	return got
 }
 
-// A failed record of an upstream batch's intent gives its requests back:
-// they are claimed again and delegated, instead of staying leased (and
-// renewed by the heartbeat) by a delegator that forgot them.
-func TestInsertFailureGivesRequestsBack(t *testing.T) {
-	eachStore(t, func(t *testing.T, open opener) {
-		h := newHarness(t, open)
-		h.fs.FailAfter("UpstreamBatchInsert", 0, 1, nil)
-		h.start(t)
-		b := h.create(t, 5)
-		h.waitEnded(t, b, 5)
-	})
-}
-
-// An upstream batch whose id could not be recorded at once is polled all
-// the same: its results are written while the process lives, instead of
-// its requests hanging until a restart sends them again.
-func TestStartRecordFailureStillCollects(t *testing.T) {
-	eachStore(t, func(t *testing.T, open opener) {
-		h := newHarness(t, open)
-		h.fs.FailAfter("UpstreamBatchStart", 0, 5, nil)
-		h.start(t)
-		b := h.create(t, 5)
-		h.waitEnded(t, b, 5)
-	})
-}
-
-// The plain path: every request delegated once, one result each.
-func TestDelegates(t *testing.T) {
-	eachStore(t, func(t *testing.T, open opener) {
-		h := newHarness(t, open)
-		h.start(t)
-		b := h.create(t, 7)
-		h.waitEnded(t, b, 7)
-	})
+// TestDelegatesThroughFaults: every request is delegated once and gets one
+// result, on the plain path and through the faults below.
+func TestDelegatesThroughFaults(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(*fakeUpstream, *delegate.Config)
+		// verb fails its first times calls.
+		verb  string
+		times int
+	}{
+		{name: "plain"},
+		// A failed record of an upstream batch's intent gives its
+		// requests back: they are claimed again and delegated, instead of
+		// staying leased (and renewed by the heartbeat) by a delegator
+		// that forgot them.
+		{name: "insert fails", verb: "UpstreamBatchInsert", times: 1},
+		// An upstream batch whose id could not be recorded at once is
+		// polled all the same: its results are written while the process
+		// lives, instead of its requests hanging until a restart sends
+		// them again.
+		{name: "start record fails", verb: "UpstreamBatchStart", times: 5},
+		// A poll that gets no answer is given up after Config.Timeout, as
+		// every upstream call is, and polled again: it does not hold the
+		// upstream batch's results back for ever.
+		{name: "poll hangs", setup: func(f *fakeUpstream, c *delegate.Config) { f.hangGets = 1; c.Timeout = 200 * time.Millisecond }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			eachStore(t, func(t *testing.T, open opener) {
+				var opts []func(*fakeUpstream, *delegate.Config)
+				if tt.setup != nil {
+					opts = append(opts, tt.setup)
+				}
+				h := newHarness(t, open, opts...)
+				if tt.verb != "" {
+					h.fs.FailAfter(tt.verb, 0, tt.times, nil)
+				}
+				h.start(t)
+				b := h.create(t, 5)
+				h.waitEnded(t, b, 5)
+			})
+		})
+	}
 }
 
 // A cancel of our batch is forwarded to its running upstream batch, whose
@@ -333,18 +342,6 @@ func TestCancelForwarded(t *testing.T) {
 		if got.Counts.Canceled != 4 || len(h.up.canceled) != 1 {
 			t.Fatalf("counts %+v, upstream cancels %v", got.Counts, h.up.canceled)
 		}
-	})
-}
-
-// A poll that gets no answer is given up after Config.Timeout, as every
-// upstream call is, and polled again: it does not hold the upstream
-// batch's results back for ever.
-func TestHungPollTimesOut(t *testing.T) {
-	eachStore(t, func(t *testing.T, open opener) {
-		h := newHarness(t, open, func(f *fakeUpstream, c *delegate.Config) { f.hangGets = 1; c.Timeout = 200 * time.Millisecond })
-		h.start(t)
-		b := h.create(t, 3)
-		h.waitEnded(t, b, 3)
 	})
 }
 
