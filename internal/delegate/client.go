@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/batchd/batchd/internal/backend"
 	"github.com/batchd/batchd/internal/store"
@@ -127,13 +128,43 @@ func (c *client) cancel(ctx context.Context, id string) (*upstreamBatch, error) 
 	return c.decode(res)
 }
 
-// results opens the JSONL results stream of an ended upstream batch.
-func (c *client) results(ctx context.Context, id string) (io.ReadCloser, error) {
+// results opens the JSONL results stream of an ended upstream batch. A
+// download may rightly take long, so it has no deadline of its own; what
+// bounds it is idle: a wait for its answer, or for any of its bytes, of
+// longer than that gives up (the stream then fails with the context's
+// error), so an upstream that stalls mid-stream cannot hold the batch.
+func (c *client) results(ctx context.Context, id string, idle time.Duration) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	watch := time.AfterFunc(idle, cancel)
 	res, err := c.do(ctx, http.MethodGet, "/"+url.PathEscape(id)+"/results", nil, 0)
 	if err != nil {
+		watch.Stop()
+		cancel()
 		return nil, err
 	}
-	return res.Body, nil
+	watch.Stop()
+	return &idleBody{body: res.Body, idle: idle, watch: watch, cancel: cancel}, nil
+}
+
+// idleBody fails a body's read that waits longer than idle for bytes.
+type idleBody struct {
+	body   io.ReadCloser
+	idle   time.Duration
+	watch  *time.Timer // cancels the request's context when it fires
+	cancel context.CancelFunc
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.watch.Reset(b.idle)
+	n, err := b.body.Read(p)
+	b.watch.Stop()
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.watch.Stop()
+	b.cancel()
+	return b.body.Close()
 }
 
 func (c *client) decode(res *http.Response) (*upstreamBatch, error) {

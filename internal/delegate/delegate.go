@@ -83,7 +83,8 @@ type Config struct {
 	// the delegator (default 1s).
 	ClaimInterval time.Duration
 	// Timeout bounds one upstream call (default 10m: a create sends up to
-	// 256 MB).
+	// 256 MB), and how long a results download may wait for its next
+	// bytes.
 	Timeout time.Duration
 	// HTTPClient replaces the default client, mainly for tests.
 	HTTPClient *http.Client
@@ -745,7 +746,7 @@ func (d *Delegator) collect(ctx context.Context, ub *store.UpstreamBatch) error 
 	for _, c := range reqs {
 		byID[c.ID] = c
 	}
-	body, err := d.up.results(ctx, ub.UpstreamID)
+	body, err := d.up.results(ctx, ub.UpstreamID, d.cfg.Timeout)
 	if err != nil {
 		return err
 	}

@@ -38,8 +38,12 @@ type fakeUpstream struct {
 	// cutResults is how many results lines the next results download
 	// sends before its connection breaks (0: none is cut).
 	cutResults int
-	downloads  int           // results downloads begun
-	created    chan struct{} // one send per batch created
+	// stallResults is how many results lines the next results download
+	// sends before it stalls, sending nothing more until the client gives
+	// up (0: none stalls).
+	stallResults int
+	downloads    int           // results downloads begun
+	created      chan struct{} // one send per batch created
 	// block, when set, holds the first create's answer until it is
 	// closed, after sending on arrived.
 	block, arrived chan struct{}
@@ -111,6 +115,8 @@ func newFakeUpstream(t *testing.T) (*fakeUpstream, *httptest.Server) {
 		canceled := f.canceled[r.PathValue("id")]
 		cut := f.cutResults
 		f.cutResults = 0
+		stall := f.stallResults
+		f.stallResults = 0
 		f.downloads++
 		f.mu.Unlock()
 		bw := bufio.NewWriter(w)
@@ -118,6 +124,12 @@ func newFakeUpstream(t *testing.T) (*fakeUpstream, *httptest.Server) {
 			if cut > 0 && i == cut {
 				bw.Flush()
 				panic(http.ErrAbortHandler)
+			}
+			if stall > 0 && i == stall {
+				bw.Flush()
+				w.(http.Flusher).Flush()
+				<-r.Context().Done()
+				return
 			}
 			if canceled {
 				fmt.Fprintf(bw, `{"custom_id":%q,"result":{"type":"canceled"}}`+"\n", cid)
@@ -535,6 +547,25 @@ func TestResultsCutMidway(t *testing.T) {
 		defer h.up.mu.Unlock()
 		if h.up.downloads < 2 {
 			t.Fatalf("%d results downloads: the cut did not happen", h.up.downloads)
+		}
+	})
+}
+
+// TestResultsStallMidway: a results download that stalls mid-stream is
+// given up once it has waited Config.Timeout for bytes, and read again: the
+// batch ends, one result each. Before, the download had no deadline but
+// the caller's, and a stalled upstream held the batch for the life of the
+// process.
+func TestResultsStallMidway(t *testing.T) {
+	eachStore(t, func(t *testing.T, open opener) {
+		h := newHarness(t, open, func(f *fakeUpstream, c *delegate.Config) { f.stallResults = 3; c.Timeout = 300 * time.Millisecond })
+		h.start(t)
+		b := h.create(t, 10)
+		h.waitEnded(t, b, 10)
+		h.up.mu.Lock()
+		defer h.up.mu.Unlock()
+		if h.up.downloads < 2 {
+			t.Fatalf("%d results downloads: the stall did not happen", h.up.downloads)
 		}
 	})
 }
