@@ -224,6 +224,29 @@ func newHarness(t *testing.T, open opener, tweak ...func(*fakeUpstream, *delegat
 	return h
 }
 
+// startDelegator starts another delegator on the harness's store and
+// upstream, as another backend or process would run one: backend, owner,
+// lease and leader from the arguments, the rest as the harness's own.
+func (h *harness) startDelegator(t *testing.T, backend, owner string, lease time.Duration, el *leader.Elector) *delegate.Delegator {
+	t.Helper()
+	d, err := delegate.New(h.fs, delegate.Config{
+		Name: backend, BaseURL: h.url, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
+		ClaimInterval: 20 * time.Millisecond, Lease: lease, Owner: owner, Leader: el,
+		OnChange: func(ch *store.BatchChange) {
+			if ch.Ended {
+				h.ended <- ch.Batch.Seq
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func (h *harness) start(t *testing.T) {
 	t.Helper()
 	if err := h.d.Start(context.Background()); err != nil {
@@ -435,23 +458,7 @@ func TestStopKeepsLeaseOfCreateInFlight(t *testing.T) {
 		unblock := func() { once.Do(func() { close(release) }) }
 		t.Cleanup(unblock) // before the upstream closes, which waits for its handlers
 		mk := func(owner string) *delegate.Delegator {
-			d, err := delegate.New(h.fs, delegate.Config{
-				Name: "up", BaseURL: h.url, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
-				ClaimInterval: 20 * time.Millisecond, Lease: lease, Owner: owner,
-				Leader: leader.New(h.fs, leader.Config{Owner: owner, Lease: lease}),
-				OnChange: func(ch *store.BatchChange) {
-					if ch.Ended {
-						h.ended <- ch.Batch.Seq
-					}
-				},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := d.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			return d
+			return h.startDelegator(t, "up", owner, lease, leader.New(h.fs, leader.Config{Owner: owner, Lease: lease}))
 		}
 		a := mk("process-a")
 		h.d = a
@@ -493,32 +500,14 @@ func TestStopLeavesOtherBackendsLeases(t *testing.T) {
 		// This process leads chores of another name, so that the other
 		// process is the leader that adopts.
 		mine := leader.New(h.fs, leader.Config{Name: "not-the-chores", Owner: "process-a"})
-		mk := func(backend, owner string, lease time.Duration, el *leader.Elector) *delegate.Delegator {
-			d, err := delegate.New(h.fs, delegate.Config{
-				Name: backend, BaseURL: h.url, APIKey: "k", PollInterval: 10 * time.Millisecond, PollMaxInterval: 50 * time.Millisecond,
-				ClaimInterval: 20 * time.Millisecond, Lease: lease, Owner: owner, Leader: el,
-				OnChange: func(ch *store.BatchChange) {
-					if ch.Ended {
-						h.ended <- ch.Batch.Seq
-					}
-				},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := d.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			return d
-		}
 		// Long leases here, so that only a stop's release of them lets the
 		// other process adopt while the test watches.
-		y := mk("up", "process-a", time.Minute, mine)
-		x := mk("other-backend", "process-a", time.Minute, mine)
+		y := h.startDelegator(t, "up", "process-a", time.Minute, mine)
+		x := h.startDelegator(t, "other-backend", "process-a", time.Minute, mine)
 		h.d = y
 		b := h.create(t, 4)
 		<-h.up.arrived // y's create is on its way
-		z := mk("up", "process-b", 300*time.Millisecond, leader.New(h.fs, leader.Config{Owner: "process-b", Lease: 300 * time.Millisecond}))
+		z := h.startDelegator(t, "up", "process-b", 300*time.Millisecond, leader.New(h.fs, leader.Config{Owner: "process-b", Lease: 300 * time.Millisecond}))
 		defer z.Stop(context.Background())
 		x.Stop(context.Background())
 		select {
