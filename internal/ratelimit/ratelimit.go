@@ -578,6 +578,9 @@ func (l *Limiter) observe(h http.Header) {
 		if err != nil || !reset.After(now) {
 			continue
 		}
+		// Bounded as a retry-after is: a broken header or a skewed clock
+		// must not park the backend for days.
+		reset = minTime(reset, now.Add(backend.MaxRetryAfter))
 		if rem <= 0 {
 			if !l.paused.After(now) {
 				spent, pausedFor = k.kind, reset.Sub(now) // a new pause, not one extended
@@ -610,6 +613,13 @@ var rateHeaders = func() (hs [4]rateHeader) {
 	}
 	return hs
 }()
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
 
 func maxTime(a, b time.Time) time.Time {
 	if a.After(b) {
