@@ -13,6 +13,7 @@ package ratelimit
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"math"
 	"net/http"
@@ -186,14 +187,15 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 			inner(status, h)
 		}
 	}
+	var throttled error // the last throttle's error, once one came
 	for try := 1; ; try++ {
 		// Only a call never sent may be withdrawn; a resend after a
-		// throttle settles with the throttle's error instead.
-		withdrawn := call.Withdrawn
-		if try > 1 {
-			withdrawn = nil
-		}
-		if err := l.acquire(ctx, inTok, outTok, withdrawn); err != nil {
+		// throttle settles with the throttle's error instead, and is
+		// not sent again.
+		if err := l.acquire(ctx, inTok, outTok, call.Withdrawn); err != nil {
+			if throttled != nil && errors.Is(err, backend.ErrWithdrawn) {
+				return nil, throttled
+			}
 			return nil, err
 		}
 		if call.OnSend != nil {
@@ -209,6 +211,7 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 		if (be.Type != backend.ErrRateLimit && be.Type != backend.ErrOverloaded) || ctx.Err() != nil || try >= maxTries {
 			return nil, err
 		}
+		throttled = err
 		// Throttled: acquire paces the next try (a cut limit, a backend-wide
 		// pause); a retry-after meant for this call alone is waited here,
 		// holding no slot. It does not count as one of the request's
@@ -217,6 +220,9 @@ func (l *Limiter) Do(ctx context.Context, call backend.Call) (json.RawMessage, e
 			t := time.NewTimer(own)
 			select {
 			case <-ctx.Done():
+				t.Stop()
+				return nil, err
+			case <-call.Withdrawn:
 				t.Stop()
 				return nil, err
 			case <-t.C:
