@@ -29,13 +29,7 @@ func TestStopKeepsLeasesOfRequestsInFlight(t *testing.T) {
 	if got := gate.nextStarted(t); got != "a0" {
 		t.Fatalf("first call %q, want a0", got)
 	}
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		d.Stop(ctx)
-	}()
+	stopped := stopInBackground(d)
 	// a0 runs on for several leases into the stop.
 	time.Sleep(3 * lease)
 	ctx := context.Background()

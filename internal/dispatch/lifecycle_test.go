@@ -271,6 +271,19 @@ func TestUnsentSettleAtOnce(t *testing.T) {
 	}
 }
 
+// stopInBackground stops d (giving it 20 s) in a goroutine of its own;
+// the channel closes once Stop has returned.
+func stopInBackground(d *Dispatcher) <-chan struct{} {
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		d.Stop(ctx)
+	}()
+	return stopped
+}
+
 // waitQueued waits until n requests wait in the gate lane's queue for its
 // worker.
 func waitQueued(t *testing.T, d *Dispatcher, n int) {
@@ -349,13 +362,7 @@ func TestStopWhileRefilling(t *testing.T) {
 		}
 	}
 	b := publish(t, st, now, time.Hour, bParams...)
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		d.Stop(ctx)
-	}()
+	stopped := stopInBackground(d)
 	// Let the stop get as far as it goes while the refill is held: up to
 	// closing the outcomes channel (nothing else sends on it now, so a
 	// receive sees only that), or for a while if it rightly waits.
