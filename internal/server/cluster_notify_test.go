@@ -49,6 +49,15 @@ func (u *slowUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, `{"id":"cmpl-1","object":"chat.completion","model":%q,"choices":[{"index":0,"message":{"role":"assistant","content":"slow"},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":3}}`, req.Model)
 }
 
+// startSlowUpstream serves a slowUpstream holding each answer for hold,
+// until the test ends.
+func startSlowUpstream(t *testing.T, hold time.Duration) (*slowUpstream, string) {
+	up := &slowUpstream{hold: hold}
+	srv := httptest.NewServer(up)
+	t.Cleanup(srv.Close)
+	return up, srv.URL
+}
+
 // sentAfter counts the requests that arrived after t, and all of them.
 func (u *slowUpstream) sentAfter(t time.Time) (after, all int) {
 	u.mu.Lock()
@@ -69,12 +78,10 @@ func (u *slowUpstream) sentAfter(t time.Time) (after, all int) {
 func TestClusterCancelStopsOtherProcess(t *testing.T) {
 	t.Parallel()
 	url := clusterURL(t)
-	up := &slowUpstream{hold: 1500 * time.Millisecond}
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
+	up, upURL := startSlowUpstream(t, 1500 * time.Millisecond)
 	b := clusterServer(t, url, func(c *server.Config) {
 		c.Backends = &config.Config{
-			Backends: []config.Backend{{Name: "up", Kind: config.KindOpenAI, BaseURL: upSrv.URL + "/v1", Concurrency: 2}},
+			Backends: []config.Backend{{Name: "up", Kind: config.KindOpenAI, BaseURL: upURL + "/v1", Concurrency: 2}},
 			Routes:   []config.Route{{Model: "*", Backend: "up"}},
 		}
 	})
@@ -256,14 +263,12 @@ func TestDelegateFindsCancelWithoutWakeUp(t *testing.T) {
 func TestStopSendsNothingWaitingForRateLimit(t *testing.T) {
 	t.Parallel()
 	url := clusterURL(t)
-	up := &slowUpstream{hold: 4 * time.Second}
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
+	up, upURL := startSlowUpstream(t, 4 * time.Second)
 	backends := func(c *server.Config) {
 		c.Backends = &config.Config{
 			// 60 a minute: one call every ~1 s, so most workers wait in
 			// the limiter.
-			Backends: []config.Backend{{Name: "up", Kind: config.KindOpenAI, BaseURL: upSrv.URL + "/v1", Concurrency: 4, RequestsPerMinute: 60}},
+			Backends: []config.Backend{{Name: "up", Kind: config.KindOpenAI, BaseURL: upURL + "/v1", Concurrency: 4, RequestsPerMinute: 60}},
 			Routes:   []config.Route{{Model: "*", Backend: "up"}},
 		}
 	}
