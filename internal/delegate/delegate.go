@@ -476,7 +476,7 @@ func (b *builder) add(ctx context.Context, claimed []store.ClaimedRequest) {
 	defer func() { d.write(ctx, settle) }()
 	for _, c := range claimed {
 		if typ := d.unsent(c); typ != "" {
-			settle = append(settle, outcome(c, typ, nil))
+			settle = append(settle, store.Unsent(c, typ))
 			continue
 		}
 		n := itemSize(c)
@@ -562,21 +562,16 @@ func (b *builder) send(ctx context.Context, g *group) {
 	d.send(ctx, g)
 }
 
-// giveBack is the outcome that returns claimed requests, never sent, to
-// pending now (guarded by their attempt, so one whose lease lapsed and
-// was claimed again is left alone): a retry due at once that settles as
-// canceled if the batch can no longer retry. One that must not be sent any
-// more settles as unsent.
+// giveBack returns claimed requests, never sent, to pending now
+// (store.GiveBack), settling as unsent those that must not be sent any more.
 func (d *Delegator) giveBack(reqs ...store.ClaimedRequest) []store.Outcome {
 	out := make([]store.Outcome, 0, len(reqs))
 	for _, c := range reqs {
 		if typ := d.unsent(c); typ != "" {
-			out = append(out, outcome(c, typ, nil))
+			out = append(out, store.Unsent(c, typ))
 			continue
 		}
-		o := outcome(c, store.ResultCanceled, nil)
-		o.Retry, o.RetryAt = true, d.cfg.Now()
-		out = append(out, o)
+		out = append(out, store.GiveBack(c, d.cfg.Now()))
 	}
 	return out
 }
@@ -599,7 +594,7 @@ func (d *Delegator) send(ctx context.Context, g *group) {
 	wait := d.cfg.PollInterval
 	for {
 		if typ := d.unsent(g.reqs[0]); typ != "" {
-			d.finish(ctx, g.ub, g.reqs, func(c store.ClaimedRequest) store.Outcome { return outcome(c, typ, nil) })
+			d.finish(ctx, g.ub, g.reqs, func(c store.ClaimedRequest) store.Outcome { return store.Unsent(c, typ) })
 			return
 		}
 		// A create already on its way is let finish when stopping: cut off,

@@ -364,7 +364,7 @@ func (d *Dispatcher) settleUnsent() {
 		}
 		// All the jobs of a batch share what unsent looks at.
 		for _, j := range l.queue.take(func(j job) bool { return d.unsent(j.ClaimedRequest) != "" }) {
-			d.outcomes <- laneOutcome{unsentOutcome(j.ClaimedRequest, d.unsent(j.ClaimedRequest)), l}
+			d.outcomes <- laneOutcome{store.Unsent(j.ClaimedRequest, d.unsent(j.ClaimedRequest)), l}
 		}
 	}
 }
@@ -414,22 +414,13 @@ func (d *Dispatcher) unwatch(batchSeq int64) {
 	}
 }
 
-// unsentOutcome settles a request that was claimed but never sent.
-func unsentOutcome(c store.ClaimedRequest, typ string) store.Outcome {
-	return store.Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: typ}
-}
-
-// giveBack is the outcome that returns a claimed request, never sent, to
-// pending at now: a retry due at once that settles it as canceled if its
-// batch can no longer retry (it began canceling). One that must not be
-// sent any more settles as unsent.
+// giveBack returns a claimed request, never sent, to pending at now
+// (store.GiveBack), or settles it as unsent if it must not be sent any more.
 func (d *Dispatcher) giveBack(c store.ClaimedRequest, now time.Time) store.Outcome {
 	if typ := d.unsent(c); typ != "" {
-		return unsentOutcome(c, typ)
+		return store.Unsent(c, typ)
 	}
-	o := unsentOutcome(c, store.ResultCanceled)
-	o.Retry, o.RetryAt = true, now
-	return o
+	return store.GiveBack(c, now)
 }
 
 // unsent is the result type for a claimed request that must not be sent
@@ -745,7 +736,7 @@ func (d *Dispatcher) nextDue(ctx context.Context) time.Duration {
 func (d *Dispatcher) dispatch(l *lane, c store.ClaimedRequest, until time.Time) {
 	if typ := d.unsent(c); typ != "" {
 		// Its batch was canceled or expired while the claim ran.
-		d.outcomes <- laneOutcome{unsentOutcome(c, typ), l}
+		d.outcomes <- laneOutcome{store.Unsent(c, typ), l}
 		return
 	}
 	model, maxTokens, perr := checkParams(c.Params)
@@ -805,7 +796,7 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 			// Claimed ahead but its batch expired or is canceling before
 			// it was sent: it settles as never sent.
 			l.metrics.Settled(typ)
-			d.outcomes <- laneOutcome{unsentOutcome(c.ClaimedRequest, typ), l}
+			d.outcomes <- laneOutcome{store.Unsent(c.ClaimedRequest, typ), l}
 			continue
 		}
 		ctx, cancel := context.WithTimeout(runCtx, d.cfg.RequestTimeout)
@@ -831,7 +822,7 @@ func (d *Dispatcher) work(runCtx, stopCtx context.Context, l *lane) {
 				d.release(l, 1)
 				continue
 			}
-			o := unsentOutcome(c.ClaimedRequest, cmp.Or(typ, store.ResultCanceled))
+			o := store.Unsent(c.ClaimedRequest, cmp.Or(typ, store.ResultCanceled))
 			l.metrics.Settled(o.ResultType)
 			d.outcomes <- laneOutcome{o, l}
 			continue

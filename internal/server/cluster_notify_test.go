@@ -78,7 +78,7 @@ func (u *slowUpstream) sentAfter(t time.Time) (after, all int) {
 func TestClusterCancelStopsOtherProcess(t *testing.T) {
 	t.Parallel()
 	url := clusterURL(t)
-	up, upURL := startSlowUpstream(t, 1500 * time.Millisecond)
+	up, upURL := startSlowUpstream(t, 1500*time.Millisecond)
 	b := clusterServer(t, url, func(c *server.Config) {
 		c.Backends = &config.Config{
 			Backends: []config.Backend{{Name: "up", Kind: config.KindOpenAI, BaseURL: upURL + "/v1", Concurrency: 2}},
@@ -263,7 +263,7 @@ func TestDelegateFindsCancelWithoutWakeUp(t *testing.T) {
 func TestStopSendsNothingWaitingForRateLimit(t *testing.T) {
 	t.Parallel()
 	url := clusterURL(t)
-	up, upURL := startSlowUpstream(t, 4 * time.Second)
+	up, upURL := startSlowUpstream(t, 4*time.Second)
 	backends := func(c *server.Config) {
 		c.Backends = &config.Config{
 			// 60 a minute: one call every ~1 s, so most workers wait in

@@ -292,6 +292,25 @@ type Outcome struct {
 	Usage *MessageUsage
 }
 
+// Unsent is the outcome of a claimed request that was never sent and must
+// not be (its batch is canceling or expired): it settles as typ
+// (ResultCanceled or ResultExpired), with no result body.
+func Unsent(c ClaimedRequest, typ string) Outcome {
+	return Outcome{RequestID: c.ID, BatchSeq: c.BatchSeq, CustomID: c.CustomID, Attempt: c.Attempt, ResultType: typ}
+}
+
+// GiveBack is the outcome that returns a claimed request, never sent, to
+// pending at now, for a holder that cannot go on with it (its lease may
+// have lapsed, its upstream batch could not be recorded): a retry due at
+// once, keeping the last attempt's error, guarded by its attempt like any
+// outcome, so one rescued and claimed again meanwhile is left alone. If its
+// batch can no longer retry (it began canceling) it settles as canceled.
+func GiveBack(c ClaimedRequest, now time.Time) Outcome {
+	o := Unsent(c, ResultCanceled)
+	o.Retry, o.RetryAt = true, now
+	return o
+}
+
 // MessageUsage is a succeeded message's model and priced usage.
 type MessageUsage struct {
 	Model  string
