@@ -321,12 +321,21 @@ func (d *Deliverer) deliver(ctx, stop context.Context, del *store.Delivery) {
 	// never sent again, and holding one of its endpoint's slots. Once Stop
 	// begins, a failed record is left: the heartbeat ends with the
 	// deliverer, the lease lapses and the delivery is sent again.
-	for wait := recordBackoffMin; ; wait = min(2*wait, recordBackoffMax) {
+	// Logged once as an error, then quietly while it keeps failing, and
+	// once more when it works: an outage is not a line per retry.
+	for wait, tries := recordBackoffMin, 1; ; wait, tries = min(2*wait, recordBackoffMax), tries+1 {
 		err := d.cfg.Store.DeliveryRecord(ctx, rec)
 		if err == nil || errors.Is(err, store.ErrConflict) {
+			if tries > 1 {
+				d.log.Info("recorded delivery after failures", "delivery", del.ID, "tries", tries)
+			}
 			break // recorded, or no longer ours
 		}
-		d.log.Error("record delivery", "delivery", del.ID, "err", err)
+		if tries == 1 {
+			d.log.Error("record delivery failed; retrying", "delivery", del.ID, "err", err)
+		} else {
+			d.log.Debug("record delivery failed again", "delivery", del.ID, "tries", tries, "err", err)
+		}
 		if !sleep(stop, wait) {
 			break
 		}
