@@ -7,15 +7,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/batchd/batchd/internal/batch"
 	"github.com/batchd/batchd/internal/store"
-	"github.com/batchd/batchd/internal/store/sqlite"
 )
 
 // TestBatchStreamResumedAfterItsEndCloses: a batch stream closes after
@@ -27,12 +24,7 @@ import (
 func TestBatchStreamResumedAfterItsEndCloses(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "batchd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	a := New(Config{Service: batch.NewService(st, batch.Config{}), Keys: st, Events: st})
+	st, a := newInternalAPI(t)
 	hs := httptest.NewServer(a)
 	t.Cleanup(hs.Close)
 

@@ -17,18 +17,25 @@ import (
 	"github.com/batchd/batchd/internal/store/sqlite"
 )
 
+// newInternalAPI is an API over a fresh SQLite store, for tests that reach
+// into its parts before serving it.
+func newInternalAPI(t *testing.T) (*sqlite.Store, *API) {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "batchd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st, New(Config{Service: batch.NewService(st, batch.Config{}), Keys: st, Events: st})
+}
+
 // TestStreamThatFallsBehindMissesNothing: a stream whose queue overflows
 // (here: more than one event waiting) reads what was dropped from the store
 // and still carries every event once, in order.
 func TestStreamThatFallsBehindMissesNothing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "batchd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	a := New(Config{Service: batch.NewService(st, batch.Config{}), Keys: st, Events: st})
+	st, a := newInternalAPI(t)
 	a.hub.queueMax = 1
 	hs := httptest.NewServer(a)
 	t.Cleanup(hs.Close)
